@@ -1,0 +1,193 @@
+"""Mempool policy: every rejection reason, each triggered by a transaction built for it, and the
+behaviour that must work (RBF, CPFP, taproot with all spent outputs)."""
+from __future__ import annotations
+
+import pytest
+
+from custody.node_client import RPCError
+from regtest.testwallet import TestWallet, Utxo
+
+from .conftest import mine_coins
+
+OTHER = TestWallet("someone else")
+
+
+@pytest.fixture(scope="module")
+def coins(rpc, wallet):
+    """Forty mature coins for the tests of this module, plus one still-immature coinbase."""
+    mature = mine_coins(rpc, wallet, 40)
+    return mature
+
+
+def rejected(rpc, raw: str) -> tuple[int, str]:
+    with pytest.raises(RPCError) as e:
+        rpc.sendrawtransaction(raw)
+    return e.value.code, e.value.message
+
+
+def reason(rpc, raw: str) -> str:
+    result = rpc.testmempoolaccept([raw])[0]
+    assert result["allowed"] is False
+    return result["reject-reason"]
+
+
+def test_min_relay_fee_not_met(rpc, wallet, coins):
+    coin = coins.pop()
+    raw = wallet.sign([coin], [(OTHER.wpkh, coin.value - 100)])  # ~110 vB at 1 sat/vB needs ~110 sats
+    code, message = rejected(rpc, raw)
+    assert code == -26 and message.startswith("min relay fee not met, 100 < ")
+    assert reason(rpc, raw) == "min relay fee not met"
+
+
+def test_missing_and_spent_inputs(rpc, wallet, coins, other_address):
+    coin = coins.pop()
+    ghost = Utxo("ab" * 32, 0, coin.value, coin.script_pubkey)
+    code, message = rejected(rpc, wallet.sign([ghost], [(OTHER.wpkh, coin.value - 1000)]))
+    assert (code, message) == (-25, "bad-txns-inputs-missingorspent")
+    assert reason(rpc, wallet.sign([ghost], [(OTHER.wpkh, coin.value - 1000)])) == "missing-inputs"
+    first = wallet.sign([coin], [(OTHER.wpkh, coin.value - 1000)])
+    rpc.sendrawtransaction(first)
+    rpc.generatetoaddress(1, other_address)
+    code, message = rejected(rpc, wallet.sign([coin], [(OTHER.wpkh, coin.value - 2000)]))
+    assert (code, message) == (-25, "bad-txns-inputs-missingorspent")
+    code, message = rejected(rpc, first)   # already confirmed
+    assert code == -27
+
+
+def test_dust_output(rpc, wallet, coins):
+    coin = coins.pop()
+    raw = wallet.sign([coin], [(OTHER.wpkh, 293), (wallet.wpkh, coin.value - 293 - 2000)])
+    assert rejected(rpc, raw) == (-26, "dust, tx with dust output must be 0-fee")
+    two_dust = wallet.sign([coin], [(OTHER.wpkh, 100), (OTHER.pkh, 545), (wallet.wpkh, coin.value - 3000)])
+    assert reason(rpc, two_dust) == "dust"
+    at_threshold = wallet.sign([coin], [(OTHER.wpkh, 294), (wallet.wpkh, coin.value - 294 - 2000)])
+    assert rpc.testmempoolaccept([at_threshold])[0]["allowed"] is True
+
+
+def test_premature_coinbase_spend(rpc, wallet):
+    young = mine_coins(rpc, wallet, 1, mature=False)[0]
+    raw = wallet.sign([young], [(OTHER.wpkh, young.value - 1000)])
+    code, message = rejected(rpc, raw)
+    assert code == -26 and message.startswith("bad-txns-premature-spend-of-coinbase, tried to spend coinbase at depth")
+    rpc.generatetoaddress(98, TestWallet("maturity").address())
+    assert reason(rpc, raw) == "bad-txns-premature-spend-of-coinbase"   # depth 99 of 100
+    rpc.generatetoaddress(1, TestWallet("maturity").address())
+    assert rpc.testmempoolaccept([raw])[0]["allowed"] is True           # depth 100
+
+
+def test_bad_signature_fails_script_verification(rpc, wallet, coins):
+    coin = coins.pop()
+    lying = Utxo(coin.txid, coin.vout, coin.value + 1, coin.script_pubkey)  # segwit sighash commits to the amount
+    raw = wallet.sign([lying], [(OTHER.wpkh, coin.value - 1000)])
+    code, message = rejected(rpc, raw)
+    assert code == -26 and message.startswith("mandatory-script-verify-flag-failed (")
+    someone = TestWallet("thief")
+    stolen = Utxo(coin.txid, coin.vout, coin.value, someone.wpkh)
+    raw = someone.sign([stolen], [(someone.wpkh, coin.value - 1000)])
+    assert rejected(rpc, raw)[1] == "mandatory-script-verify-flag-failed (Script failed an OP_EQUALVERIFY operation)"
+
+
+def test_taproot_spend_needs_every_spent_output(rpc, wallet, coins, other_address):
+    tr_coins = mine_coins(rpc, wallet, 2, kind="tr")
+    segwit_coin = coins.pop()
+    inputs = tr_coins + [segwit_coin]
+    outputs = [(OTHER.tr, sum(c.value for c in inputs) - 3000)]
+    # A taproot signature commits to every spent amount: lie about the segwit input's amount and
+    # the taproot inputs' signatures no longer verify, although their own amounts are right.
+    lying = tr_coins + [Utxo(segwit_coin.txid, segwit_coin.vout, segwit_coin.value - 1, segwit_coin.script_pubkey)]
+    tampered = wallet.sign(lying, outputs)
+    assert rejected(rpc, tampered)[1] == "mandatory-script-verify-flag-failed (Invalid Schnorr signature)"
+    txid = rpc.sendrawtransaction(wallet.sign(inputs, outputs))
+    rpc.generatetoaddress(1, other_address)
+    assert rpc.getrawtransaction(txid, True)["confirmations"] == 1
+
+
+def test_max_fee_rate(rpc, wallet, coins):
+    coin = coins.pop()
+    raw = wallet.sign([coin], [(OTHER.wpkh, coin.value // 2)])
+    code, message = rejected(rpc, raw)
+    assert (code, message) == (-25, "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)")
+    assert reason(rpc, raw) == "max-fee-exceeded"
+    assert rpc.testmempoolaccept([raw], 0)[0]["allowed"] is True
+
+
+def test_standardness_rules(rpc, wallet, coins):
+    coin = coins.pop()
+    change = coin.value - 2000
+    assert reason(rpc, wallet.sign([coin], [(b"\x51\x51\x93", change)])) == "scriptpubkey"          # nonstandard
+    assert reason(rpc, wallet.sign([coin], [(b"\x6a" + b"\x4c\x51" + b"x" * 81, 0), (wallet.wpkh, change)])) == "scriptpubkey"
+    assert reason(rpc, wallet.sign([coin], [(b"\x6a\x01x", 0), (b"\x6a\x01y", 0), (wallet.wpkh, change)])) == "multi-op-return"
+    assert reason(rpc, wallet.sign([coin], [(wallet.wpkh, change)], version=4)) == "version"
+    assert reason(rpc, wallet.sign([coin], [(b"\x6a\x00", 0)])) == "tx-size-small"
+    height = rpc.getblockcount()
+    assert reason(rpc, wallet.sign([coin], [(wallet.wpkh, change)], locktime=height + 5)) == "non-final"
+    assert rpc.testmempoolaccept([wallet.sign([coin], [(wallet.wpkh, change)], locktime=height)])[0]["allowed"]
+    assert reason(rpc, wallet.sign([coin], [(wallet.wpkh, coin.value + 1)])) == "bad-txns-in-belowout"
+
+
+def test_relative_timelock_bip68(rpc, wallet, coins):
+    coin = coins.pop()
+    confirmations = rpc.getrawtransaction(coin.txid, True)["confirmations"]
+    too_soon = wallet.sign([coin], [(wallet.wpkh, coin.value - 2000)], sequence=confirmations + 1)
+    assert reason(rpc, too_soon) == "non-BIP68-final"
+    ok = wallet.sign([coin], [(wallet.wpkh, coin.value - 2000)], sequence=confirmations)
+    assert rpc.testmempoolaccept([ok])[0]["allowed"] is True
+
+
+def test_full_rbf_replacement_rules(rpc, wallet, coins):
+    coin = coins.pop()
+    original = wallet.sign([coin], [(OTHER.wpkh, coin.value - 2000)], sequence=0xFFFFFFFE)  # no BIP125 signal
+    txid = rpc.sendrawtransaction(original)
+    same_rate = wallet.sign([coin], [(OTHER.pkh, coin.value - 2000)])
+    code, message = rejected(rpc, same_rate)
+    assert code == -26 and message.startswith("insufficient fee, rejecting replacement")
+    assert "new feerate" in message
+    tiny_bump = wallet.sign([coin], [(OTHER.wpkh, coin.value - 2050)])
+    code, message = rejected(rpc, tiny_bump)
+    assert message.startswith("insufficient fee") and "not enough additional fees to relay" in message
+    replacement = wallet.sign([coin], [(OTHER.wpkh, coin.value - 2200)])
+    new_txid = rpc.sendrawtransaction(replacement)   # full-RBF: replaces even without the signal
+    mempool = rpc.getrawmempool()
+    assert new_txid in mempool and txid not in mempool
+
+
+def test_replacement_must_pay_for_evicted_descendants(rpc, wallet, coins):
+    coin = coins.pop()
+    parent = wallet.sign([coin], [(wallet.wpkh, coin.value - 1000)])
+    parent_txid = rpc.sendrawtransaction(parent)
+    child_coin = Utxo(parent_txid, 0, coin.value - 1000, wallet.wpkh)
+    rpc.sendrawtransaction(wallet.sign([child_coin], [(OTHER.wpkh, child_coin.value - 20_000)]))
+    # higher fee rate than the parent alone, but less than parent + child's absolute fees
+    replacement = wallet.sign([coin], [(OTHER.wpkh, coin.value - 5000)])
+    code, message = rejected(rpc, replacement)
+    assert "less fees than conflicting txs" in message
+    spends_conflict = wallet.sign([coin, child_coin], [(OTHER.wpkh, coin.value + child_coin.value - 60_000)])
+    assert reason(rpc, spends_conflict) == "bad-txns-spends-conflicting-tx"
+
+
+def test_long_unconfirmed_chain_limit_and_cpfp(rpc, wallet, coins, other_address):
+    coin = coins.pop()
+    chain_txids = []
+    current = coin
+    for _ in range(25):
+        raw = wallet.sign([current], [(wallet.wpkh, current.value - 200)])
+        txid = rpc.sendrawtransaction(raw)
+        chain_txids.append(txid)
+        current = Utxo(txid, 0, current.value - 200, wallet.wpkh)
+    raw = wallet.sign([current], [(wallet.wpkh, current.value - 200)])
+    code, message = rejected(rpc, raw)
+    assert message.startswith("too-long-mempool-chain")
+    entry = rpc.getmempoolentry(chain_txids[-1])
+    assert entry["ancestorcount"] == 25
+    rpc.generatetoaddress(1, other_address)
+    assert not set(chain_txids) & set(rpc.getrawmempool())
+
+
+def test_block_template_orders_by_ancestor_fee_rate(rpc, wallet, coins, other_address):
+    a, b = coins.pop(), coins.pop()
+    parent = rpc.sendrawtransaction(wallet.sign([a], [(wallet.wpkh, a.value - 110)]))    # 1 sat/vB
+    child = rpc.sendrawtransaction(wallet.sign([Utxo(parent, 0, a.value - 110, wallet.wpkh)],
+                                               [(OTHER.wpkh, a.value - 110 - 20_000)]))   # pays for both
+    middle = rpc.sendrawtransaction(wallet.sign([b], [(OTHER.wpkh, b.value - 1_500)]))    # ~14 sat/vB
+    block = rpc.getblock(rpc.generatetoaddress(1, other_address)[0])
+    assert block["tx"][1:] == [parent, child, middle]
