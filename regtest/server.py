@@ -64,6 +64,7 @@ class RPCServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True   # headers and body go out in separate writes
     server_version = "custody-regtest"
     sys_version = ""
 

@@ -1,0 +1,39 @@
+# Two commands do everything: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages the toolkit needs at run or test time (installed only when running as root).
+SYSTEM_PACKAGES := libusb-1.0-0 python3-venv
+
+.PHONY: demo test bench system-deps venv clean
+
+demo: system-deps venv
+	$(PY) -m regtest.demo
+
+test: system-deps venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: venv
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "note: system packages missing ($$missing); run as root or install them to use every feature"; fi
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
