@@ -89,19 +89,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         server: RPCServer = self.server
-        if not server.check_auth(self.headers.get("Authorization")):
-            self._send(401, b"", "text/html", [("WWW-Authenticate", 'Basic realm="jsonrpc"')])
-            return
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
-            self._send(400, b"Bad Content-Length", "text/html")
-            return
-        if length > MAX_BODY:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            # the body is not read, so the connection cannot carry another request
             self.close_connection = True
-            self._send(413, b"Request Entity Too Large", "text/html")
+            status, text = (413, b"Request Entity Too Large") if length > 0 else (400, b"Bad Content-Length")
+            self._send(status, text, "text/html", [("Connection", "close")])
             return
         body = self.rfile.read(length)
+        if not server.check_auth(self.headers.get("Authorization")):
+            self._send(401, b"", "text/html", [("WWW-Authenticate", 'Basic realm="jsonrpc"')])
+            return
         try:
             request = json.loads(body, parse_float=Decimal)
         except (ValueError, UnicodeDecodeError):

@@ -191,3 +191,26 @@ def test_block_template_orders_by_ancestor_fee_rate(rpc, wallet, coins, other_ad
     middle = rpc.sendrawtransaction(wallet.sign([b], [(OTHER.wpkh, b.value - 1_500)]))    # ~14 sat/vB
     block = rpc.getblock(rpc.generatetoaddress(1, other_address)[0])
     assert block["tx"][1:] == [parent, child, middle]
+
+
+def test_max_standard_weight(rpc, wallet, coins):
+    coin = coins.pop()
+    outputs = [(OTHER.wpkh, 1_000)] * 3_300            # 3,300 x 31 bytes: over 400,000 weight units
+    raw = wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 3_300_000 - 200_000)])
+    assert rpc.decoderawtransaction(raw)["weight"] > 400_000
+    assert reason(rpc, raw) == "tx-size"
+
+
+def test_blocks_stop_at_the_weight_limit(rpc, wallet, coins, other_address):
+    """Eleven transactions of ~99 kvB each do not fit one 4 MWU block: the best ten do, by fee rate."""
+    big = []
+    for i in range(11):
+        coin = coins.pop()
+        fee = 200_000 + i * 10_000
+        outputs = [(OTHER.wpkh, 1_000)] * 3_150
+        big.append(rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 3_150_000 - fee)])))
+    block = rpc.getblock(rpc.generatetoaddress(1, other_address)[0])
+    assert block["weight"] <= 4_000_000
+    assert big[0] not in block["tx"] and set(big[1:]) <= set(block["tx"])   # the cheapest waits
+    assert rpc.getrawmempool() == [big[0]]
+    assert big[0] in rpc.getblock(rpc.generatetoaddress(1, other_address)[0])["tx"]

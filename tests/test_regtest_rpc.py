@@ -138,6 +138,7 @@ def test_scantxoutset_finds_coins_by_descriptor_and_address(rpc, wallet):
         rpc.scantxoutset("start", ["wpkh(notakey)"])
 
 
+@embedded_only()   # Core's estimator needs far more history than a test makes
 def test_estimatesmartfee_learns_from_mined_blocks(rpc, wallet, other_address):
     coins = mine_coins(rpc, wallet, 3)
     to = TestWallet("someone else")
@@ -196,7 +197,6 @@ def test_network_and_control_methods(rpc):
     assert "getblock" in rpc.help("getblock")
 
 
-@embedded_only()
 def test_descriptor_helpers(rpc, wallet):
     desc = f"wpkh({wallet.pub.sec().hex()})"
     info = rpc.getdescriptorinfo(desc)
