@@ -96,21 +96,18 @@ class Mempool:
 
     # -- graph helpers ------------------------------------------------------------------
     def ancestors(self, txid: bytes) -> set[bytes]:
-        seen, stack = set(), list(self.entries[txid].parents)
-        while stack:
-            t = stack.pop()
-            if t not in seen:
-                seen.add(t)
-                stack.extend(self.entries[t].parents)
-        return seen
+        return self._walk(txid, "parents")
 
     def descendants(self, txid: bytes) -> set[bytes]:
-        seen, stack = set(), list(self.entries[txid].children)
+        return self._walk(txid, "children")
+
+    def _walk(self, txid: bytes, direction: str) -> set[bytes]:
+        seen, stack = set(), list(getattr(self.entries[txid], direction))
         while stack:
             t = stack.pop()
             if t not in seen:
                 seen.add(t)
-                stack.extend(self.entries[t].children)
+                stack.extend(getattr(self.entries[t], direction))
         return seen
 
     def _ancestors_of_parents(self, parents: set[bytes]) -> set[bytes]:
