@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 import pbk
@@ -93,6 +93,15 @@ class Mempool:
         self.spenders: dict[tuple[bytes, int], bytes] = {}   # outpoint -> txid spending it
         self.by_wtxid: dict[bytes, bytes] = {}
         self._sequence = 0
+
+    def copy(self) -> "Mempool":
+        """A scratch mempool to try transactions in without touching this one."""
+        other = Mempool(self.chain)
+        other.entries = {t: replace(e, parents=set(e.parents), children=set(e.children))
+                         for t, e in self.entries.items()}
+        other.spenders, other.by_wtxid = dict(self.spenders), dict(self.by_wtxid)
+        other._sequence = self._sequence
+        return other
 
     # -- graph helpers ------------------------------------------------------------------
     def ancestors(self, txid: bytes) -> set[bytes]:

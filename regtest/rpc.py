@@ -474,14 +474,7 @@ def testmempoolaccept(node, rawtxs, maxfeerate):
 
 def _test_package(node, txs, max_rate):
     """Core tests a package as a unit; this node checks each in order against a scratch copy."""
-    from .mempool import Mempool
-    scratch = Mempool(node.chain)
-    for attr in ("entries", "spenders", "by_wtxid"):
-        setattr(scratch, attr, {k: v for k, v in getattr(node.mempool, attr).items()})
-    for e in list(scratch.entries.values()):
-        e_copy = type(e)(e.tx, e.fee, e.vsize, e.weight, e.time, e.height, e.spent_coins, set(e.parents),
-                         set(e.children), e.sequence)
-        scratch.entries[e.tx.txid_bytes] = e_copy
+    scratch = node.mempool.copy()
     results, failed = [], False
     for tx in txs:
         item = {"txid": tx.txid, "wtxid": tx.wtxid}
@@ -807,13 +800,6 @@ def submitblock(node, hexdata, dummy):
     if outcome == "duplicate-invalid":
         return "duplicate-invalid"
     return reason or "rejected"
-
-
-@method("getchaintips")
-def getchaintips(node):
-    """Return information about all known tips in the block tree (this node reports the active tip)."""
-    tip = node.chain.tip
-    return [{"height": tip.height, "hash": _hex(bytes(tip.block_hash)), "branchlen": 0, "status": "active"}]
 
 
 # -- descriptors and addresses -----------------------------------------------------------------

@@ -202,3 +202,31 @@ def test_descriptor_helpers(rpc, wallet):
     info = rpc.getdescriptorinfo(desc)
     assert info["descriptor"].startswith(desc + "#") and info["isrange"] is False
     assert rpc.deriveaddresses(info["descriptor"]) == [wallet.address()]
+
+
+def test_package_and_mempool_relatives(rpc, wallet):
+    coin = mine_coins(rpc, wallet, 1)[0]
+    parent = wallet.sign([coin], [(wallet.wpkh, coin.value - 1_000)])
+    parent_txid = rpc.decoderawtransaction(parent)["txid"]
+    child = wallet.sign([utxo_like(parent_txid, coin.value - 1_000, wallet)], [(wallet.wpkh, coin.value - 3_000)])
+    results = rpc.testmempoolaccept([parent, child])
+    assert [r["allowed"] for r in results] == [True, True]
+    assert rpc.getrawmempool() == []                      # a test changes nothing
+    rpc.sendrawtransaction(parent)
+    child_txid = rpc.sendrawtransaction(child)
+    assert rpc.getmempoolancestors(child_txid) == [parent_txid]
+    assert rpc.getmempooldescendants(parent_txid) == [child_txid]
+    assert rpc.getmempoolentry(child_txid)["depends"] == [parent_txid]
+    assert rpc.getmempoolentry(parent_txid)["spentby"] == [child_txid]
+    assert set(rpc.getmempoolancestors(child_txid, True)) == {parent_txid}
+
+
+def utxo_like(txid, value, wallet):
+    from regtest.testwallet import Utxo
+    return Utxo(txid, 0, value, wallet.wpkh)
+
+
+def test_validateaddress(rpc, wallet):
+    good = rpc.validateaddress(wallet.address("tr"))
+    assert good["isvalid"] is True and good["witness_version"] == 1 and good["scriptPubKey"] == wallet.tr.hex()
+    assert rpc.validateaddress("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4")["isvalid"] is False
