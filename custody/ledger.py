@@ -1,0 +1,198 @@
+"""What the custodian holds: coin states, balances and their history, freezing, and BIP-329 labels."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .errors import CustodyError, NotFound
+from .models import Address, Block, ChainTransaction, Label, Policy, PolicyTransaction, Utxo
+
+COINBASE_MATURITY = 100
+STATES = ("unconfirmed", "confirmed", "immature", "frozen", "reserved", "spent")
+LABEL_TYPES = ("tx", "addr", "pubkey", "input", "output", "xpub")
+
+
+def tip_height(session: Session) -> int | None:
+    return session.scalar(select(func.max(Block.height)))
+
+
+def utxo_state(utxo: Utxo, tip: int | None) -> str:
+    if utxo.spent_txid is not None:
+        return "spent"
+    if utxo.frozen:
+        return "frozen"
+    if utxo.reserved_by is not None:
+        return "reserved"
+    if utxo.height is None:
+        return "unconfirmed"
+    if utxo.coinbase and (tip is None or tip - utxo.height + 1 < COINBASE_MATURITY):
+        return "immature"
+    return "confirmed"
+
+
+@dataclass
+class Balance:
+    policy: str
+    confirmed: int = 0
+    unconfirmed: int = 0
+    immature: int = 0
+    frozen: int = 0
+    reserved: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.confirmed + self.unconfirmed + self.immature + self.frozen + self.reserved
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+def balances(session: Session, policy: Policy | None = None) -> list[Balance]:
+    tip = tip_height(session)
+    query = select(Policy).order_by(Policy.id) if policy is None else select(Policy).where(Policy.id == policy.id)
+    result = []
+    for p in session.scalars(query):
+        balance = Balance(p.name)
+        for utxo in session.scalars(select(Utxo).where(Utxo.policy_id == p.id, Utxo.spent_txid.is_(None))):
+            state = utxo_state(utxo, tip)
+            setattr(balance, state, getattr(balance, state) + utxo.value)
+        result.append(balance)
+    return result
+
+
+def list_utxos(session: Session, policy: Policy, *, states: tuple[str, ...] | None = None,
+               include_spent: bool = False) -> list[dict]:
+    tip = tip_height(session)
+    query = select(Utxo, Address).join(Address, Utxo.address_id == Address.id).where(Utxo.policy_id == policy.id)
+    if not include_spent:
+        query = query.where(Utxo.spent_txid.is_(None))
+    labels = {(l.type, l.ref): l.label for l in session.scalars(select(Label).where(Label.type.in_(("output", "addr"))))}
+    rows = []
+    for utxo, address in session.execute(query.order_by(Utxo.height.is_(None), Utxo.height, Utxo.txid, Utxo.vout)):
+        state = utxo_state(utxo, tip)
+        if states and state not in states:
+            continue
+        outpoint = f"{utxo.txid}:{utxo.vout}"
+        rows.append({"outpoint": outpoint, "value": utxo.value, "state": state, "height": utxo.height,
+                     "confirmations": tip - utxo.height + 1 if utxo.height is not None and tip is not None else 0,
+                     "address": address.address, "branch": address.branch, "index": address.index,
+                     "coinbase": utxo.coinbase, "freeze_reason": utxo.freeze_reason,
+                     "label": labels.get(("output", outpoint)) or labels.get(("addr", address.address))})
+    return rows
+
+
+def _utxo(session: Session, outpoint: str) -> Utxo:
+    txid, sep, vout = outpoint.partition(":")
+    if not sep or not vout.isdigit() or len(txid) != 64:
+        raise CustodyError(f"{outpoint!r} is not an outpoint (txid:vout)")
+    utxo = session.scalar(select(Utxo).where(Utxo.txid == txid.lower(), Utxo.vout == int(vout)))
+    if utxo is None:
+        raise NotFound(f"no coin {outpoint} in the ledger")
+    return utxo
+
+
+def freeze(session: Session, outpoint: str, reason: str) -> Utxo:
+    if not reason.strip():
+        raise CustodyError("freezing a coin needs a reason")
+    utxo = _utxo(session, outpoint)
+    if utxo.spent_txid is not None:
+        raise CustodyError(f"coin {outpoint} is already spent")
+    utxo.frozen, utxo.freeze_reason = True, reason.strip()
+    return utxo
+
+
+def unfreeze(session: Session, outpoint: str) -> Utxo:
+    utxo = _utxo(session, outpoint)
+    if not utxo.frozen:
+        raise CustodyError(f"coin {outpoint} is not frozen")
+    utxo.frozen, utxo.freeze_reason = False, None
+    return utxo
+
+
+def history(session: Session, policy: Policy) -> list[dict]:
+    """Every transaction that touched the policy, newest first, with its net effect."""
+    tip = tip_height(session)
+    rows = session.execute(select(ChainTransaction, PolicyTransaction)
+                           .join(PolicyTransaction, PolicyTransaction.transaction_id == ChainTransaction.id)
+                           .where(PolicyTransaction.policy_id == policy.id)
+                           .order_by(ChainTransaction.block_height.is_(None).desc(),
+                                     ChainTransaction.block_height.desc(), ChainTransaction.id.desc()))
+    return [{"txid": tx.txid, "height": tx.block_height,
+             "confirmations": tip - tx.block_height + 1 if tx.block_height is not None and tip is not None else 0,
+             "received": link.received, "spent": link.spent, "net": link.received - link.spent}
+            for tx, link in rows]
+
+
+def balance_history(session: Session, policy: Policy) -> list[dict]:
+    """Confirmed balance after each block where it changed: [{height, time, balance}]."""
+    changes: dict[int, int] = {}
+    for utxo in session.scalars(select(Utxo).where(Utxo.policy_id == policy.id, Utxo.height.is_not(None))):
+        changes[utxo.height] = changes.get(utxo.height, 0) + utxo.value
+        if utxo.spent_height is not None:
+            changes[utxo.spent_height] = changes.get(utxo.spent_height, 0) - utxo.value
+    times = dict(session.execute(select(Block.height, Block.time).where(Block.height.in_(list(changes)))).all()) \
+        if changes else {}
+    running, out = 0, []
+    for height in sorted(changes):
+        running += changes[height]
+        out.append({"height": height, "time": times.get(height), "balance": running})
+    return out
+
+
+# -- BIP-329 labels ------------------------------------------------------------------------------
+def set_label(session: Session, type_: str, ref: str, label: str, *, origin: str | None = None,
+              spendable: bool | None = None) -> Label:
+    if type_ not in LABEL_TYPES:
+        raise CustodyError(f"label type must be one of {', '.join(LABEL_TYPES)}, not {type_!r}")
+    if not ref:
+        raise CustodyError("a label needs a reference")
+    row = session.scalar(select(Label).where(Label.type == type_, Label.ref == ref))
+    if row is None:
+        row = Label(type=type_, ref=ref, label=label)
+        session.add(row)
+    row.label, row.origin = label, origin
+    if spendable is not None:
+        if type_ != "output":
+            raise CustodyError("only output labels carry 'spendable'")
+        row.spendable = spendable
+    return row
+
+
+def import_labels(session: Session, jsonl: str) -> int:
+    """BIP-329 JSON Lines; the whole file is refused if one line is bad, naming the line."""
+    records = []
+    for number, line in enumerate(jsonl.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise CustodyError(f"labels line {number}: not JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("type"), str) or not isinstance(record.get("ref"), str):
+            raise CustodyError(f"labels line {number}: needs \"type\" and \"ref\"")
+        if record["type"] not in LABEL_TYPES:
+            raise CustodyError(f"labels line {number}: unknown type {record['type']!r}")
+        if "label" in record and not isinstance(record["label"], str):
+            raise CustodyError(f"labels line {number}: \"label\" must be a string")
+        if "spendable" in record and (record["type"] != "output" or not isinstance(record["spendable"], bool)):
+            raise CustodyError(f"labels line {number}: \"spendable\" is a boolean of output records only")
+        records.append(record)
+    for record in records:
+        set_label(session, record["type"], record["ref"], record.get("label", ""), origin=record.get("origin"),
+                  spendable=record.get("spendable"))
+    return len(records)
+
+
+def export_labels(session: Session) -> str:
+    lines = []
+    for row in session.scalars(select(Label).order_by(Label.id)):
+        record = {"type": row.type, "ref": row.ref, "label": row.label}
+        if row.origin:
+            record["origin"] = row.origin
+        if row.spendable is not None:
+            record["spendable"] = row.spendable
+        lines.append(json.dumps(record, ensure_ascii=False))
+    return "".join(line + "\n" for line in lines)

@@ -1,0 +1,111 @@
+"""Keys and policies in the database, and the addresses derived from each policy."""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .derive import derive_scripts
+from .errors import CustodyError, NotFound
+from .keys import ExtendedKey, parse_key
+from .models import Address, Key, Organization, Policy, PolicyKey
+from .policies import PolicySpec, parse_policy
+from embit.networks import NETWORKS
+from embit.script import Script
+
+DEFAULT_ORGANIZATION = "default"
+STATUS_FLOW = {"draft": {"active"}, "active": {"retiring"}, "retiring": {"retired", "active"}, "retired": set()}
+
+
+def organization(session: Session, name: str = DEFAULT_ORGANIZATION) -> Organization:
+    org = session.scalar(select(Organization).where(Organization.name == name))
+    if org is None:
+        org = Organization(name=name)
+        session.add(org)
+        session.flush()
+    return org
+
+
+def store_key(session: Session, key: ExtendedKey) -> Key:
+    """The stored row for a key, added on first sight; the same xpub under another origin is refused."""
+    row = session.scalar(select(Key).where(Key.xpub == key.xpub))
+    if row is None:
+        row = Key(fingerprint=key.fingerprint, path=key.path_str, xpub=key.xpub, network=key.network)
+        session.add(row)
+        session.flush()
+    elif (row.fingerprint, row.path) != (key.fingerprint, key.path_str):
+        raise CustodyError(f"key {key.xpub[:16]}… is already stored with origin [{row.fingerprint}{row.path[1:]}], "
+                           f"not {key.origin}")
+    return row
+
+
+def import_key(session: Session, text: str, *, network: str = "regtest", fingerprint: str | None = None,
+               path: str | None = None) -> Key:
+    return store_key(session, parse_key(text, network=network, fingerprint=fingerprint, path=path))
+
+
+def create_policy(session: Session, name: str, spec: PolicySpec, *, gap_limit: int = 20) -> Policy:
+    if not name.strip():
+        raise CustodyError("a policy needs a name")
+    if session.scalar(select(Policy).where(Policy.name == name)) is not None:
+        raise CustodyError(f"a policy named {name!r} exists already")
+    if not 1 <= gap_limit <= 10_000:
+        raise CustodyError("gap limit must be between 1 and 10000")
+    descriptor = spec.descriptor()
+    if session.scalar(select(Policy).where(Policy.descriptor == descriptor)) is not None:
+        raise CustodyError("a policy with exactly these keys and rules exists already")
+    policy = Policy(organization_id=organization(session).id, name=name, kind=spec.kind, threshold=spec.threshold,
+                    network=spec.network, descriptor=descriptor, recovery_threshold=spec.recovery_threshold,
+                    recovery_after=spec.recovery_after, gap_limit=gap_limit, status="draft")
+    for position, key in enumerate(spec.all_keys):
+        role = "quorum" if position < len(spec.keys) else "recovery"
+        policy.keys.append(PolicyKey(key_id=store_key(session, key).id, position=position, role=role))
+    session.add(policy)
+    session.flush()
+    ensure_addresses(session, policy)
+    return policy
+
+
+def get_policy(session: Session, name: str) -> Policy:
+    policy = session.scalar(select(Policy).where(Policy.name == name))
+    if policy is None:
+        raise NotFound(f"no policy named {name!r}")
+    return policy
+
+
+def list_policies(session: Session) -> list[Policy]:
+    return list(session.scalars(select(Policy).order_by(Policy.id)))
+
+
+def spec_of(policy: Policy) -> PolicySpec:
+    return parse_policy(policy.descriptor, network=policy.network)
+
+
+def set_status(session: Session, policy: Policy, status: str) -> Policy:
+    if status not in STATUS_FLOW:
+        raise CustodyError(f"unknown status {status!r}")
+    if status not in STATUS_FLOW[policy.status]:
+        raise CustodyError(f"policy {policy.name!r} is {policy.status}; it cannot become {status}")
+    policy.status = status
+    return policy
+
+
+def ensure_addresses(session: Session, policy: Policy, spec: PolicySpec | None = None) -> list[Address]:
+    """Derive each branch up to its highest used index plus the gap limit; returns the new rows."""
+    spec = spec or spec_of(policy)
+    network = NETWORKS[policy.network]
+    added = []
+    for branch in (0, 1):
+        have = session.scalar(select(func.count()).select_from(Address).where(
+            Address.policy_id == policy.id, Address.branch == branch)) or 0
+        last_used = session.scalar(select(func.max(Address.index)).where(
+            Address.policy_id == policy.id, Address.branch == branch, Address.used.is_(True)))
+        want = (last_used + 1 if last_used is not None else 0) + policy.gap_limit
+        if have >= want:
+            continue
+        scripts = derive_scripts(spec, branch, have, want - 1)
+        rows = [Address(policy_id=policy.id, branch=branch, index=have + i, script_pubkey=spk,
+                        address=Script(spk).address(network)) for i, spk in enumerate(scripts)]
+        session.add_all(rows)
+        added += rows
+    session.flush()
+    return added

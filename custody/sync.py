@@ -1,0 +1,307 @@
+"""Keep the ledger in step with the node, block by block.
+
+A new or imported policy is discovered with `scantxoutset` at the tip; from then on every block is
+read once, matched against every derived scriptPubKey, and applied in the same database transaction
+as its cursor row, so a worker killed mid-sync resumes without counting anything twice. A reorg is
+found by comparing block hashes: everything above the fork goes back to unconfirmed, the new branch
+is applied, and what is neither re-confirmed nor in the mempool is dropped.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from custody.node_client import NodeClient, RPCError, btc_to_sats
+
+from .leader import LeaderLock
+from .models import Address, Block, ChainTransaction, Policy, PolicyTransaction, Utxo
+from .registry import ensure_addresses, spec_of
+
+log = logging.getLogger("custody.sync")
+BLOCKS_PER_COMMIT = 25
+ACTIVE_STATUSES = ("draft", "active", "retiring")
+
+
+@dataclass
+class SyncReport:
+    blocks_applied: int = 0
+    blocks_rolled_back: int = 0
+    policies_discovered: int = 0
+    transactions_seen: int = 0
+    tip_height: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class _Index:
+    """Every derived scriptPubKey and every unspent coin of the followed policies, in memory."""
+
+    def __init__(self, session: Session):
+        self.scripts: dict[bytes, Address] = {}
+        self.coins: dict[tuple[str, int], Utxo] = {}
+        self.policies = {p.id: p for p in session.scalars(select(Policy).where(Policy.status.in_(ACTIVE_STATUSES)))}
+        ids = list(self.policies)
+        if ids:
+            for address in session.scalars(select(Address).where(Address.policy_id.in_(ids))):
+                self.scripts[address.script_pubkey] = address
+            for utxo in session.scalars(select(Utxo).where(Utxo.policy_id.in_(ids), Utxo.spent_height.is_(None))):
+                self.coins[(utxo.txid, utxo.vout)] = utxo
+
+    def mark_used(self, session: Session, address: Address) -> None:
+        if address.used:
+            return
+        address.used = True
+        session.flush()
+        for new in ensure_addresses(session, self.policies[address.policy_id]):
+            self.scripts[new.script_pubkey] = new
+
+
+class Syncer:
+    def __init__(self, sessions: sessionmaker, client: NodeClient, *, progress=None):
+        self.sessions = sessions
+        self.client = client
+        self.progress = progress          # callable(done, total) for long runs
+        self.lock = LeaderLock(sessions.kw["bind"])
+
+    # -- entry points ------------------------------------------------------------------------
+    def sync_once(self, *, lock_timeout: float = 30) -> SyncReport:
+        self.lock.acquire(lock_timeout)
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def run_forever(self, *, interval: float = 1.0, stop=None) -> None:
+        """The worker: wait to lead, then follow the node until `stop` is set."""
+        while not (stop and stop.is_set()):
+            if self.lock.try_acquire():
+                break
+            time.sleep(interval)
+        try:
+            while not (stop and stop.is_set()):
+                try:
+                    report = self._run()
+                    if report.blocks_applied or report.blocks_rolled_back:
+                        log.info("synced to %s (+%d, -%d blocks)", report.tip_height, report.blocks_applied,
+                                 report.blocks_rolled_back)
+                except Exception as e:   # node away or a transient DB error: keep leading, try again
+                    log.warning("sync failed: %s", e)
+                if stop is not None:
+                    stop.wait(interval)
+                else:
+                    time.sleep(interval)
+        finally:
+            self.lock.release()
+
+    def _run(self) -> SyncReport:
+        report = SyncReport()
+        for _ in range(10):   # the tip may move while policies are scanned: follow, then scan again
+            self._follow_blocks(report)
+            if self._discover(report):
+                break
+        self._sync_mempool(report)
+        return report
+
+    # -- blocks ------------------------------------------------------------------------------
+    def _follow_blocks(self, report: SyncReport) -> None:
+        with self.sessions() as session:
+            cursor = session.scalar(select(Block).order_by(Block.height.desc()).limit(1))
+            while cursor is not None and self._node_hash(cursor.height) != cursor.hash:
+                self._rollback_above(session, cursor.height - 1)
+                report.blocks_rolled_back += 1
+                session.commit()
+                cursor = session.scalar(select(Block).order_by(Block.height.desc()).limit(1))
+            tip = self.client.getblockcount()
+            report.tip_height = tip
+            if cursor is None:
+                # nothing to replay before the first policy is discovered at the tip
+                header = self.client.getblockheader(self.client.getblockhash(tip))
+                session.add(Block(height=tip, hash=header["hash"], time=header["time"]))
+                session.commit()
+                return
+            if cursor.height >= tip:
+                return
+            index = _Index(session)
+            prev_hash, start = cursor.hash, cursor.height + 1
+            for height in range(start, tip + 1):
+                block = self.client.getblock(self.client.getblockhash(height), 2)
+                if block.get("previousblockhash") != prev_hash:
+                    session.commit()   # a reorg under our feet: the next run rolls back
+                    return
+                self._apply_block(session, index, block)
+                prev_hash = block["hash"]
+                report.blocks_applied += 1
+                if (height - start + 1) % BLOCKS_PER_COMMIT == 0:
+                    session.commit()
+                if self.progress:
+                    self.progress(height - start + 1, tip - start + 1)
+            session.commit()
+
+    def _node_hash(self, height: int) -> str | None:
+        try:
+            return self.client.getblockhash(height)
+        except RPCError as e:
+            if e.code == -8:   # the node's chain is shorter now
+                return None
+            raise
+
+    def _apply_block(self, session: Session, index: _Index, block: dict) -> None:
+        height = block["height"]
+        session.add(Block(height=height, hash=block["hash"], time=block["time"]))
+        for position, tx in enumerate(block["tx"]):
+            self._apply_tx(session, index, tx, height=height, block_hash=block["hash"], coinbase=position == 0)
+
+    def _apply_tx(self, session: Session, index: _Index, tx: dict, *, height: int | None,
+                  block_hash: str | None, coinbase: bool = False) -> bool:
+        txid = tx["txid"]
+        received: dict[int, int] = {}
+        spent: dict[int, int] = {}
+        spent_coins = []
+        if not coinbase:
+            for vin in tx["vin"]:
+                coin = index.coins.get((vin["txid"], vin["vout"]))
+                if coin is not None:
+                    spent_coins.append(coin)
+        created = []
+        for out in tx["vout"]:
+            address = index.scripts.get(bytes.fromhex(out["scriptPubKey"]["hex"]))
+            if address is not None:
+                created.append((out, address))
+        if not spent_coins and not created:
+            return False
+        row = session.scalar(select(ChainTransaction).where(ChainTransaction.txid == txid))
+        if row is None:
+            row = ChainTransaction(txid=txid)
+            session.add(row)
+        row.block_height, row.block_hash = height, block_hash
+        session.flush()
+        for coin in spent_coins:
+            coin.spent_txid, coin.spent_height = txid, height
+            spent[coin.policy_id] = spent.get(coin.policy_id, 0) + coin.value
+            if height is not None:
+                index.coins.pop((coin.txid, coin.vout), None)
+        for out, address in created:
+            key = (txid, out["n"])
+            utxo = index.coins.get(key)
+            if utxo is None:
+                utxo = Utxo(policy_id=address.policy_id, address_id=address.id, txid=txid, vout=out["n"],
+                            value=btc_to_sats(out["value"]), coinbase=coinbase)
+                session.add(utxo)
+                index.coins[key] = utxo
+            utxo.height = height
+            received[address.policy_id] = received.get(address.policy_id, 0) + utxo.value
+            index.mark_used(session, address)
+        for policy_id in set(received) | set(spent):
+            link = session.get(PolicyTransaction, (policy_id, row.id))
+            if link is None:
+                session.add(PolicyTransaction(policy_id=policy_id, transaction_id=row.id,
+                                              received=received.get(policy_id, 0), spent=spent.get(policy_id, 0)))
+        return True
+
+    def _rollback_above(self, session: Session, fork_height: int) -> None:
+        """Everything confirmed above the fork becomes unconfirmed again; the mempool pass decides."""
+        session.execute(update(Utxo).where(Utxo.height > fork_height).values(height=None))
+        session.execute(update(Utxo).where(Utxo.spent_height > fork_height).values(spent_height=None))
+        session.execute(update(ChainTransaction).where(ChainTransaction.block_height > fork_height)
+                        .values(block_height=None, block_hash=None))
+        session.execute(delete(Block).where(Block.height > fork_height))
+
+    # -- discovery ---------------------------------------------------------------------------
+    def _discover(self, report: SyncReport) -> bool:
+        """scantxoutset for policies never scanned; False if the tip moved under the scan."""
+        with self.sessions() as session:
+            cursor = session.scalar(select(Block).order_by(Block.height.desc()).limit(1))
+            pending = list(session.scalars(select(Policy).where(Policy.scanned_height.is_(None),
+                                                                Policy.status.in_(ACTIVE_STATUSES))))
+            if not pending:
+                return True
+            index = _Index(session)
+            for policy in pending:
+                spec = spec_of(policy)
+                scanned: dict[int, int] = {0: 0, 1: 0}
+                while True:
+                    objects = []
+                    for branch in (0, 1):
+                        derived = sum(1 for a in index.scripts.values()
+                                      if a.policy_id == policy.id and a.branch == branch)
+                        if derived > scanned[branch]:
+                            objects.append({"desc": spec.descriptor(branch), "range": [scanned[branch], derived - 1]})
+                            scanned[branch] = derived
+                    if not objects:
+                        break
+                    result = self.client.scantxoutset("start", objects)
+                    if not result.get("success") or result["bestblock"] != cursor.hash:
+                        session.rollback()
+                        return False
+                    for unspent in result["unspents"]:
+                        self._apply_scanned(session, index, unspent)
+                policy.scanned_height = cursor.height
+                report.policies_discovered += 1
+            session.commit()
+        return True
+
+    def _apply_scanned(self, session: Session, index: _Index, unspent: dict) -> None:
+        key = (unspent["txid"], unspent["vout"])
+        if key in index.coins:
+            return
+        address = index.scripts[bytes.fromhex(unspent["scriptPubKey"])]
+        utxo = Utxo(policy_id=address.policy_id, address_id=address.id, txid=unspent["txid"], vout=unspent["vout"],
+                    value=btc_to_sats(unspent["amount"]), height=unspent["height"], coinbase=unspent["coinbase"])
+        session.add(utxo)
+        index.coins[key] = utxo
+        row = session.scalar(select(ChainTransaction).where(ChainTransaction.txid == unspent["txid"]))
+        if row is None:
+            row = ChainTransaction(txid=unspent["txid"], block_height=unspent["height"],
+                                   block_hash=unspent.get("blockhash"))
+            session.add(row)
+            session.flush()
+        link = session.get(PolicyTransaction, (address.policy_id, row.id))
+        if link is None:
+            session.add(PolicyTransaction(policy_id=address.policy_id, transaction_id=row.id, received=utxo.value))
+        else:
+            link.received += utxo.value
+        index.mark_used(session, address)
+
+    # -- mempool -----------------------------------------------------------------------------
+    def _sync_mempool(self, report: SyncReport) -> None:
+        with self.sessions() as session:
+            mempool = set(self.client.getrawmempool())
+            unconfirmed = list(session.scalars(select(ChainTransaction).where(ChainTransaction.block_height.is_(None))))
+            for row in unconfirmed:
+                if row.txid not in mempool:
+                    self._drop_unconfirmed(session, row)
+            session.flush()
+            known = {row.txid for row in unconfirmed if row.txid in mempool}
+            new = sorted(mempool - known)
+            if new:
+                index = _Index(session)
+                txs = [t for t in self.client.batch([("getrawtransaction", [t, 1]) for t in new])
+                       if isinstance(t, dict)]
+                for tx in _parents_first(txs):
+                    if self._apply_tx(session, index, tx, height=None, block_hash=None):
+                        report.transactions_seen += 1
+            session.commit()
+
+    def _drop_unconfirmed(self, session: Session, row: ChainTransaction) -> None:
+        """A transaction that left the mempool unconfirmed (replaced, conflicted, reorged out)."""
+        session.execute(delete(Utxo).where(Utxo.txid == row.txid, Utxo.height.is_(None)))
+        session.execute(update(Utxo).where(Utxo.spent_txid == row.txid, Utxo.spent_height.is_(None))
+                        .values(spent_txid=None))
+        session.execute(delete(PolicyTransaction).where(PolicyTransaction.transaction_id == row.id))
+        session.delete(row)
+
+
+def _parents_first(txs: list[dict]) -> list[dict]:
+    """Order unconfirmed transactions so that each comes after the ones whose outputs it spends."""
+    pending = {tx["txid"]: tx for tx in txs}
+    ordered = []
+    while pending:
+        ready = [tx for tx in pending.values() if not any(v.get("txid") in pending for v in tx["vin"])]
+        if not ready:               # cannot happen in a valid mempool; keep everything anyway
+            ready = list(pending.values())
+        for tx in ready:
+            ordered.append(pending.pop(tx["txid"]))
+    return ordered
