@@ -3,6 +3,7 @@ on a free port in a temporary directory, and the toolkit's one chain client poin
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,66 @@ def mine_coins(rpc, wallet: TestWallet, count: int, *, kind: str = "wpkh", matur
 def utxo_of(rpc, txid: str, vout: int) -> Utxo:
     out = rpc.getrawtransaction(txid, True)["vout"][vout]
     return Utxo(txid, vout, int(out["value"] * 100_000_000), bytes.fromhex(out["scriptPubKey"]["hex"]))
+
+
+# -- databases: every ledger test runs on SQLite and on a real PostgreSQL server -----------------
+def _postgres_bin():
+    import glob
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A throwaway PostgreSQL cluster on a free loopback port, trust auth, as the postgres user."""
+    import shutil
+    import subprocess
+    from regtest.launcher import free_port
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("CUSTODY_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is required (make test installs it) but was not found")
+        pytest.skip("PostgreSQL not installed")
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="custody-pg-"))   # pytest's own temp root is private to root
+    data = base / "data"
+    run_as = []
+    if os.geteuid() == 0:   # initdb refuses to run as root
+        shutil.chown(data.parent, "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run(run_as + [f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", str(data), "-w", "-l", str(data.parent / "log"),
+                             "-o", f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                   check=True, capture_output=True)
+    yield f"postgresql://postgres@127.0.0.1:{port}"
+    subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+_db_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/custody.db"
+    import psycopg
+    server = request.getfixturevalue("postgres_server")
+    name = f"custody_test_{next(_db_counter)}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{server}/{name}"
+
+
+def hd_keys(count: int = 3, *, seed_base: int = 1) -> list[str]:
+    """Account-level test keys "[fp/48h/1h/0h/2h]tpub…", each from its own seed (its own device)."""
+    from embit import bip32
+    from embit.networks import NETWORKS
+    keys = []
+    for i in range(count):
+        root = bip32.HDKey.from_seed(bytes([seed_base + i]) * 32, version=NETWORKS["regtest"]["xprv"])
+        account = root.derive("m/48h/1h/0h/2h").to_public()
+        keys.append(f"[{root.my_fingerprint.hex()}/48h/1h/0h/2h]{account.to_base58()}")
+    return keys
