@@ -110,11 +110,13 @@ def db_url(request, tmp_path):
 
 def hd_keys(count: int = 3, *, seed_base: int = 1) -> list[str]:
     """Account-level test keys "[fp/48h/1h/0h/2h]tpub…", each from its own seed (its own device)."""
+    import hashlib
     from embit import bip32
     from embit.networks import NETWORKS
     keys = []
     for i in range(count):
-        root = bip32.HDKey.from_seed(bytes([seed_base + i]) * 32, version=NETWORKS["regtest"]["xprv"])
+        seed = hashlib.sha256(f"test device {seed_base + i}".encode()).digest()
+        root = bip32.HDKey.from_seed(seed, version=NETWORKS["regtest"]["xprv"])
         account = root.derive("m/48h/1h/0h/2h").to_public()
         keys.append(f"[{root.my_fingerprint.hex()}/48h/1h/0h/2h]{account.to_base58()}")
     return keys

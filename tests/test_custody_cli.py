@@ -1,0 +1,180 @@
+"""The `custody` command line as an operator scripts it: --json output, exit codes, one-line errors,
+and the sync worker (killed mid-sync, and two workers on one PostgreSQL database)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from custody.node_client import btc_to_sats
+
+from .conftest import hd_keys, mine_coins
+
+
+def custody(node, db_url, *args, check=True):
+    env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
+    result = subprocess.run([sys.executable, "-m", "custody.cli", "--json", *args], capture_output=True, text=True,
+                            env=env, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout) if result.stdout.strip() else None
+    return result
+
+
+def worker(node, db_url):
+    env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
+    return subprocess.Popen([sys.executable, "-m", "custody.cli", "worker", "--interval", "0.2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def coins(rpc, wallet):
+    return mine_coins(rpc, wallet, 10)
+
+
+def test_policy_lifecycle_and_ledger_through_the_cli(node, rpc, wallet, coins, tmp_path, other_address):
+    db = f"sqlite:///{tmp_path}/c.db"
+    keys = hd_keys(3, seed_base=300)
+    imported = custody(node, db, "key", "import", keys[0])
+    assert imported["key"] == keys[0]
+    created = custody(node, db, "policy", "create", "vault", "--threshold", "2", *sum((["--key", k] for k in keys), []))
+    assert created["kind"] == "wsh-sortedmulti" and created["status"] == "draft" and created["descriptor"].startswith("wsh(")
+    assert custody(node, db, "policy", "status", "vault", "active")["status"] == "active"
+    addresses = custody(node, db, "addresses", "vault")
+    assert len(addresses) == 20 and addresses[0]["index"] == 0
+    spk = bytes.fromhex(rpc.validateaddress(addresses[2]["address"])["scriptPubKey"])
+    coin = coins.pop()
+    txid = rpc.sendrawtransaction(wallet.sign([coin], [(spk, 25_000_000), (wallet.wpkh, coin.value - 25_002_000)]))
+    rpc.generatetoaddress(1, other_address)
+    report = custody(node, db, "sync")
+    assert report["policies_discovered"] == 1
+    [balance] = custody(node, db, "balance")
+    assert balance["confirmed"] == 25_000_000 and balance["policy"] == "vault"
+    [utxo] = custody(node, db, "utxos", "vault")
+    assert utxo["outpoint"] == f"{txid}:0" and utxo["state"] == "confirmed"
+    assert custody(node, db, "freeze", f"{txid}:0", "--reason", "audit hold")["frozen"] is True
+    assert custody(node, db, "utxos", "vault", "--state", "frozen")[0]["freeze_reason"] == "audit hold"
+    custody(node, db, "unfreeze", f"{txid}:0")
+    assert custody(node, db, "history", "vault")[0]["txid"] == txid
+    assert custody(node, db, "balance-history", "vault")[-1]["balance"] == 25_000_000
+    custody(node, db, "label", "tx", txid, "first deposit")
+    labels = tmp_path / "labels.jsonl"
+    custody(node, db, "labels", "export", str(labels))
+    assert json.loads(labels.read_text()) == {"type": "tx", "ref": txid, "label": "first deposit"}
+    shown = custody(node, db, "policy", "show", "vault")
+    assert len(shown["keys"]) == 3 and shown["balance"] == 25_000_000
+
+
+def test_derive_matches_the_node(node, rpc, tmp_path):
+    keys = hd_keys(3, seed_base=310)
+    descriptor = rpc.getdescriptorinfo("wsh(sortedmulti(2,{}/0/*,{}/0/*,{}/0/*))".format(*keys))["descriptor"]
+    ours = custody(node, f"sqlite:///{tmp_path}/d.db", "derive", descriptor, "--from", "0", "--to", "9")
+    assert ours == rpc.deriveaddresses(descriptor, [0, 9])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["policy", "create", "x", "--threshold", "4", "--key", "[00000000/48h]tpubnotakey"], "key"),
+    (["policy", "show", "nothing"], "no policy named"),
+    (["freeze", "abc:1", "--reason", "r"], "not an outpoint"),
+    (["labels", "import", "/nonexistent/file"], "No such file"),
+])
+def test_errors_are_one_line_with_exit_code_1(node, tmp_path, args, fragment):
+    result = custody(node, f"sqlite:///{tmp_path}/e.db", *args, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("custody: error:") and fragment in lines[0]
+
+
+def test_refused_policy_leaves_the_database_unchanged(node, tmp_path):
+    db = f"sqlite:///{tmp_path}/u.db"
+    keys = hd_keys(3, seed_base=320)
+    result = custody(node, db, "policy", "create", "dup", "--threshold", "2", "--key", keys[0], "--key", keys[1],
+                     "--key", keys[0], check=False)
+    assert result.returncode == 1 and "repeats key 1" in result.stderr
+    assert custody(node, db, "policy", "list") == [] and custody(node, db, "key", "list") == []
+
+
+def test_unreachable_node_is_one_clear_line(tmp_path):
+    env = {**os.environ, "CUSTODY_DB": f"sqlite:///{tmp_path}/n.db", "CUSTODY_NODE": "http://127.0.0.1:9",
+           "CUSTODY_RPCUSER": "u", "CUSTODY_RPCPASSWORD": "p"}
+    result = subprocess.run([sys.executable, "-m", "custody.cli", "sync"], capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "cannot reach Bitcoin node at http://127.0.0.1:9" in result.stderr
+
+
+def _setup_funded_policy(node, rpc, wallet, coins, db, seed, payments: int, other_address):
+    keys = hd_keys(3, seed_base=seed)
+    custody(node, db, "policy", "create", "fleet", "--threshold", "2", "--gap-limit", "200",
+            *sum((["--key", k] for k in keys), []))
+    custody(node, db, "sync")
+    addresses = [a["address"] for a in custody(node, db, "addresses", "fleet")]
+    total = 0
+    coin = coins.pop()
+    from regtest.testwallet import Utxo
+    for i in range(payments):   # one payment per block, chained through the wallet's change
+        spk = bytes.fromhex(rpc.validateaddress(addresses[i % 150])["scriptPubKey"])
+        amount = 100_000 + i
+        raw = wallet.sign([coin], [(spk, amount), (wallet.wpkh, coin.value - amount - 1_000)])
+        txid = rpc.sendrawtransaction(raw)
+        coin = Utxo(txid, 1, coin.value - amount - 1_000, wallet.wpkh)
+        total += amount
+        rpc.generatetoaddress(1, other_address)
+    return total
+
+
+def test_worker_killed_mid_sync_resumes_without_double_counting(node, rpc, wallet, coins, tmp_path, other_address):
+    db = f"sqlite:///{tmp_path}/w.db"
+    total = _setup_funded_policy(node, rpc, wallet, coins, db, 330, 150, other_address)
+    proc = worker(node, db)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)     # mid-sync, as a crash would
+    proc.wait()
+    proc = worker(node, db)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            [balance] = custody(node, db, "balance")
+            if balance["confirmed"] == total:
+                break
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert balance["confirmed"] == total
+    assert len(custody(node, db, "utxos", "fleet")) == 150
+
+
+def test_two_workers_on_postgresql_one_leads_the_other_takes_over(node, rpc, wallet, coins, postgres_server,
+                                                                  other_address):
+    import psycopg
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE custody_workers")
+    db = f"{postgres_server}/custody_workers"
+    total = _setup_funded_policy(node, rpc, wallet, coins, db, 340, 40, other_address)
+    first, second = worker(node, db), worker(node, db)
+    try:
+        deadline = time.monotonic() + 120
+        while custody(node, db, "balance")[0]["confirmed"] != total and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert custody(node, db, "balance")[0]["confirmed"] == total
+        first.send_signal(signal.SIGKILL)          # the leader (or the follower) dies
+        first.wait()
+        coin = coins.pop()
+        addresses = custody(node, db, "addresses", "fleet")
+        spk = bytes.fromhex(rpc.validateaddress(addresses[199]["address"])["scriptPubKey"])
+        rpc.sendrawtransaction(wallet.sign([coin], [(spk, 777_000), (wallet.wpkh, coin.value - 779_000)]))
+        rpc.generatetoaddress(1, other_address)
+        deadline = time.monotonic() + 120
+        while custody(node, db, "balance")[0]["confirmed"] != total + 777_000 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert custody(node, db, "balance")[0]["confirmed"] == total + 777_000
+        assert len(custody(node, db, "utxos", "fleet")) == 41      # nothing applied twice
+    finally:
+        for p in (first, second):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
