@@ -178,8 +178,13 @@ def expand(obj: ScanObject, network: str = "regtest") -> dict[bytes, str]:
     return dict(iter_scripts(obj))
 
 
-def expand_ordered(obj: ScanObject) -> list[bytes]:
-    return [spk for spk, _ in iter_scripts(obj)]
+def expand_paths(obj: ScanObject) -> list[list[bytes]]:
+    """Scripts in deriveaddresses order: one list per multipath path (one list when not multipath)."""
+    scripts = [spk for spk, _ in iter_scripts(obj)]
+    parsed = _parse(obj.desc)
+    paths = 1 if isinstance(parsed, tuple) else max(parsed.num_branches, 1)
+    size = len(scripts) // paths
+    return [scripts[i * size:(i + 1) * size] for i in range(paths)]
 
 
 def infer_descriptor(spk: bytes) -> str:

@@ -818,23 +818,27 @@ def getdescriptorinfo(node, descriptor):
 
 @method("deriveaddresses", ("descriptor", "str", REQUIRED), ("range", "int|array", None))
 def deriveaddresses(node, descriptor, range_):
-    """Derives one or more addresses corresponding to an output descriptor."""
+    """Derives one or more addresses corresponding to an output descriptor (one array per path of a
+multipath descriptor)."""
     try:
         body = D.check_and_strip_checksum(descriptor, require=True)
         spec = body if range_ is None else {"desc": body, "range": range_}
         obj = D.parse_scan_objects([spec])[0]
         if range_ is None and obj.range is not None:
             raise RPCError(RPC_INVALID_PARAMETER, "Range must be specified for a ranged descriptor")
-        scripts = D.expand_ordered(obj)
+        paths = D.expand_paths(obj)
     except D.DescriptorError as e:
         raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, str(e)) from None
-    addresses = []
-    for spk in scripts:
-        address = S.address_of(spk)
-        if address is None:
-            raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Descriptor does not have a corresponding address")
-        addresses.append(address)
-    return addresses
+    result = []
+    for scripts in paths:
+        addresses = []
+        for spk in scripts:
+            address = S.address_of(spk)
+            if address is None:
+                raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Descriptor does not have a corresponding address")
+            addresses.append(address)
+        result.append(addresses)
+    return result if len(result) > 1 else result[0]   # Core 29: one array per path of a multipath descriptor
 
 
 @method("validateaddress", ("address", "str", REQUIRED))
