@@ -178,3 +178,18 @@ def test_two_workers_on_postgresql_one_leads_the_other_takes_over(node, rpc, wal
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(30)
+
+
+@pytest.mark.parametrize("fmt", ["core", "bsms", "coldcard", "caravan"])
+def test_policy_export_then_import_elsewhere(node, tmp_path, fmt):
+    keys = hd_keys(3, seed_base=350)
+    first, second = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
+    created = custody(node, first, "policy", "create", "ops", "--threshold", "2", *sum((["--key", k] for k in keys), []))
+    exported = tmp_path / f"ops.{fmt}"
+    result = subprocess.run([sys.executable, "-m", "custody.cli", "policy", "export", "ops", "--format", fmt],
+                            capture_output=True, text=True, env={**os.environ, "CUSTODY_DB": first}, check=True)
+    exported.write_text(result.stdout)
+    imported = custody(node, second, "policy", "import", str(exported), "--name", "ops-copy")
+    assert imported["descriptor"] == created["descriptor"] and imported["name"] == "ops-copy"
+    bad = custody(node, second, "policy", "import", str(exported), "--name", "again", check=False)
+    assert bad.returncode == 1 and "exactly these keys" in bad.stderr
