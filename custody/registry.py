@@ -1,7 +1,7 @@
 """Keys and policies in the database, and the addresses derived from each policy."""
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from .derive import derive_scripts
@@ -89,8 +89,10 @@ def set_status(session: Session, policy: Policy, status: str) -> Policy:
     return policy
 
 
-def ensure_addresses(session: Session, policy: Policy, spec: PolicySpec | None = None) -> list[Address]:
-    """Derive each branch up to its highest used index plus the gap limit; returns the new rows."""
+def ensure_addresses(session: Session, policy: Policy, spec: PolicySpec | None = None, *,
+                     upto: dict[int, int] | None = None) -> list[Address]:
+    """Derive each branch up to its highest used index plus the gap limit (or, with `upto`, past a
+    count of addresses known to be used); returns the new rows."""
     spec = spec or spec_of(policy)
     network = NETWORKS[policy.network]
     added = []
@@ -99,13 +101,15 @@ def ensure_addresses(session: Session, policy: Policy, spec: PolicySpec | None =
             Address.policy_id == policy.id, Address.branch == branch)) or 0
         last_used = session.scalar(select(func.max(Address.index)).where(
             Address.policy_id == policy.id, Address.branch == branch, Address.used.is_(True)))
-        want = (last_used + 1 if last_used is not None else 0) + policy.gap_limit
+        used = max(last_used + 1 if last_used is not None else 0, (upto or {}).get(branch, 0))
+        want = used + policy.gap_limit
         if have >= want:
             continue
         scripts = derive_scripts(spec, branch, have, want - 1)
-        rows = [Address(policy_id=policy.id, branch=branch, index=have + i, script_pubkey=spk,
-                        address=Script(spk).address(network)) for i, spk in enumerate(scripts)]
-        session.add_all(rows)
-        added += rows
+        session.execute(insert(Address), [
+            {"policy_id": policy.id, "branch": branch, "index": have + i, "script_pubkey": spk,
+             "address": Script(spk).address(network), "used": False} for i, spk in enumerate(scripts)])
+        added += session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == branch,
+                                                       Address.index >= have)).all()
     session.flush()
     return added

@@ -12,17 +12,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.node_client import NodeClient, RPCError, btc_to_sats
 
 from .leader import LeaderLock
 from .models import Address, Block, ChainTransaction, Policy, PolicyTransaction, Utxo
+from .derive import derive_scripts
 from .registry import ensure_addresses, spec_of
 
 log = logging.getLogger("custody.sync")
 BLOCKS_PER_COMMIT = 25
+DISCOVERY_WINDOW = 1_000       # addresses per branch per scantxoutset call when discovering a policy
 ACTIVE_STATUSES = ("draft", "active", "retiring")
 
 
@@ -216,54 +218,78 @@ class Syncer:
             cursor = session.scalar(select(Block).order_by(Block.height.desc()).limit(1))
             pending = list(session.scalars(select(Policy).where(Policy.scanned_height.is_(None),
                                                                 Policy.status.in_(ACTIVE_STATUSES))))
-            if not pending:
-                return True
-            index = _Index(session)
             for policy in pending:
-                spec = spec_of(policy)
-                scanned: dict[int, int] = {0: 0, 1: 0}
-                while True:
-                    objects = []
-                    for branch in (0, 1):
-                        derived = sum(1 for a in index.scripts.values()
-                                      if a.policy_id == policy.id and a.branch == branch)
-                        if derived > scanned[branch]:
-                            objects.append({"desc": spec.descriptor(branch), "range": [scanned[branch], derived - 1]})
-                            scanned[branch] = derived
-                    if not objects:
-                        break
-                    result = self.client.scantxoutset("start", objects)
-                    if not result.get("success") or result["bestblock"] != cursor.hash:
-                        session.rollback()
-                        return False
-                    for unspent in result["unspents"]:
-                        self._apply_scanned(session, index, unspent)
+                found = self._scan_policy(policy, cursor.hash)
+                if found is None:
+                    session.rollback()
+                    return False
+                last_used = {b: max((i for (br, i) in found.values() if br == b), default=-1) for b in (0, 1)}
+                ensure_addresses(session, policy, upto={b: last_used[b] + 1 for b in (0, 1)})
+                self._store_scanned(session, list(found))
                 policy.scanned_height = cursor.height
                 report.policies_discovered += 1
             session.commit()
         return True
 
-    def _apply_scanned(self, session: Session, index: _Index, unspent: dict) -> None:
-        key = (unspent["txid"], unspent["vout"])
-        if key in index.coins:
+    def _scan_policy(self, policy: Policy, tip_hash: str) -> dict | None:
+        """Scan the UTXO set in wide windows until a full gap past the last used address is clear.
+        Returns {unspent (as a tuple of items): (branch, index)}, or None if the tip moved."""
+        spec = spec_of(policy)
+        next_start, last_used = {0: 0, 1: 0}, {0: -1, 1: -1}
+        found: dict = {}
+        while True:
+            objects, positions = [], {}
+            for branch in (0, 1):
+                needed = last_used[branch] + policy.gap_limit
+                if next_start[branch] > needed:
+                    continue
+                end = max(needed, next_start[branch] + DISCOVERY_WINDOW - 1)
+                objects.append({"desc": spec.descriptor(branch), "range": [next_start[branch], end]})
+                for offset, spk in enumerate(derive_scripts(spec, branch, next_start[branch], end)):
+                    positions[spk.hex()] = (branch, next_start[branch] + offset)
+                next_start[branch] = end + 1
+            if not objects:
+                return found
+            result = self.client.scantxoutset("start", objects)
+            if not result.get("success") or result["bestblock"] != tip_hash:
+                return None
+            for unspent in result["unspents"]:
+                branch, index = positions[unspent["scriptPubKey"]]
+                last_used[branch] = max(last_used[branch], index)
+                found[tuple(sorted(unspent.items()))] = (branch, index)
+
+    def _store_scanned(self, session: Session, found: list[tuple]) -> None:
+        """Bulk-insert the coins a scan found, with their transactions and per-policy totals."""
+        if not found:
             return
-        address = index.scripts[bytes.fromhex(unspent["scriptPubKey"])]
-        utxo = Utxo(policy_id=address.policy_id, address_id=address.id, txid=unspent["txid"], vout=unspent["vout"],
-                    value=btc_to_sats(unspent["amount"]), height=unspent["height"], coinbase=unspent["coinbase"])
-        session.add(utxo)
-        index.coins[key] = utxo
-        row = session.scalar(select(ChainTransaction).where(ChainTransaction.txid == unspent["txid"]))
-        if row is None:
-            row = ChainTransaction(txid=unspent["txid"], block_height=unspent["height"],
-                                   block_hash=unspent.get("blockhash"))
-            session.add(row)
-            session.flush()
-        link = session.get(PolicyTransaction, (address.policy_id, row.id))
-        if link is None:
-            session.add(PolicyTransaction(policy_id=address.policy_id, transaction_id=row.id, received=utxo.value))
-        else:
-            link.received += utxo.value
-        index.mark_used(session, address)
+        unspents = [dict(items) for items in found]
+        addresses = {a.script_pubkey.hex(): a for a in session.scalars(select(Address).where(
+            Address.script_pubkey.in_([bytes.fromhex(u["scriptPubKey"]) for u in unspents])))}
+        known = {(u.txid, u.vout) for u in session.scalars(select(Utxo).where(Utxo.txid.in_({u["txid"] for u in unspents})))}
+        unspents = [u for u in unspents if (u["txid"], u["vout"]) not in known]
+        txids = {u["txid"]: u for u in unspents}
+        existing = {t.txid: t for t in session.scalars(select(ChainTransaction).where(ChainTransaction.txid.in_(txids)))}
+        session.execute(insert(ChainTransaction), [
+            {"txid": t, "block_height": u["height"], "block_hash": u.get("blockhash")}
+            for t, u in txids.items() if t not in existing])
+        tx_ids = {t.txid: t.id for t in session.scalars(select(ChainTransaction).where(ChainTransaction.txid.in_(txids)))}
+        received: dict[tuple[int, int], int] = {}
+        rows = []
+        for u in unspents:
+            address = addresses[u["scriptPubKey"]]
+            value = btc_to_sats(u["amount"])
+            rows.append({"policy_id": address.policy_id, "address_id": address.id, "txid": u["txid"], "vout": u["vout"],
+                         "value": value, "height": u["height"], "coinbase": u["coinbase"], "frozen": False})
+            key = (address.policy_id, tx_ids[u["txid"]])
+            received[key] = received.get(key, 0) + value
+            address.used = True
+        session.execute(insert(Utxo), rows)
+        for (policy_id, tx_id), value in received.items():
+            link = session.get(PolicyTransaction, (policy_id, tx_id))
+            if link is None:
+                session.add(PolicyTransaction(policy_id=policy_id, transaction_id=tx_id, received=value, spent=0))
+            else:
+                link.received += value
 
     # -- mempool -----------------------------------------------------------------------------
     def _sync_mempool(self, report: SyncReport) -> None:

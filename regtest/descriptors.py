@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from embit.descriptor import Descriptor
-from embit.descriptor.checksum import checksum as _embit_checksum
+from embit.descriptor.arguments import AllowedDerivation, KeyOrigin
 
 from . import script as S
 
@@ -29,11 +29,37 @@ class ScanObject:
     range: tuple[int, int] | None    # inclusive, for ranged descriptors
 
 
+_INPUT_CHARSET = "0123456789()[],'/*abcdefgh@:$%{}IJKLMNOPQRSTUVWXYZ&+-.;<=>?!^_|~ijklmnopqrstuvwxyzABCDEFGH`#\"\\ "
+_CHECKSUM_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+_POSITION = {c: i for i, c in enumerate(_INPUT_CHARSET)}
+_GENERATORS = (0xF5DEE51989, 0xA9FDCA3312, 0x1BAB10E32D, 0x3706B1677A, 0x644D626FFD)
+_POLYMOD_TABLE = [0] * 32
+for _top in range(32):
+    for _bit in range(5):
+        if (_top >> _bit) & 1:
+            _POLYMOD_TABLE[_top] ^= _GENERATORS[_bit]
+
+
 def descriptor_checksum(desc: str) -> str:
-    try:
-        return _embit_checksum(desc)
-    except Exception as e:
-        raise DescriptorError(str(e)) from None
+    """BIP-380 checksum; table-driven because every scan match reports a checksummed descriptor."""
+    c, cls, count = 1, 0, 0
+    table = _POLYMOD_TABLE
+    for ch in desc:
+        pos = _POSITION.get(ch)
+        if pos is None:
+            raise DescriptorError(f"Invalid character '{ch}' in descriptor")
+        c = ((c & 0x7FFFFFFFF) << 5) ^ (pos & 31) ^ table[c >> 35]
+        cls = cls * 3 + (pos >> 5)
+        count += 1
+        if count == 3:
+            c = ((c & 0x7FFFFFFFF) << 5) ^ cls ^ table[c >> 35]
+            cls = count = 0
+    if count:
+        c = ((c & 0x7FFFFFFFF) << 5) ^ cls ^ table[c >> 35]
+    for _ in range(8):
+        c = ((c & 0x7FFFFFFFF) << 5) ^ table[c >> 35]
+    c ^= 1
+    return "".join(_CHECKSUM_CHARSET[(c >> (5 * (7 - j))) & 31] for j in range(8))
 
 
 def add_checksum(desc: str) -> str:
@@ -158,8 +184,13 @@ def _reported(derived) -> str:
     return add_checksum(text)
 
 
+def describe(match) -> str:
+    """The descriptor Core reports for a match found through `expand` (built only for matches)."""
+    return match if isinstance(match, str) else _reported(match)
+
+
 def iter_scripts(obj: ScanObject):
-    """Yield (scriptPubKey, reported descriptor) in Core's order: index, then multipath branch."""
+    """Yield (scriptPubKey, match) per path then index; `describe(match)` gives the reported descriptor."""
     parsed = _parse(obj.desc)
     if isinstance(parsed, tuple):
         kind, spk = parsed
@@ -168,13 +199,31 @@ def iter_scripts(obj: ScanObject):
     branches = range(parsed.num_branches) if parsed.num_branches > 1 else [None]
     indexes = range(obj.range[0], obj.range[1] + 1) if obj.range else [None]
     for branch in branches:
-        base = parsed.branch(branch) if branch is not None else parsed
+        base = _fix_prefix(parsed.branch(branch) if branch is not None else parsed.branch(0))
         for index in indexes:
             derived = base.derive(index) if index is not None else base
-            yield derived.script_pubkey().data, _reported(derived)
+            yield derived.script_pubkey().data, derived
 
 
-def expand(obj: ScanObject, network: str = "regtest") -> dict[bytes, str]:
+def _fix_prefix(desc):
+    """Derive each key's fixed steps (`xpub/0/*` -> the xpub at /0) once, so that every index costs
+    one BIP-32 step per key instead of the whole path. The origin grows by the same steps."""
+    for key in desc.keys:
+        derivation = key.allowed_derivation
+        if derivation is None or not hasattr(key.key, "derive") or derivation.indexes[-1:] != [None]:
+            continue
+        fixed = derivation.indexes[:-1]
+        if not fixed or not all(isinstance(i, int) for i in fixed):
+            continue
+        key.key = key.key.derive(fixed)
+        if key.origin is not None:
+            key.origin = KeyOrigin(key.origin.fingerprint, key.origin.derivation + fixed)
+        key.allowed_derivation = AllowedDerivation([None])
+    return desc
+
+
+def expand(obj: ScanObject, network: str = "regtest") -> dict:
+    """scriptPubKey -> match, for every script the scan object describes."""
     return dict(iter_scripts(obj))
 
 

@@ -635,7 +635,7 @@ def scantxoutset(node, action, scanobjects):
             chain = node.chain
             height, best = chain.height, bytes(chain.tip.block_hash)
             items = list(chain.utxos.items())
-        unspents, total = [], 0
+        unspents, total, described = [], 0, {}
         count = len(items)
         for i, (outpoint, coin) in enumerate(items):
             if i % 8192 == 0:
@@ -643,9 +643,12 @@ def scantxoutset(node, action, scanobjects):
                 if _Scan.abort:
                     return {"success": False, "txouts": i, "height": height, "bestblock": _hex(best),
                             "unspents": [], "total_amount": sats_to_amount(0)}
-            desc = wanted.get(coin.script_pubkey)
-            if desc is None:
+            match = wanted.get(coin.script_pubkey)
+            if match is None:
                 continue
+            desc = described.get(coin.script_pubkey)
+            if desc is None:
+                desc = described[coin.script_pubkey] = D.describe(match)
             total += coin.value
             with node.lock:
                 block_hash = bytes(chain.entry_at(coin.height).block_hash)

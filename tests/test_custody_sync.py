@@ -220,3 +220,22 @@ def test_ten_thousand_derived_addresses(rpc, wallet, coins, db_url, other_addres
     with sessions() as s:
         assert ledger.balances(s)[0].confirmed == 5_000_000
         assert s.scalar(select(func.count()).select_from(Address)) == 15_000   # change gap extended
+
+
+def test_two_policies_paid_by_one_transaction_are_both_discovered(rpc, wallet, coins, db_url, other_address):
+    first = build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=next(_seeds)))
+    second = build_policy("tr-sortedmulti_a", 2, hd_keys(3, seed_base=next(_seeds)))
+    coin = coins.pop()
+    outputs = [(first.embit(0).derive(0).script_pubkey().data, 1_000_000),
+               (second.embit(0).derive(2).script_pubkey().data, 2_000_000)]
+    rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 3_002_000)]))
+    rpc.generatetoaddress(1, other_address)
+    sessions = open_database(db_url)
+    with sessions.begin() as s:
+        registry.create_policy(s, "first", first)
+    Syncer(sessions, rpc).sync_once()
+    with sessions.begin() as s:
+        registry.create_policy(s, "second", second)
+    Syncer(sessions, rpc).sync_once()
+    with sessions() as s:
+        assert [(b.policy, b.confirmed) for b in ledger.balances(s)] == [("first", 1_000_000), ("second", 2_000_000)]

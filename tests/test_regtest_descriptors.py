@@ -61,8 +61,8 @@ def test_multipath_sortedmulti_matches_embit_on_both_branches():
         for index in (0, 9):
             spk = reference.derive(index, branch_index=branch).script_pubkey().data
             assert spk in scripts
-            assert f"/{branch}/{index}]" in scripts[spk]          # reported with its full origin
-    assert all(desc.startswith("wsh(sortedmulti(2,[") for desc in scripts.values())
+            assert f"/{branch}/{index}]" in D.describe(scripts[spk])     # reported with its full origin
+    assert all(D.describe(m).startswith("wsh(sortedmulti(2,[") for m in scripts.values())
 
 
 def test_addresses_and_raw_scripts():
