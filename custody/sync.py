@@ -267,11 +267,14 @@ class Syncer:
             Address.script_pubkey.in_([bytes.fromhex(u["scriptPubKey"]) for u in unspents])))}
         known = {(u.txid, u.vout) for u in session.scalars(select(Utxo).where(Utxo.txid.in_({u["txid"] for u in unspents})))}
         unspents = [u for u in unspents if (u["txid"], u["vout"]) not in known]
+        if not unspents:
+            return
         txids = {u["txid"]: u for u in unspents}
         existing = {t.txid: t for t in session.scalars(select(ChainTransaction).where(ChainTransaction.txid.in_(txids)))}
-        session.execute(insert(ChainTransaction), [
-            {"txid": t, "block_height": u["height"], "block_hash": u.get("blockhash")}
-            for t, u in txids.items() if t not in existing])
+        new_rows = [{"txid": t, "block_height": u["height"], "block_hash": u.get("blockhash")}
+                    for t, u in txids.items() if t not in existing]
+        if new_rows:
+            session.execute(insert(ChainTransaction), new_rows)
         tx_ids = {t.txid: t.id for t in session.scalars(select(ChainTransaction).where(ChainTransaction.txid.in_(txids)))}
         received: dict[tuple[int, int], int] = {}
         rows = []
