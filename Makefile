@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := libusb-1.0-0 python3-venv postgresql
 .PHONY: demo test bench system-deps venv clean
 
 demo: system-deps venv
-	$(PY) -m regtest.demo
+	$(PY) -m coordinator.demo
 
 test: system-deps venv
 	CUSTODY_REQUIRE_POSTGRES=1 $(PY) -m pytest -q $(PYTEST_ARGS)
