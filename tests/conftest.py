@@ -120,3 +120,25 @@ def hd_keys(count: int = 3, *, seed_base: int = 1) -> list[str]:
         account = root.derive("m/48h/1h/0h/2h").to_public()
         keys.append(f"[{root.my_fingerprint.hex()}/48h/1h/0h/2h]{account.to_base58()}")
     return keys
+
+
+def sign_multisig_spend(seed_bases: list[int], inputs: list[tuple], outputs: list[tuple[bytes, int]]) -> str:
+    """Spend wsh(sortedmulti(2, …)) coins made from hd_keys(seed_base=…) test devices, signing with the
+    first two devices. inputs: (txid, vout, value, branch, index); outputs: (scriptPubKey, value)."""
+    import hashlib
+    from embit import bip32, ec, script
+    from embit.networks import NETWORKS
+    from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
+    roots = [bip32.HDKey.from_seed(hashlib.sha256(f"test device {n}".encode()).digest(),
+                                   version=NETWORKS["regtest"]["xprv"]) for n in seed_bases]
+    tx = Transaction(version=2, vin=[TransactionInput(bytes.fromhex(t), v, sequence=0xFFFFFFFD) for t, v, *_ in inputs],
+                     vout=[TransactionOutput(value, script.Script(spk)) for spk, value in outputs])
+    for i, (_, _, value, branch, index) in enumerate(inputs):
+        children = [r.derive(f"m/48h/1h/0h/2h/{branch}/{index}") for r in roots]
+        pubs = sorted(c.key.get_public_key().sec() for c in children)
+        witness_script = script.Script(bytes([0x52]) + b"".join(b"\x21" + p for p in pubs) + bytes([0x53, 0xAE]))
+        digest = tx.sighash_segwit(i, witness_script, value)
+        signers = sorted(children[:2], key=lambda c: c.key.get_public_key().sec())
+        sigs = [c.key.sign(digest).serialize() + bytes([SIGHASH.ALL]) for c in signers]
+        tx.vin[i].witness = script.Witness([b""] + sigs + [witness_script.data])
+    return tx.serialize().hex()

@@ -16,7 +16,7 @@ from custody.sync import Syncer
 from regtest.launcher import start_node
 from regtest.testwallet import TestWallet, Utxo as Coin
 
-from .conftest import hd_keys, mine_coins
+from .conftest import hd_keys, mine_coins, sign_multisig_spend
 
 OTHER = TestWallet("someone else")
 
@@ -105,24 +105,45 @@ def test_gap_extends_as_addresses_get_used(rpc, wallet, coins, ledger_db, other_
         assert s.scalar(select(func.max(Address.index)).where(Address.branch == 0)) == 55
 
 
-def test_spending_and_change_are_followed(rpc, wallet, coins, ledger_db, other_address):
-    """A coin of the policy spent (here with the keys' signatures built by embit's test signer is not
-    needed: we watch a spend of a coin we know) — modelled by a policy that holds a test-wallet key."""
-    sessions, syncer = ledger_db
+def test_spends_and_change_are_followed(rpc, wallet, coins, db_url, other_address):
+    """A real 2-of-3 spend of a policy coin (signed with two of the test devices), paying out and
+    returning change: the history shows both transactions, the coin is spent, the change arrives."""
+    seed = next(_seeds)
+    sessions = open_database(db_url)
+    with sessions.begin() as s:
+        registry.create_policy(s, "spender", build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=seed)))
+    syncer = Syncer(sessions, rpc)
     syncer.sync_once()
+    with sessions() as s:
+        policy = registry.get_policy(s, "spender")
+        rows = {(a.branch, a.index): a.script_pubkey for a in s.scalars(select(Address).where(Address.policy_id == policy.id))}
     coin = coins.pop()
-    # pay the policy twice in one block, then check the history and that nothing is counted twice
-    spk = bytes.fromhex(rpc.validateaddress(address(sessions, 1))["scriptPubKey"])
-    change = bytes.fromhex(rpc.validateaddress(address(sessions, 0, branch=1))["scriptPubKey"])
-    rpc.sendrawtransaction(wallet.sign([coin], [(spk, 1_000_000), (change, 2_000_000),
-                                                (wallet.wpkh, coin.value - 3_002_000)]))
+    deposit = rpc.sendrawtransaction(wallet.sign([coin], [(rows[(0, 4)], 80_000_000),
+                                                         (wallet.wpkh, coin.value - 80_002_000)]))
     rpc.generatetoaddress(1, other_address)
     syncer.sync_once()
+    spend = sign_multisig_spend([seed, seed + 1, seed + 2], [(deposit, 0, 80_000_000, 0, 4)],
+                                [(OTHER.wpkh, 30_000_000), (rows[(1, 0)], 49_990_000)])
+    spend_txid = rpc.sendrawtransaction(spend)
     syncer.sync_once()
-    assert balance(sessions)["confirmed"] == 3_000_000
+    b = balance_of(sessions, "spender")
+    assert b["unconfirmed"] == 49_990_000 and b["confirmed"] == 0          # the spent coin no longer counts
+    rpc.generatetoaddress(1, other_address)
+    syncer.sync_once()
+    assert balance_of(sessions, "spender")["confirmed"] == 49_990_000
     with sessions() as s:
-        assert len(ledger.list_utxos(s, registry.get_policy(s, "treasury"))) == 2
-        assert len(ledger.history(s, registry.get_policy(s, "treasury"))) == 1
+        policy = registry.get_policy(s, "spender")
+        history = ledger.history(s, policy)
+        assert [(h["txid"], h["received"], h["spent"]) for h in history] == [
+            (spend_txid, 49_990_000, 80_000_000), (deposit, 80_000_000, 0)]
+        spent = ledger.list_utxos(s, policy, include_spent=True)
+        assert {u["state"] for u in spent} == {"spent", "confirmed"}
+        assert [h["balance"] for h in ledger.balance_history(s, policy)] == [80_000_000, 49_990_000]
+
+
+def balance_of(sessions, name: str) -> dict:
+    with sessions() as s:
+        return ledger.balances(s, registry.get_policy(s, name))[0].to_json()
 
 
 def test_freeze_and_labels(rpc, wallet, coins, ledger_db, other_address):
