@@ -268,13 +268,22 @@ def _worker(args):
     import logging
     import signal
     from .sync import Syncer
-    logging.basicConfig(level=logging.INFO, format='{"time":"%(asctime)s","level":"%(levelname)s",'
-                                                   '"logger":"%(name)s","message":"%(message)s"}')
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     Syncer(_sessions(args), _client(args)).run_forever(interval=args.interval, stop=stop)
     return None
+
+
+class _JsonFormatter:
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record) -> str:
+        return json.dumps({"time": record.created, "level": record.levelname, "logger": record.name,
+                           "message": record.getMessage()})
 
 
 # -- ledger -----------------------------------------------------------------------------------
