@@ -46,7 +46,7 @@ def test_round_trip_and_detection(spec, fmt):
         assert name == "vault"
 
 
-@pytest.mark.parametrize("fmt", ["core", "bsms", "sparrow", "specter"])
+@pytest.mark.parametrize("fmt", ["core", "bsms", "specter"])
 @pytest.mark.parametrize("kind", ["tr-sortedmulti_a", "wsh-recovery"])
 def test_descriptor_formats_carry_taproot_and_recovery(fmt, kind):
     keys = hd_keys(4, seed_base=710)
@@ -55,7 +55,7 @@ def test_descriptor_formats_carry_taproot_and_recovery(fmt, kind):
     assert import_policy(export_policy(spec, fmt), fmt)[0] == spec
 
 
-@pytest.mark.parametrize("fmt", ["coldcard", "caravan"])
+@pytest.mark.parametrize("fmt", ["coldcard", "caravan", "sparrow"])   # Sparrow would read it as sortedmulti
 def test_formats_that_cannot_express_a_policy_say_so(fmt):
     spec = build_policy("tr-sortedmulti_a", 2, hd_keys(3, seed_base=720))
     with pytest.raises(FormatError, match="sortedmulti"):
