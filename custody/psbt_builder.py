@@ -1,0 +1,153 @@
+"""PSBTs for a policy's coins, with everything a strict signer needs to check them on its own.
+
+Each input carries witness_utxo and the full previous transaction (non_witness_utxo, so a signer can
+verify the amount), the witness script and every key's BIP-32 derivation; the change output carries
+its derivations too, so signers can recognise it; PSBT_GLOBAL_XPUB names every policy key. Inputs
+signal RBF; the locktime is the tip height (anti fee sniping, as Bitcoin Core does).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embit.psbt import PSBT, DerivationPath
+from embit.script import Script
+from embit.transaction import Transaction, TransactionInput, TransactionOutput
+
+from .coin_selection import Candidate, Selection, select_coins
+from .policies import PolicySpec
+
+RBF_SEQUENCE = 0xFFFFFFFD
+TX_OVERHEAD_VBYTES = 10.5        # version, locktime, counts, segwit marker and flag
+
+
+class BuildError(ValueError):
+    """A spend that cannot be built as asked."""
+
+
+@dataclass(frozen=True)
+class Coin:
+    txid: str
+    vout: int
+    value: int
+    branch: int
+    index: int
+    script_pubkey: bytes
+
+    @property
+    def outpoint(self) -> str:
+        return f"{self.txid}:{self.vout}"
+
+
+@dataclass
+class BuiltSpend:
+    psbt: PSBT
+    coins: list[Coin]
+    fee: int
+    change: int
+    change_index: int | None
+    vsize: int
+
+
+def output_vbytes(script_pubkey: bytes) -> int:
+    return 8 + 1 + len(script_pubkey)
+
+
+def input_vbytes(spec: PolicySpec) -> float:
+    """Spending one coin of the policy through its quorum path (worst-case 72-byte signatures)."""
+    if spec.kind.startswith("wsh"):
+        script = spec.embit(0).derive(0).witness_script().data
+        stack = 1 + 1 + spec.threshold * 73 + (1 if len(script) < 253 else 3) + len(script)
+        return 41 + stack / 4
+    raise BuildError(f"spending {spec.kind} policies is not supported yet (taproot PSBT fields pending)")
+
+
+def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, int]], *, fee_rate: float,
+                change: tuple[int, bytes] | None, previous_txs: dict[str, bytes], locktime: int,
+                select: bool = True, sweep: bool = False, version: int = 0) -> BuiltSpend:
+    """Choose coins (unless `select` is False: use all given coins) and build the PSBT.
+    `change` is (index, scriptPubKey) of the next unused change address; `previous_txs` maps each
+    candidate's txid to its raw transaction."""
+    if fee_rate <= 0:
+        raise BuildError("fee rate must be positive")
+    for spk, value in outputs:
+        if value <= 0:
+            raise BuildError("every output needs a positive amount")
+    per_input = input_vbytes(spec)
+    change_spk = change[1] if change else None
+    base = TX_OVERHEAD_VBYTES + sum(output_vbytes(spk) for spk, _ in outputs)
+    if sweep:
+        if len(outputs) != 1:
+            raise BuildError("a sweep pays everything to exactly one destination")
+        total = sum(c.value for c in coins)
+        fee = _ceil((base + per_input * len(coins)) * fee_rate)
+        if total - fee <= 330:
+            raise BuildError("the chosen coins do not cover the fee of sweeping them")
+        chosen, outputs, change_value = coins, [(outputs[0][0], total - fee)], 0
+    else:
+        target = sum(v for _, v in outputs)
+        candidates = {c.outpoint: c for c in coins}
+        if select:
+            picked: Selection = select_coins(
+                [Candidate(c.outpoint, c.value, per_input) for c in coins], target, fee_rate=fee_rate,
+                base_vbytes=base, change_vbytes=output_vbytes(change_spk or b"\x00" * 34),
+                change_spend_vbytes=per_input)
+            chosen = [candidates[c.outpoint] for c in picked.coins]
+            fee, change_value = picked.fee, picked.change
+        else:
+            chosen = coins
+            with_change = base + per_input * len(chosen) + output_vbytes(change_spk or b"\x00" * 34)
+            fee = _ceil(with_change * fee_rate)
+            change_value = sum(c.value for c in chosen) - target - fee
+            if change_value < 0:
+                raise BuildError("the chosen coins cannot pay the amount plus fees")
+            if change_value < 330:
+                fee += change_value
+                change_value = 0
+        if change_value and change is None:
+            raise BuildError("no change address available")
+    vout = [TransactionOutput(v, Script(spk)) for spk, v in outputs]
+    change_position = None
+    if change_value:
+        change_position = len(vout)
+        vout.append(TransactionOutput(change_value, Script(change_spk)))
+    tx = Transaction(version=2, locktime=locktime,
+                     vin=[TransactionInput(bytes.fromhex(c.txid), c.vout, sequence=RBF_SEQUENCE) for c in chosen],
+                     vout=vout)
+    psbt = PSBT(tx, version=2 if version == 2 else None)
+    if version == 2:
+        psbt.tx_version, psbt.locktime = 2, locktime
+    _describe_inputs(psbt, spec, chosen, previous_txs)
+    if change_position is not None:
+        _describe_change(psbt.outputs[change_position], spec, change[0])
+    for key in spec.all_keys:
+        psbt.xpubs[key.hdkey] = DerivationPath(bytes.fromhex(key.fingerprint), list(key.path))
+    vsize = _ceil(base + per_input * len(chosen) + (output_vbytes(change_spk) if change_value else 0))
+    return BuiltSpend(psbt, chosen, fee, change_value, change[0] if change_value else None, vsize)
+
+
+def _describe_inputs(psbt: PSBT, spec: PolicySpec, coins: list[Coin], previous_txs: dict[str, bytes]) -> None:
+    for scope, coin in zip(psbt.inputs, coins):
+        raw = previous_txs.get(coin.txid)
+        if raw is None:
+            raise BuildError(f"previous transaction {coin.txid} is not available from the node")
+        previous = Transaction.parse(raw)
+        if previous.txid().hex() != coin.txid or previous.vout[coin.vout].value != coin.value \
+                or previous.vout[coin.vout].script_pubkey.data != coin.script_pubkey:
+            raise BuildError(f"the node's copy of {coin.outpoint} does not match the ledger")
+        scope.non_witness_utxo = previous
+        scope.witness_utxo = previous.vout[coin.vout]
+        derived = spec.embit(coin.branch).derive(coin.index)
+        scope.witness_script = derived.witness_script()
+        for key in derived.keys:
+            scope.bip32_derivations[key.get_public_key()] = DerivationPath(key.origin.fingerprint, key.origin.derivation)
+
+
+def _describe_change(scope, spec: PolicySpec, index: int) -> None:
+    derived = spec.embit(1).derive(index)
+    scope.witness_script = derived.witness_script()
+    for key in derived.keys:
+        scope.bip32_derivations[key.get_public_key()] = DerivationPath(key.origin.fingerprint, key.origin.derivation)
+
+
+def _ceil(x: float) -> int:
+    return int(-(-x // 1))

@@ -1,0 +1,135 @@
+"""Signatures coming back from signers: verified against the coordinator's own PSBT, then merged.
+
+An upload is trusted for nothing but its signatures. Its unsigned transaction must be identical to
+the stored one; every new partial signature must be by a key of the policy at the input's own
+derivation (taken from the stored PSBT, so a signer that strips derivations is still fine), use
+SIGHASH_ALL, and verify against the sighash computed from the stored PSBT with the coin's real
+amount. Any other field the signer changed (a lying witness_utxo, say) is refused by name.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from embit import ec
+from embit.psbt import PSBT
+from embit.script import Script, Witness
+from embit.transaction import SIGHASH
+
+MAGIC = b"psbt\xff"
+
+
+class SignatureError(ValueError):
+    """An upload refused; the message names the input and the problem."""
+
+
+def decode_psbt(data: bytes | str) -> PSBT:
+    """A PSBT from base64, hex or binary."""
+    raw = data if isinstance(data, bytes) else data.encode()
+    if not raw.startswith(MAGIC):
+        text = raw.strip()
+        try:
+            raw = bytes.fromhex(text.decode())
+        except ValueError:
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise SignatureError("not a PSBT: neither binary, hex nor base64") from None
+    if not raw.startswith(MAGIC):
+        raise SignatureError("not a PSBT: missing the psbt magic bytes")
+    try:
+        return PSBT.parse(raw)
+    except Exception as e:
+        raise SignatureError(f"malformed PSBT: {e}") from None
+
+
+@dataclass
+class MergeResult:
+    psbt: PSBT
+    new_signatures: list[tuple[int, str]]     # (input index, public key hex)
+    signers: set[str]                         # fingerprints that signed something new
+
+
+def merge_upload(stored: PSBT, upload: PSBT) -> MergeResult:
+    """Verify every new signature in `upload` and return the stored PSBT with them added."""
+    if upload.tx.serialize() != stored.tx.serialize() or len(upload.inputs) != len(stored.inputs) \
+            or len(upload.outputs) != len(stored.outputs):
+        raise SignatureError("the uploaded PSBT is for a different transaction (inputs, outputs, amounts "
+                             "or locktime changed): refused")
+    merged = PSBT.parse(stored.serialize())
+    new, signers = [], set()
+    for i, (ours, theirs) in enumerate(zip(merged.inputs, upload.inputs)):
+        if theirs.witness_utxo is not None and ours.witness_utxo is not None and (
+                theirs.witness_utxo.value != ours.witness_utxo.value
+                or theirs.witness_utxo.script_pubkey != ours.witness_utxo.script_pubkey):
+            raise SignatureError(f"input {i}: the upload's witness_utxo says {theirs.witness_utxo.value} sat, "
+                                 f"the coin holds {ours.witness_utxo.value} sat: refused")
+        if theirs.non_witness_utxo is not None and ours.non_witness_utxo is not None and \
+                theirs.non_witness_utxo.serialize() != ours.non_witness_utxo.serialize():
+            raise SignatureError(f"input {i}: the upload's previous transaction differs from the coin's: refused")
+        expected = {pub.sec(): path for pub, path in ours.bip32_derivations.items()}
+        for pub, sig in theirs.partial_sigs.items():
+            sec = pub.sec()
+            if sec in {p.sec() for p in ours.partial_sigs}:
+                if ours.partial_sigs[next(p for p in ours.partial_sigs if p.sec() == sec)] != sig:
+                    raise SignatureError(f"input {i}: a second, different signature by the same key: refused")
+                continue
+            if sec not in expected:
+                raise SignatureError(f"input {i}: signature by key {sec.hex()[:16]}… which is not a key of this "
+                                     "policy at this input's derivation: refused")
+            if not sig or sig[-1] != SIGHASH.ALL:
+                raise SignatureError(f"input {i}: signature uses sighash 0x{sig[-1] if sig else 0:02x}; only "
+                                     "SIGHASH_ALL is accepted: refused")
+            digest = merged.sighash_segwit(i, ours.witness_script, ours.witness_utxo.value, SIGHASH.ALL)
+            try:
+                valid = ec.PublicKey.parse(sec).verify(ec.Signature.parse(sig[:-1]), digest)
+            except Exception:
+                valid = False
+            if not valid:
+                raise SignatureError(f"input {i}: signature by {expected[sec].fingerprint.hex()} does not verify "
+                                     "for this transaction: refused")
+            ours.partial_sigs[pub] = sig
+            new.append((i, sec.hex()))
+            signers.add(expected[sec].fingerprint.hex())
+    return MergeResult(merged, new, signers)
+
+
+def signed_fingerprints(psbt: PSBT) -> dict[str, int]:
+    """How many inputs each key (by master fingerprint) has signed."""
+    counts: dict[str, int] = {}
+    for scope in psbt.inputs:
+        paths = {pub.sec(): path for pub, path in scope.bip32_derivations.items()}
+        for pub in scope.partial_sigs:
+            fp = paths[pub.sec()].fingerprint.hex()
+            counts[fp] = counts.get(fp, 0) + 1
+    return counts
+
+
+def is_complete(psbt: PSBT, threshold: int) -> bool:
+    return all(len(scope.partial_sigs) >= threshold for scope in psbt.inputs)
+
+
+def finalize(psbt: PSBT, threshold: int) -> bytes:
+    """The signed transaction: for each wsh multisig input (alone or as a miniscript's first branch),
+    the dummy element, `threshold` signatures in the script's key order, and the witness script."""
+    tx = psbt.tx
+    for i, scope in enumerate(psbt.inputs):
+        order = _multisig_keys(scope.witness_script.data)
+        sigs = {pub.sec(): sig for pub, sig in scope.partial_sigs.items()}
+        chosen = [sigs[k] for k in order if k in sigs][:threshold]
+        if len(chosen) < threshold:
+            raise SignatureError(f"input {i}: {len(chosen)} of {threshold} signatures")
+        tx.vin[i].witness = Witness([b""] + chosen + [scope.witness_script.data])
+    return tx.serialize()
+
+
+def _multisig_keys(script: bytes) -> list[bytes]:
+    """The keys of the script's first CHECKMULTISIG, in script order."""
+    keys, i = [], 1       # skip OP_m
+    while i < len(script) and script[i] == 33:
+        keys.append(script[i + 1:i + 34])
+        i += 34
+    if not keys:
+        raise SignatureError("witness script is not a multisig this coordinator finalizes")
+    return keys

@@ -1,0 +1,170 @@
+"""PSBTs for a policy: built from the ledger's coins, signed by independent signers (embit), verified
+on upload, finalized, accepted by the node; and every attack on an upload refused by name."""
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from embit import bip32
+from embit.networks import NETWORKS
+from embit.psbt import PSBT
+from embit.script import Script
+from embit.transaction import SIGHASH, TransactionOutput
+
+from custody.coin_selection import Candidate, InsufficientFunds, select_coins
+from custody.policies import build_policy
+from custody.psbt_builder import Coin, build_spend
+from custody.signatures import SignatureError, decode_psbt, finalize, is_complete, merge_upload, signed_fingerprints
+from regtest.testwallet import TestWallet
+
+from .conftest import hd_keys, mine_coins
+
+SEED = 800
+OTHER = TestWallet("someone else")
+
+
+def device(n: int) -> bip32.HDKey:
+    return bip32.HDKey.from_seed(hashlib.sha256(f"test device {n}".encode()).digest(),
+                                 version=NETWORKS["regtest"]["xprv"])
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=SEED))
+
+
+@pytest.fixture(scope="module")
+def funded(rpc, wallet, spec):
+    """Four coins of the policy on receive addresses 0..3."""
+    coin = mine_coins(rpc, wallet, 1)[0]
+    outputs = [(spec.embit(0).derive(i).script_pubkey().data, 10_000_000 * (i + 1)) for i in range(4)]
+    txid = rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 100_002_000)]))
+    rpc.generatetoaddress(1, OTHER.address())
+    raw = bytes.fromhex(rpc.getrawtransaction(txid))
+    return [Coin(txid, i, 10_000_000 * (i + 1), 0, i, outputs[i][0]) for i in range(4)], {txid: raw}
+
+
+def build(rpc, spec, funded, amount=25_000_000, **kw):
+    coins, previous = funded
+    change = (0, spec.embit(1).derive(0).script_pubkey().data)
+    return build_spend(spec, coins, [(OTHER.wpkh, amount)], fee_rate=2, change=change, previous_txs=previous,
+                       locktime=rpc.getblockcount(), **kw)
+
+
+def sign(psbt: PSBT, n: int, sighash=SIGHASH.ALL) -> PSBT:
+    copy = PSBT.parse(psbt.serialize())
+    assert copy.sign_with(device(n), sighash=sighash) > 0
+    return copy
+
+
+def test_built_psbt_carries_what_signers_need(rpc, spec, funded):
+    built = build(rpc, spec, funded)
+    psbt = built.psbt
+    assert len(psbt.xpubs) == 3 and psbt.locktime == rpc.getblockcount()
+    for scope in psbt.inputs:
+        assert scope.witness_utxo is not None and scope.non_witness_utxo is not None
+        assert scope.witness_script is not None and len(scope.bip32_derivations) == 3
+        assert scope.sequence == 0xFFFFFFFD
+    change = psbt.outputs[built.psbt.tx.vout.index(next(o for o in psbt.tx.vout
+                                                         if o.script_pubkey.data == spec.embit(1).derive(0).script_pubkey().data))]
+    assert len(change.bip32_derivations) == 3 and change.witness_script is not None
+    assert built.fee == sum(c.value for c in built.coins) - 25_000_000 - built.change
+
+
+def test_two_signatures_in_any_order_and_encoding_then_broadcast(rpc, spec, funded):
+    built = build(rpc, spec, funded)
+    stored = built.psbt
+    by_third = sign(stored, SEED + 2)
+    by_first = sign(stored, SEED)
+    step = merge_upload(stored, decode_psbt(by_third.serialize()))                     # binary
+    assert step.signers == {device(SEED + 2).my_fingerprint.hex()} and not is_complete(step.psbt, 2)
+    again = merge_upload(step.psbt, decode_psbt(by_third.serialize().hex()))            # hex, repeated
+    assert again.new_signatures == [] and again.psbt.serialize() == step.psbt.serialize()
+    done = merge_upload(step.psbt, decode_psbt(base64.b64encode(by_first.serialize()).decode()))   # base64
+    assert is_complete(done.psbt, 2)
+    assert set(signed_fingerprints(done.psbt)) == {device(SEED).my_fingerprint.hex(), device(SEED + 2).my_fingerprint.hex()}
+    raw = finalize(done.psbt, 2).hex()
+    assert rpc.testmempoolaccept([raw])[0]["allowed"] is True
+    txid = rpc.sendrawtransaction(raw)
+    rpc.generatetoaddress(1, OTHER.address())
+    assert rpc.getrawtransaction(txid, True)["confirmations"] == 1
+
+
+def test_signer_that_strips_derivations_is_accepted(rpc, spec, funded):
+    stored = build(rpc, spec, funded, amount=5_000_000).psbt
+    signed = sign(stored, SEED + 1)
+    for scope in signed.inputs:
+        scope.bip32_derivations.clear()
+        scope.non_witness_utxo = None
+    signed.xpubs.clear()
+    assert merge_upload(stored, signed).signers == {device(SEED + 1).my_fingerprint.hex()}
+
+
+@pytest.mark.parametrize("attack, message", [
+    ("tampered output", "different transaction"),
+    ("changed fee", "different transaction"),
+    ("swapped change", "different transaction"),
+    ("extra foreign input", "different transaction"),
+    ("signature over another transaction", "does not verify"),
+    ("non-ALL sighash", "sighash"),
+    ("lying witness_utxo", "witness_utxo says"),
+    ("key not in policy", "not a key of this policy"),
+])
+def test_attacks_on_an_upload_are_refused_and_change_nothing(rpc, spec, funded, attack, message):
+    stored = build(rpc, spec, funded, amount=7_000_000).psbt
+    before = stored.serialize()
+    if attack == "tampered output":
+        upload = sign(stored, SEED)
+        upload.outputs[0].script_pubkey = Script(TestWallet("thief").wpkh)
+    elif attack == "changed fee":
+        upload = sign(stored, SEED)
+        upload.outputs[-1].value -= 50_000
+    elif attack == "swapped change":
+        upload = sign(stored, SEED)
+        upload.outputs[-1].script_pubkey = Script(TestWallet("thief").wpkh)
+    elif attack == "extra foreign input":
+        other = build(rpc, spec, funded, amount=1_000_000, select=False)
+        upload = PSBT.parse(stored.serialize())
+        upload.inputs.append(other.psbt.inputs[0])
+    elif attack == "signature over another transaction":
+        other = sign(build(rpc, spec, funded, amount=8_000_000).psbt, SEED)
+        upload = PSBT.parse(stored.serialize())
+        for ours, theirs in zip(upload.inputs, other.inputs):
+            ours.partial_sigs.update(theirs.partial_sigs)
+    elif attack == "non-ALL sighash":
+        upload = sign(stored, SEED, sighash=SIGHASH.ALL | SIGHASH.ANYONECANPAY)
+    elif attack == "lying witness_utxo":
+        upload = sign(stored, SEED)
+        real = upload.inputs[0].witness_utxo
+        upload.inputs[0].witness_utxo = TransactionOutput(real.value + 1_000_000, real.script_pubkey)
+    else:   # a signature by a key outside the policy, at the same derivation
+        stranger = bip32.HDKey.from_seed(b"\x42" * 32, version=NETWORKS["regtest"]["xprv"])
+        upload = PSBT.parse(stored.serialize())
+        for scope in upload.inputs:
+            path = next(iter(scope.bip32_derivations.values()))
+            key = stranger.derive(path.derivation)
+            digest = upload.sighash_segwit(upload.inputs.index(scope), scope.witness_script,
+                                           scope.witness_utxo.value, SIGHASH.ALL)
+            scope.partial_sigs[key.key.get_public_key()] = key.key.sign(digest).serialize() + bytes([SIGHASH.ALL])
+    with pytest.raises(SignatureError, match=message):
+        merge_upload(stored, decode_psbt(upload.serialize()))
+    assert stored.serialize() == before
+
+
+def test_coin_selection_prefers_changeless_and_never_overspends():
+    coins = [Candidate(f"{i:064x}:0", v, 104.5) for i, v in enumerate([100_000, 250_000, 50_000, 1_000_000])]
+    exact = select_coins(coins, 349_000, fee_rate=2, base_vbytes=53, change_vbytes=43, change_spend_vbytes=105)
+    assert exact.algorithm == "bnb" and exact.change == 0
+    assert sum(c.value for c in exact.coins) - 349_000 == exact.fee and exact.fee < 1_500
+    big = select_coins(coins, 600_000, fee_rate=2, base_vbytes=53, change_vbytes=43, change_spend_vbytes=105)
+    assert sum(c.value for c in big.coins) == 600_000 + big.fee + big.change and big.change > 0
+    with pytest.raises(InsufficientFunds):
+        select_coins(coins, 2_000_000, fee_rate=2, base_vbytes=53, change_vbytes=43, change_spend_vbytes=105)
+
+
+def test_sweep_pays_everything_but_the_fee(rpc, spec, funded):
+    coins, _ = funded
+    built = build(rpc, spec, funded, sweep=True)
+    assert built.change == 0 and len(built.psbt.outputs) == 1
+    assert built.psbt.tx.vout[0].value == sum(c.value for c in coins) - built.fee
