@@ -1,0 +1,335 @@
+"""The spend lifecycle: request -> approvals -> PSBT -> signatures -> broadcast -> confirmation.
+
+Default deny: a policy without an approval rule cannot spend. A request becomes signable only once
+enough distinct officers (never the requester) approved it, it is within the per-request and rolling
+24-hour limits, every destination is on the allow-list, and any delay for large spends has passed.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+
+from embit.networks import NETWORKS
+from embit.script import address_to_scriptpubkey
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .errors import CustodyError, NotFound
+from .ledger import tip_height, utxo_state
+from .models import Address, Policy, Utxo
+from .node_client import NodeClient, RPCError
+from .psbt_builder import BuildError, Coin, build_spend
+from .registry import spec_of
+from .signatures import SignatureError, decode_psbt, finalize, is_complete, merge_upload, signed_fingerprints
+from .spend_models import Approval, ApprovalRule, Spend, SpendSignature
+from embit.psbt import PSBT
+
+FEE_RATE_FLOOR = 1.0        # sat/vB
+FEE_RATE_CAP = 500.0        # sat/vB: a typo here costs real money
+ACTIVE_STATES = ("requested", "approved", "signing", "signed", "broadcast")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def set_approval_rule(session: Session, policy: Policy, *, required_approvals: int, per_request_limit: int | None = None,
+                      daily_limit: int | None = None, allow_list: list[str] | None = None,
+                      delay_threshold: int | None = None, delay_seconds: int = 0) -> ApprovalRule:
+    if required_approvals < 1:
+        raise CustodyError("an approval rule needs at least one approving officer")
+    for limit in (per_request_limit, daily_limit, delay_threshold):
+        if limit is not None and (not isinstance(limit, int) or limit <= 0):
+            raise CustodyError("limits are positive whole satoshis")
+    if delay_seconds < 0:
+        raise CustodyError("delay cannot be negative")
+    for address in allow_list or []:
+        _script(address, policy.network)
+    rule = session.get(ApprovalRule, policy.id) or ApprovalRule(policy_id=policy.id)
+    rule.required_approvals, rule.per_request_limit, rule.daily_limit = required_approvals, per_request_limit, daily_limit
+    rule.allow_list = json.dumps(sorted(allow_list)) if allow_list is not None else None
+    rule.delay_threshold, rule.delay_seconds = delay_threshold, delay_seconds
+    session.add(rule)
+    return rule
+
+
+def _script(address: str, network: str) -> bytes:
+    try:
+        spk = address_to_scriptpubkey(address).data
+    except Exception:
+        raise CustodyError(f"{address!r} is not a valid address") from None
+    hrp = NETWORKS[network]["bech32"]
+    if address.lower().startswith(("bc1", "tb1", "bcrt1")) and not address.lower().startswith(hrp + "1"):
+        raise CustodyError(f"{address} is not a {network} address")
+    return spk
+
+
+def parse_amount(text: str) -> int:
+    """'0.5' or '0.5btc' in BTC, or '50000sat': exact, no floats."""
+    t = text.strip().lower()
+    try:
+        if t.endswith("sat"):
+            value = Decimal(t[:-3])
+            sats = value
+        else:
+            sats = Decimal(t.removesuffix("btc")) * 100_000_000
+    except InvalidOperation:
+        raise CustodyError(f"{text!r} is not an amount") from None
+    if sats != sats.to_integral_value() or sats <= 0:
+        raise CustodyError(f"{text!r} is not a positive whole number of satoshis")
+    return int(sats)
+
+
+def request_spend(session: Session, policy: Policy, requester: str, destinations: list[tuple[str, int]], *,
+                  fee_rate: float | None = None, client: NodeClient | None = None, memo: str | None = None,
+                  coins: list[str] | None = None, sweep: bool = False) -> Spend:
+    if policy.status not in ("active", "retiring"):
+        raise CustodyError(f"policy {policy.name!r} is {policy.status}: only active policies spend")
+    if not requester.strip():
+        raise CustodyError("a spend request names its requester")
+    if not destinations:
+        raise CustodyError("a spend needs at least one destination")
+    if sweep and len(destinations) != 1:
+        raise CustodyError("a sweep has exactly one destination")
+    for address, amount in destinations:
+        _script(address, policy.network)
+        if not isinstance(amount, int) or (amount <= 0 and not sweep):
+            raise CustodyError("amounts are positive whole satoshis")
+    if fee_rate is None:
+        fee_rate = estimate_fee_rate(client)
+    if not FEE_RATE_FLOOR <= fee_rate <= FEE_RATE_CAP:
+        raise CustodyError(f"fee rate {fee_rate:g} sat/vB is outside {FEE_RATE_FLOOR:g}..{FEE_RATE_CAP:g}")
+    if coins:
+        for outpoint in coins:
+            _spendable_coin(session, policy, outpoint)
+    amount = sum(a for _, a in destinations)
+    if sweep:
+        amount = sum(_spendable_coin(session, policy, o).value for o in coins) if coins else _spendable_total(session, policy)
+    spend = Spend(policy_id=policy.id, requester=requester.strip(), memo=memo,
+                  destinations=json.dumps([{"address": a, "amount": v} for a, v in destinations]),
+                  amount=amount, fee_rate_milli=int(round(fee_rate * 1000)), sweep=sweep,
+                  coins=json.dumps(coins) if coins else None, state="requested")
+    session.add(spend)
+    session.flush()
+    return spend
+
+
+def estimate_fee_rate(client: NodeClient | None, target: int = 6) -> float:
+    """The node's estimate for `target` blocks, kept between the floor and the cap."""
+    if client is None:
+        raise CustodyError("give a fee rate, or a node to estimate one")
+    estimate = client.estimatesmartfee(target)
+    if "feerate" not in estimate:
+        return FEE_RATE_FLOOR
+    rate = float(Decimal(str(estimate["feerate"])) * 100_000_000 / 1000)
+    return min(max(rate, FEE_RATE_FLOOR), FEE_RATE_CAP)
+
+
+def get_spend(session: Session, spend_id: int) -> Spend:
+    spend = session.get(Spend, spend_id)
+    if spend is None:
+        raise NotFound(f"no spend #{spend_id}")
+    return spend
+
+
+def decide(session: Session, spend: Spend, officer: str, approve: bool) -> Spend:
+    """Record one officer's decision; the spend becomes approved once the rule is met."""
+    officer = officer.strip()
+    if spend.state != "requested":
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; decisions are taken on requested spends")
+    if officer == spend.requester:
+        raise CustodyError("the requester cannot approve or reject their own spend")
+    if session.scalar(select(Approval).where(Approval.spend_id == spend.id, Approval.officer == officer)):
+        raise CustodyError(f"{officer} has already decided on spend #{spend.id}")
+    session.add(Approval(spend_id=spend.id, officer=officer, decision="approve" if approve else "reject"))
+    session.flush()
+    if not approve:
+        spend.state = "rejected"
+        return spend
+    rule = session.get(ApprovalRule, spend.policy_id)
+    if rule is None:
+        raise CustodyError("this policy has no approval rule: no spend can be approved (default deny)")
+    approvals = session.scalar(select(func.count()).select_from(Approval).where(
+        Approval.spend_id == spend.id, Approval.decision == "approve"))
+    if approvals < rule.required_approvals:
+        return spend
+    _check_rule(session, spend, rule)
+    spend.state = "approved"
+    if rule.delay_threshold is not None and spend.amount >= rule.delay_threshold:
+        spend.signable_after = _now() + timedelta(seconds=rule.delay_seconds)
+    return spend
+
+
+def _check_rule(session: Session, spend: Spend, rule: ApprovalRule) -> None:
+    if rule.per_request_limit is not None and spend.amount > rule.per_request_limit:
+        raise CustodyError(f"spend of {spend.amount} sat exceeds the per-request limit of {rule.per_request_limit} sat")
+    if rule.daily_limit is not None:
+        since = _now() - timedelta(hours=24)
+        recent = [s for s in session.scalars(select(Spend).where(
+            Spend.policy_id == spend.policy_id, Spend.id != spend.id,
+            Spend.state.in_(("approved", "signing", "signed", "broadcast", "confirmed"))))
+            if _aware(s.created_at) >= since]
+        total = sum(s.amount for s in recent) + spend.amount
+        if total > rule.daily_limit:
+            raise CustodyError(f"spend would bring the last 24 hours to {total} sat, over the daily limit of "
+                               f"{rule.daily_limit} sat")
+    if rule.allow_list is not None:
+        allowed = set(json.loads(rule.allow_list))
+        for d in json.loads(spend.destinations):
+            if d["address"] not in allowed:
+                raise CustodyError(f"destination {d['address']} is not on this policy's allow-list")
+
+
+def _spendable_coin(session: Session, policy: Policy, outpoint: str) -> Utxo:
+    txid, _, vout = outpoint.partition(":")
+    utxo = session.scalar(select(Utxo).where(Utxo.txid == txid, Utxo.vout == int(vout or -1), Utxo.policy_id == policy.id)) \
+        if vout.isdigit() else None
+    if utxo is None:
+        raise CustodyError(f"coin {outpoint} is not a coin of policy {policy.name!r}")
+    state = utxo_state(utxo, tip_height(session))
+    if state != "confirmed":
+        raise CustodyError(f"coin {outpoint} is {state}: it cannot be spent")
+    return utxo
+
+
+def _spendable(session: Session, policy: Policy) -> list[Utxo]:
+    tip = tip_height(session)
+    return [u for u in session.scalars(select(Utxo).where(Utxo.policy_id == policy.id, Utxo.spent_txid.is_(None)))
+            if utxo_state(u, tip) == "confirmed"]
+
+
+def _spendable_total(session: Session, policy: Policy) -> int:
+    return sum(u.value for u in _spendable(session, policy))
+
+
+def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: int = 0) -> Spend:
+    """Build the PSBT once the spend is approved and any delay has passed; reserve its coins."""
+    if spend.state != "approved":
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; a PSBT is made for approved spends only")
+    if spend.signable_after is not None and _now() < _aware(spend.signable_after):
+        raise CustodyError(f"spend #{spend.id} is a large spend: signable after {spend.signable_after:%Y-%m-%d %H:%M} UTC")
+    policy = session.get(Policy, spend.policy_id)
+    spec = spec_of(policy)
+    chosen = [_spendable_coin(session, policy, o) for o in json.loads(spend.coins)] if spend.coins \
+        else _spendable(session, policy)
+    coins = []
+    for utxo in chosen:
+        address = session.get(Address, utxo.address_id)
+        coins.append(Coin(utxo.txid, utxo.vout, utxo.value, address.branch, address.index, address.script_pubkey))
+    if not coins:
+        raise CustodyError(f"policy {policy.name!r} has no spendable coins")
+    change = session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
+                                                   Address.used.is_(False)).order_by(Address.index)).first()
+    reserved_change = {s.change_index for s in session.scalars(select(Spend).where(
+        Spend.policy_id == policy.id, Spend.state.in_(("signing", "signed")), Spend.change_index.is_not(None)))}
+    while change is not None and change.index in reserved_change:
+        change = session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
+                                                       Address.used.is_(False), Address.index > change.index)
+                                 .order_by(Address.index)).first()
+    previous = {}
+    for coin in coins:
+        if coin.txid not in previous:
+            previous[coin.txid] = bytes.fromhex(client.getrawtransaction(coin.txid))
+    outputs = [(_script(d["address"], policy.network), d["amount"]) for d in json.loads(spend.destinations)]
+    try:
+        built = build_spend(spec, coins, outputs, fee_rate=spend.fee_rate_milli / 1000,
+                            change=(change.index, change.script_pubkey) if change else None, previous_txs=previous,
+                            locktime=client.getblockcount(), select=not spend.coins and not spend.sweep,
+                            sweep=spend.sweep, version=version)
+    except (BuildError, ValueError) as e:
+        raise CustodyError(str(e)) from None
+    for coin in built.coins:
+        utxo = session.scalar(select(Utxo).where(Utxo.txid == coin.txid, Utxo.vout == coin.vout))
+        if utxo.reserved_by is not None:
+            raise CustodyError(f"coin {coin.outpoint} is reserved by {utxo.reserved_by}")
+        utxo.reserved_by = f"spend:{spend.id}"
+    spend.psbt = built.psbt.to_string()
+    spend.fee, spend.change_index, spend.state = built.fee, built.change_index, "signing"
+    return spend
+
+
+def add_signatures(session: Session, spend: Spend, upload: bytes | str) -> list[str]:
+    """Verify and merge an uploaded signed PSBT; returns the fingerprints that newly signed."""
+    if spend.state not in ("signing", "signed"):
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; it is not collecting signatures")
+    try:
+        result = merge_upload(PSBT.from_string(spend.psbt), decode_psbt(upload))
+    except SignatureError as e:
+        raise CustodyError(str(e)) from None
+    if not result.new_signatures:
+        return []
+    policy = session.get(Policy, spend.policy_id)
+    spend.psbt = result.psbt.to_string()
+    for fingerprint, count in signed_fingerprints(result.psbt).items():
+        row = session.scalar(select(SpendSignature).where(SpendSignature.spend_id == spend.id,
+                                                          SpendSignature.fingerprint == fingerprint))
+        if row is None:
+            session.add(SpendSignature(spend_id=spend.id, fingerprint=fingerprint, inputs_signed=count))
+        else:
+            row.inputs_signed = count
+    if is_complete(result.psbt, policy.threshold):
+        spend.state = "signed"
+    return sorted(result.signers)
+
+
+def broadcast(session: Session, spend: Spend, client: NodeClient) -> str:
+    if spend.state != "signed":
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; only fully signed spends are broadcast")
+    policy = session.get(Policy, spend.policy_id)
+    raw = finalize(PSBT.from_string(spend.psbt), policy.threshold).hex()
+    verdict = client.testmempoolaccept([raw])[0]
+    if not verdict["allowed"]:
+        raise CustodyError(f"the node refuses the transaction: {verdict.get('reject-reason')}")
+    try:
+        spend.txid = client.sendrawtransaction(raw)
+    except RPCError as e:
+        raise CustodyError(f"broadcast failed: {e.message}") from None
+    spend.state, spend.broadcast_at = "broadcast", _now()
+    return spend.txid
+
+
+def track(session: Session, spend: Spend, client: NodeClient, confirmations: int = 1) -> Spend:
+    """Follow a broadcast spend: confirmed at depth, or replaced when its inputs went elsewhere."""
+    if spend.state != "broadcast":
+        return spend
+    try:
+        info = client.getrawtransaction(spend.txid, True)
+    except RPCError:
+        info = None
+    if info is not None and info.get("confirmations", 0) >= confirmations:
+        spend.state = "confirmed"
+        spend.confirmed_height = client.getblockcount() - info["confirmations"] + 1
+        _release(session, spend)
+    elif info is None:
+        spend.state = "replaced"
+        _release(session, spend)
+    return spend
+
+
+def _release(session: Session, spend: Spend) -> None:
+    for utxo in session.scalars(select(Utxo).where(Utxo.reserved_by == f"spend:{spend.id}")):
+        utxo.reserved_by = None
+
+
+def cancel(session: Session, spend: Spend) -> Spend:
+    if spend.state not in ("requested", "approved", "signing", "signed"):
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; it can no longer be cancelled here")
+    spend.state = "cancelled"
+    _release(session, spend)
+    return spend
+
+
+def summary(session: Session, spend: Spend) -> dict:
+    approvals = session.scalars(select(Approval).where(Approval.spend_id == spend.id).order_by(Approval.at)).all()
+    signatures = session.scalars(select(SpendSignature).where(SpendSignature.spend_id == spend.id)).all()
+    return {"id": spend.id, "policy": session.get(Policy, spend.policy_id).name, "state": spend.state,
+            "requester": spend.requester, "memo": spend.memo, "destinations": json.loads(spend.destinations),
+            "amount": spend.amount, "fee_rate": spend.fee_rate_milli / 1000, "fee": spend.fee, "txid": spend.txid,
+            "approvals": [{"officer": a.officer, "decision": a.decision, "at": a.at.isoformat()} for a in approvals],
+            "signed_by": sorted(s.fingerprint for s in signatures),
+            "signable_after": spend.signable_after.isoformat() if spend.signable_after else None}

@@ -1,0 +1,225 @@
+"""The spend lifecycle on a real node and database: request, approvals (default deny, limits,
+allow-list, delay), PSBT with reserved coins, signatures from independent signers, broadcast,
+confirmation, and the ledger following it."""
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from embit import bip32
+from embit.networks import NETWORKS
+from embit.psbt import PSBT
+from embit.script import Script
+
+from custody import ledger, registry, spends
+from custody.db import open_database
+from custody.errors import CustodyError
+from custody.policies import build_policy
+from custody.sync import Syncer
+from regtest.testwallet import TestWallet
+
+from .conftest import hd_keys, mine_coins
+
+OTHER = TestWallet("payee")
+_seeds = iter(range(1000, 1300, 3))
+
+
+def device(n: int) -> bip32.HDKey:
+    return bip32.HDKey.from_seed(hashlib.sha256(f"test device {n}".encode()).digest(),
+                                 version=NETWORKS["regtest"]["xprv"])
+
+
+@pytest.fixture(scope="module")
+def coins(rpc, wallet):
+    return mine_coins(rpc, wallet, 30)
+
+
+@pytest.fixture
+def vault(db_url, rpc, wallet, coins, other_address):
+    """An active 2-of-3 policy holding three coins (1, 2 and 3 BTC), synced, with a 2-officer rule."""
+    seed = next(_seeds)
+    sessions = open_database(db_url)
+    spec = build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=seed))
+    with sessions.begin() as s:
+        policy = registry.create_policy(s, "vault", spec)
+        registry.set_status(s, policy, "active")
+        spends.set_approval_rule(s, policy, required_approvals=2)
+    coin = coins.pop()
+    outputs = [(spec.embit(0).derive(i).script_pubkey().data, 100_000_000 * (i + 1)) for i in range(3)]
+    rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 600_002_000)]))
+    rpc.generatetoaddress(1, other_address)
+    syncer = Syncer(sessions, rpc)
+    syncer.sync_once()
+    return sessions, syncer, seed
+
+
+def request(sessions, amount=50_000_000, requester="ray", **kw):
+    with sessions.begin() as s:
+        return spends.request_spend(s, registry.get_policy(s, "vault"), requester, [(OTHER.address(), amount)],
+                                    fee_rate=kw.pop("fee_rate", 3.0), **kw).id
+
+
+def decide(sessions, spend_id, officer, approve=True):
+    with sessions.begin() as s:
+        return spends.decide(s, spends.get_spend(s, spend_id), officer, approve).state
+
+
+def sign_as(sessions, spend_id, n) -> list[str]:
+    with sessions() as s:
+        psbt = PSBT.from_string(spends.get_spend(s, spend_id).psbt)
+    psbt.sign_with(device(n))
+    with sessions.begin() as s:
+        return spends.add_signatures(s, spends.get_spend(s, spend_id), psbt.serialize())
+
+
+def test_full_lifecycle(rpc, vault, other_address):
+    sessions, syncer, seed = vault
+    spend_id = request(sessions, memo="supplier invoice 42")
+    assert decide(sessions, spend_id, "olga") == "requested"
+    assert decide(sessions, spend_id, "omar") == "approved"
+    with sessions.begin() as s:
+        spend = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+        assert spend.state == "signing" and spend.fee > 0
+    with sessions() as s:
+        assert ledger.balances(s)[0].reserved > 0           # its coins are reserved
+    assert sign_as(sessions, spend_id, seed + 2) == [device(seed + 2).my_fingerprint.hex()]
+    assert sign_as(sessions, spend_id, seed + 2) == []           # the same upload again changes nothing
+    sign_as(sessions, spend_id, seed)
+    with sessions.begin() as s:
+        spend = spends.get_spend(s, spend_id)
+        assert spend.state == "signed"
+        txid = spends.broadcast(s, spend, rpc)
+    assert txid in rpc.getrawmempool()
+    rpc.generatetoaddress(1, other_address)
+    with sessions.begin() as s:
+        spend = spends.track(s, spends.get_spend(s, spend_id), rpc)
+        assert spend.state == "confirmed"
+        summary = spends.summary(s, spend)
+        assert [a["officer"] for a in summary["approvals"]] == ["olga", "omar"] and len(summary["signed_by"]) == 2
+    syncer.sync_once()
+    with sessions() as s:
+        b = ledger.balances(s)[0]
+        assert b.reserved == 0 and b.total == 600_000_000 - 50_000_000 - summary["fee"]
+
+
+def test_requester_cannot_approve_and_officers_decide_once(vault):
+    sessions, _, _ = vault
+    spend_id = request(sessions)
+    with pytest.raises(CustodyError, match="requester cannot approve"):
+        decide(sessions, spend_id, "ray")
+    decide(sessions, spend_id, "olga")
+    with pytest.raises(CustodyError, match="already decided"):
+        decide(sessions, spend_id, "olga")
+    assert decide(sessions, spend_id, "omar", approve=False) == "rejected"
+
+
+def test_default_deny_without_a_rule(db_url, rpc):
+    sessions = open_database(db_url)
+    with sessions.begin() as s:
+        policy = registry.create_policy(s, "norule", build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=next(_seeds))))
+        registry.set_status(s, policy, "active")
+        spend = spends.request_spend(s, policy, "ray", [(OTHER.address(), 1000)], fee_rate=2)
+        with pytest.raises(CustodyError, match="default deny"):
+            spends.decide(s, spend, "olga", True)
+
+
+@pytest.mark.parametrize("rule, amount, message", [
+    ({"per_request_limit": 10_000_000}, 50_000_000, "per-request limit"),
+    ({"daily_limit": 60_000_000}, 50_000_000, "daily limit"),
+    ({"allow_list": [TestWallet("elsewhere").address()]}, 50_000_000, "allow-list"),
+])
+def test_rule_limits(vault, rule, amount, message):
+    sessions, _, _ = vault
+    with sessions.begin() as s:
+        spends.set_approval_rule(s, registry.get_policy(s, "vault"), required_approvals=2, **rule)
+    if "daily_limit" in rule:   # a first approved spend uses most of the day's allowance
+        first = request(sessions, amount)
+        decide(sessions, first, "olga")
+        assert decide(sessions, first, "omar") == "approved"
+    spend_id = request(sessions, amount)
+    decide(sessions, spend_id, "olga")
+    with pytest.raises(CustodyError, match=message):
+        decide(sessions, spend_id, "omar")
+    with sessions() as s:
+        assert spends.get_spend(s, spend_id).state == "requested"   # the refused decision left nothing
+
+
+def test_large_spend_waits_for_its_delay(vault, rpc):
+    sessions, _, _ = vault
+    with sessions.begin() as s:
+        spends.set_approval_rule(s, registry.get_policy(s, "vault"), required_approvals=2,
+                                 delay_threshold=40_000_000, delay_seconds=3600)
+    spend_id = request(sessions, 50_000_000)
+    decide(sessions, spend_id, "olga")
+    decide(sessions, spend_id, "omar")
+    with sessions.begin() as s, pytest.raises(CustodyError, match="signable after"):
+        spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+    with sessions.begin() as s:   # an hour later
+        spend = spends.get_spend(s, spend_id)
+        spend.signable_after = spend.signable_after - timedelta(hours=2)
+    with sessions.begin() as s:
+        assert spends.create_psbt(s, spends.get_spend(s, spend_id), rpc).state == "signing"
+
+
+def test_reserved_and_frozen_coins_are_never_chosen(vault, rpc):
+    sessions, _, _ = vault
+    with sessions() as s:
+        utxos = ledger.list_utxos(s, registry.get_policy(s, "vault"))
+    biggest = max(utxos, key=lambda u: u["value"])["outpoint"]
+    with sessions.begin() as s:
+        ledger.freeze(s, biggest, "legal hold")
+    first = request(sessions, 250_000_000)       # needs both remaining coins (1 + 2 BTC)
+    decide(sessions, first, "olga")
+    decide(sessions, first, "omar")
+    with sessions.begin() as s:
+        spend = spends.create_psbt(s, spends.get_spend(s, first), rpc)
+        used = {f"{i.txid.hex()}:{i.vout}" for i in PSBT.from_string(spend.psbt).tx.vin}
+    assert biggest not in used
+    second = request(sessions, 10_000_000)
+    decide(sessions, second, "olga")
+    decide(sessions, second, "omar")
+    with sessions.begin() as s, pytest.raises(CustodyError, match="no spendable coins"):   # all reserved or frozen
+        spends.create_psbt(s, spends.get_spend(s, second), rpc)
+    with sessions.begin() as s:
+        spends.cancel(s, spends.get_spend(s, first))          # releases its coins
+    with sessions.begin() as s:
+        assert spends.create_psbt(s, spends.get_spend(s, second), rpc).state == "signing"
+
+
+def test_tampered_upload_leaves_the_stored_psbt(vault, rpc):
+    sessions, _, seed = vault
+    spend_id = request(sessions)
+    decide(sessions, spend_id, "olga")
+    decide(sessions, spend_id, "omar")
+    with sessions.begin() as s:
+        stored = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc).psbt
+    psbt = PSBT.from_string(stored)
+    psbt.outputs[0].script_pubkey = Script(TestWallet("thief").wpkh)
+    psbt.sign_with(device(seed))
+    with sessions.begin() as s, pytest.raises(CustodyError, match="different transaction"):
+        spends.add_signatures(s, spends.get_spend(s, spend_id), psbt.to_string())
+    with sessions() as s:
+        assert spends.get_spend(s, spend_id).psbt == stored
+
+
+@pytest.mark.parametrize("destination, fee_rate, message", [
+    ("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", 2.0, "not a regtest address"),
+    ("nonsense", 2.0, "not a valid address"),
+    (None, 0.5, "outside"),
+    (None, 5_000.0, "outside"),
+])
+def test_bad_requests_are_refused(vault, destination, fee_rate, message):
+    sessions, _, _ = vault
+    with sessions.begin() as s, pytest.raises(CustodyError, match=message):
+        spends.request_spend(s, registry.get_policy(s, "vault"), "ray", [(destination or OTHER.address(), 1000)],
+                             fee_rate=fee_rate)
+
+
+def test_amounts_parse_exactly():
+    assert spends.parse_amount("0.1") == 10_000_000
+    assert spends.parse_amount("1.23456789btc") == 123_456_789
+    assert spends.parse_amount("5000sat") == 5000
+    for bad in ("0.000000001", "-1", "abc", "0"):
+        with pytest.raises(CustodyError):
+            spends.parse_amount(bad)
