@@ -116,6 +116,51 @@ def _parser() -> argparse.ArgumentParser:
     c = command("unfreeze", _unfreeze, "release a frozen coin")
     c.add_argument("outpoint")
 
+    rule = sub.add_parser("approval-rule", help="what a spend needs before it reaches signers").add_subparsers(
+        dest="rule_command", required=True)
+    c = command("set", _rule_set, "set a policy's approval rule (without one, nothing can be spent)", rule)
+    c.add_argument("policy")
+    c.add_argument("--approvals", type=int, required=True, help="distinct approving officers needed")
+    c.add_argument("--per-request", help="largest single spend (BTC, or NNNsat)")
+    c.add_argument("--daily", help="most that may leave in any 24 hours")
+    c.add_argument("--allow", action="append", help="allowed destination address (repeat); none: any")
+    c.add_argument("--delay-above", help="spends of at least this amount wait --delay seconds")
+    c.add_argument("--delay", type=int, default=0)
+
+    sp = sub.add_parser("spend", help="spend requests, approvals, PSBTs, signatures, broadcast").add_subparsers(
+        dest="spend_command", required=True)
+    c = command("request", _spend_request, "request a spend", sp)
+    c.add_argument("policy")
+    c.add_argument("--to", action="append", required=True, metavar="ADDRESS=AMOUNT",
+                   help="destination and amount in BTC (or NNNsat); repeat for several")
+    c.add_argument("--requester", required=True)
+    c.add_argument("--fee-rate", type=float, help="sat/vB (default: the node's estimate, floored and capped)")
+    c.add_argument("--memo")
+    c.add_argument("--coin", action="append", help="spend exactly these coins (txid:vout)")
+    c.add_argument("--sweep", action="store_true", help="send everything chosen to the one destination")
+    for name, approve in (("approve", True), ("reject", False)):
+        c = command(name, _spend_decide, f"{name} a spend request", sp)
+        c.add_argument("id", type=int)
+        c.add_argument("--officer", required=True)
+        c.set_defaults(approve=approve)
+    c = command("psbt", _spend_psbt, "make (once approved) and print the spend's PSBT", sp)
+    c.add_argument("id", type=int)
+    c.add_argument("--v2", action="store_true", help="PSBT version 2 (BIP-370)")
+    c.add_argument("--out", help="write the PSBT (binary) to this file")
+    c = command("sign", _spend_sign, "upload a signer's PSBT (base64, hex or binary; - for stdin)", sp)
+    c.add_argument("id", type=int)
+    c.add_argument("file")
+    for name, handler, help_ in (("broadcast", _spend_broadcast, "finalize, check with the node and broadcast"),
+                                 ("track", _spend_track, "follow a broadcast spend to confirmation"),
+                                 ("show", _spend_show, "show a spend and its timeline"),
+                                 ("cancel", _spend_cancel, "cancel a spend not yet broadcast")):
+        c = command(name, handler, help_, sp)
+        c.add_argument("id", type=int)
+        if name == "track":
+            c.add_argument("--confirmations", type=int, default=1)
+    c = command("list", _spend_list, "list spends", sp)
+    c.add_argument("--policy")
+
     lab = sub.add_parser("labels", help="BIP-329 labels").add_subparsers(dest="labels_command", required=True)
     c = command("import", _labels_import, "import BIP-329 JSON Lines", lab)
     c.add_argument("file", help="file path, or - for standard input")
@@ -339,6 +384,106 @@ def _label(args):
     with _sessions(args).begin() as s:
         ledger.set_label(s, args.type, args.ref, args.text)
         return {"type": args.type, "ref": args.ref, "label": args.text}
+
+
+# -- spends -----------------------------------------------------------------------------------
+def _amount(text: str | None) -> int | None:
+    from .spends import parse_amount
+    return None if text is None else parse_amount(text)
+
+
+def _rule_set(args):
+    from .spends import set_approval_rule
+    with _sessions(args).begin() as s:
+        rule = set_approval_rule(s, registry.get_policy(s, args.policy), required_approvals=args.approvals,
+                                 per_request_limit=_amount(args.per_request), daily_limit=_amount(args.daily),
+                                 allow_list=args.allow, delay_threshold=_amount(args.delay_above),
+                                 delay_seconds=args.delay)
+        return {"policy": args.policy, "required_approvals": rule.required_approvals,
+                "per_request_limit": rule.per_request_limit, "daily_limit": rule.daily_limit,
+                "allow_list": json.loads(rule.allow_list) if rule.allow_list else None,
+                "delay_threshold": rule.delay_threshold, "delay_seconds": rule.delay_seconds}
+
+
+def _spend_request(args):
+    from . import spends
+    destinations = []
+    for item in args.to:
+        address, sep, amount = item.partition("=")
+        if not sep:
+            raise CustodyError(f"--to {item!r}: write ADDRESS=AMOUNT")
+        destinations.append((address, spends.parse_amount(amount) if not args.sweep or amount else 0))
+    with _sessions(args).begin() as s:
+        spend = spends.request_spend(s, registry.get_policy(s, args.policy), args.requester, destinations,
+                                     fee_rate=args.fee_rate, client=None if args.fee_rate else _client(args),
+                                     memo=args.memo, coins=args.coin, sweep=args.sweep)
+        return spends.summary(s, spend)
+
+
+def _spend_decide(args):
+    from . import spends
+    with _sessions(args).begin() as s:
+        return spends.summary(s, spends.decide(s, spends.get_spend(s, args.id), args.officer, args.approve))
+
+
+def _spend_psbt(args):
+    from . import spends
+    with _sessions(args).begin() as s:
+        spend = spends.get_spend(s, args.id)
+        if spend.psbt is None:
+            spends.create_psbt(s, spend, _client(args), version=2 if args.v2 else 0)
+        text = spend.psbt
+    if args.out:
+        import base64
+        Path(args.out).write_bytes(base64.b64decode(text))
+        return {"id": args.id, "psbt_file": args.out}
+    return {"id": args.id, "psbt": text} if args.json else text
+
+
+def _spend_sign(args):
+    from . import spends
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    with _sessions(args).begin() as s:
+        spend = spends.get_spend(s, args.id)
+        signers = spends.add_signatures(s, spend, data)
+        return {**spends.summary(s, spend), "new_signers": signers}
+
+
+def _spend_broadcast(args):
+    from . import spends
+    with _sessions(args).begin() as s:
+        spend = spends.get_spend(s, args.id)
+        spends.broadcast(s, spend, _client(args))
+        return spends.summary(s, spend)
+
+
+def _spend_track(args):
+    from . import spends
+    with _sessions(args).begin() as s:
+        return spends.summary(s, spends.track(s, spends.get_spend(s, args.id), _client(args), args.confirmations))
+
+
+def _spend_show(args):
+    from . import spends
+    with _sessions(args)() as s:
+        return spends.summary(s, spends.get_spend(s, args.id))
+
+
+def _spend_cancel(args):
+    from . import spends
+    with _sessions(args).begin() as s:
+        return spends.summary(s, spends.cancel(s, spends.get_spend(s, args.id)))
+
+
+def _spend_list(args):
+    from . import spends
+    from .spend_models import Spend
+    with _sessions(args)() as s:
+        query = select(Spend).order_by(Spend.id)
+        if args.policy:
+            query = query.where(Spend.policy_id == registry.get_policy(s, args.policy).id)
+        return [{k: v for k, v in spends.summary(s, sp).items() if k in ("id", "policy", "state", "amount", "txid")}
+                for sp in s.scalars(query)]
 
 
 if __name__ == "__main__":

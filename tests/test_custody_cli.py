@@ -193,3 +193,50 @@ def test_policy_export_then_import_elsewhere(node, tmp_path, fmt):
     assert imported["descriptor"] == created["descriptor"] and imported["name"] == "ops-copy"
     bad = custody(node, second, "policy", "import", str(exported), "--name", "again", check=False)
     assert bad.returncode == 1 and "exactly these keys" in bad.stderr
+
+
+def test_a_spend_scripted_end_to_end(node, rpc, wallet, coins, tmp_path, other_address):
+    """Request, two approvals, PSBT, two signatures uploaded as files, broadcast, confirmation."""
+    import hashlib
+    from embit import bip32
+    from embit.networks import NETWORKS
+    from embit.psbt import PSBT
+    db = f"sqlite:///{tmp_path}/s.db"
+    seed = 360
+    keys = hd_keys(3, seed_base=seed)
+    custody(node, db, "policy", "create", "ops", "--threshold", "2", *sum((["--key", k] for k in keys), []))
+    custody(node, db, "policy", "status", "ops", "active")
+    custody(node, db, "approval-rule", "set", "ops", "--approvals", "2", "--per-request", "1")
+    address = custody(node, db, "addresses", "ops")[0]["address"]
+    coin = coins.pop()
+    spk = bytes.fromhex(rpc.validateaddress(address)["scriptPubKey"])
+    rpc.sendrawtransaction(wallet.sign([coin], [(spk, 90_000_000), (wallet.wpkh, coin.value - 90_002_000)]))
+    rpc.generatetoaddress(1, other_address)
+    custody(node, db, "sync")
+    payee = payee_address()
+    spend = custody(node, db, "spend", "request", "ops", "--to", f"{payee}=0.25", "--requester", "ray",
+                    "--fee-rate", "2", "--memo", "invoice 7")
+    assert spend["state"] == "requested" and spend["amount"] == 25_000_000
+    refused = custody(node, db, "spend", "approve", str(spend["id"]), "--officer", "ray", check=False)
+    assert refused.returncode == 1 and "requester cannot approve" in refused.stderr
+    custody(node, db, "spend", "approve", str(spend["id"]), "--officer", "olga")
+    assert custody(node, db, "spend", "approve", str(spend["id"]), "--officer", "omar")["state"] == "approved"
+    psbt_file = tmp_path / "spend.psbt"
+    custody(node, db, "spend", "psbt", str(spend["id"]), "--out", str(psbt_file))
+    for n in (seed, seed + 1):
+        signed = PSBT.parse(psbt_file.read_bytes())
+        signed.sign_with(bip32.HDKey.from_seed(hashlib.sha256(f"test device {n}".encode()).digest(),
+                                               version=NETWORKS["regtest"]["xprv"]))
+        upload = tmp_path / f"signed-{n}.psbt"
+        upload.write_text(signed.to_string())
+        custody(node, db, "spend", "sign", str(spend["id"]), str(upload))
+    broadcast = custody(node, db, "spend", "broadcast", str(spend["id"]))
+    assert broadcast["state"] == "broadcast" and broadcast["txid"] in rpc.getrawmempool()
+    rpc.generatetoaddress(1, other_address)
+    assert custody(node, db, "spend", "track", str(spend["id"]))["state"] == "confirmed"
+    assert custody(node, db, "spend", "list")[0]["state"] == "confirmed"
+
+
+def payee_address() -> str:
+    from regtest.testwallet import TestWallet
+    return TestWallet("cli payee").address()
