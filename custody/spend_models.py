@@ -35,6 +35,7 @@ class Spend(Base):
     coins: Mapped[str | None] = mapped_column(Text)          # JSON outpoints chosen by the requester
     psbt: Mapped[str | None] = mapped_column(Text)           # base64, with every verified signature
     txid: Mapped[str | None] = mapped_column(String(64))
+    replaced_txids: Mapped[str | None] = mapped_column(Text)   # JSON list: earlier broadcasts this one replaced
     fee: Mapped[int | None] = mapped_column(BigInteger)
     change_index: Mapped[int | None] = mapped_column(Integer)
     signable_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -299,7 +299,9 @@ def track(session: Session, spend: Spend, client: NodeClient, confirmations: int
         return spend
     try:
         info = client.getrawtransaction(spend.txid, True)
-    except RPCError:
+    except RPCError as e:
+        if e.code != -5:      # only "no such transaction" means it left the mempool unconfirmed
+            raise
         info = None
     if info is not None and info.get("confirmations", 0) >= confirmations:
         spend.state = "confirmed"
@@ -308,6 +310,57 @@ def track(session: Session, spend: Spend, client: NodeClient, confirmations: int
     elif info is None:
         spend.state = "replaced"
         _release(session, spend)
+    return spend
+
+
+def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float, *, cancel: bool = False) -> Spend:
+    """Replace an unconfirmed broadcast (BIP-125 / full RBF): the same coins at a higher fee rate,
+    paying the same destinations (approvals stand), or with `cancel` everything back to the
+    policy's own change address. Signatures are collected again."""
+    if spend.state != "broadcast":
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; only an unconfirmed broadcast can be replaced")
+    info = client.getrawtransaction(spend.txid, True)
+    if info.get("confirmations", 0) > 0:
+        raise CustodyError(f"spend #{spend.id} is already confirmed")
+    old_rate = spend.fee_rate_milli / 1000
+    if not old_rate < fee_rate <= FEE_RATE_CAP:
+        raise CustodyError(f"the new fee rate must be above {old_rate:g} and at most {FEE_RATE_CAP:g} sat/vB")
+    policy = session.get(Policy, spend.policy_id)
+    spec = spec_of(policy)
+    old = PSBT.from_string(spend.psbt)
+    coins, previous = [], {}
+    for scope in old.inputs:
+        txid, vout = scope.txid.hex(), scope.vout
+        utxo = session.scalar(select(Utxo).where(Utxo.txid == txid, Utxo.vout == vout))
+        address = session.get(Address, utxo.address_id)
+        coins.append(Coin(txid, vout, utxo.value, address.branch, address.index, address.script_pubkey))
+        previous[txid] = scope.non_witness_utxo.serialize()
+    change = session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
+                                                   Address.used.is_(False)).order_by(Address.index)).first()
+    if change is None and cancel:
+        raise CustodyError("no unused change address to cancel to")
+    if spend.change_index is not None and not cancel:
+        change = session.scalar(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
+                                                      Address.index == spend.change_index))
+    destinations = [] if cancel else [(_script(d["address"], policy.network), d["amount"])
+                                      for d in json.loads(spend.destinations)]
+    try:
+        built = build_spend(spec, coins, destinations or [(change.script_pubkey, 1)], fee_rate=fee_rate,
+                            change=(change.index, change.script_pubkey) if change and not cancel else None,
+                            previous_txs=previous, locktime=client.getblockcount(), select=False,
+                            sweep=cancel)
+    except (BuildError, ValueError) as e:
+        raise CustodyError(str(e)) from None
+    if built.fee <= spend.fee:
+        raise CustodyError("the replacement must pay a higher absolute fee")
+    spend.replaced_txids = json.dumps(json.loads(spend.replaced_txids or "[]") + [spend.txid])
+    spend.psbt, spend.fee, spend.fee_rate_milli = built.psbt.to_string(), built.fee, int(round(fee_rate * 1000))
+    spend.change_index = built.change_index if not cancel else None
+    spend.txid, spend.state = None, "signing"
+    if cancel:
+        spend.memo = f"{spend.memo or ''} [cancelled: coins returned to the policy]".strip()
+        spend.destinations = json.dumps([{"address": change.address, "amount": built.psbt.tx.vout[0].value}])
+    session.execute(SpendSignature.__table__.delete().where(SpendSignature.spend_id == spend.id))
     return spend
 
 
@@ -330,6 +383,7 @@ def summary(session: Session, spend: Spend) -> dict:
     return {"id": spend.id, "policy": session.get(Policy, spend.policy_id).name, "state": spend.state,
             "requester": spend.requester, "memo": spend.memo, "destinations": json.loads(spend.destinations),
             "amount": spend.amount, "fee_rate": spend.fee_rate_milli / 1000, "fee": spend.fee, "txid": spend.txid,
+            "replaced_txids": json.loads(spend.replaced_txids or "[]"),
             "approvals": [{"officer": a.officer, "decision": a.decision, "at": a.at.isoformat()} for a in approvals],
             "signed_by": sorted(s.fingerprint for s in signatures),
             "signable_after": spend.signable_after.isoformat() if spend.signable_after else None}

@@ -223,3 +223,72 @@ def test_amounts_parse_exactly():
     for bad in ("0.000000001", "-1", "abc", "0"):
         with pytest.raises(CustodyError):
             spends.parse_amount(bad)
+
+
+def _approved_and_broadcast(sessions, rpc, seed, amount=50_000_000) -> int:
+    spend_id = request(sessions, amount, fee_rate=1.0)
+    decide(sessions, spend_id, "olga")
+    decide(sessions, spend_id, "omar")
+    with sessions.begin() as s:
+        spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+    sign_as(sessions, spend_id, seed)
+    sign_as(sessions, spend_id, seed + 1)
+    with sessions.begin() as s:
+        spends.broadcast(s, spends.get_spend(s, spend_id), rpc)
+    return spend_id
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_rbf_bump_and_cancel(vault, rpc, other_address, cancel):
+    sessions, syncer, seed = vault
+    spend_id = _approved_and_broadcast(sessions, rpc, seed)
+    with sessions() as s:
+        first_txid, first_fee = spends.get_spend(s, spend_id).txid, spends.get_spend(s, spend_id).fee
+    with sessions.begin() as s, pytest.raises(CustodyError, match="must be above"):
+        spends.bump_fee(s, spends.get_spend(s, spend_id), rpc, 0.5)
+    with sessions.begin() as s:
+        spend = spends.bump_fee(s, spends.get_spend(s, spend_id), rpc, 5.0, cancel=cancel)
+        assert spend.state == "signing" and spend.fee > first_fee and spends.summary(s, spend)["signed_by"] == []
+    sign_as(sessions, spend_id, seed + 1)
+    sign_as(sessions, spend_id, seed + 2)
+    with sessions.begin() as s:
+        new_txid = spends.broadcast(s, spends.get_spend(s, spend_id), rpc)
+    mempool = rpc.getrawmempool()
+    assert new_txid in mempool and first_txid not in mempool
+    rpc.generatetoaddress(1, other_address)
+    with sessions.begin() as s:
+        spend = spends.track(s, spends.get_spend(s, spend_id), rpc)
+        assert spend.state == "confirmed" and spends.summary(s, spend)["replaced_txids"] == [first_txid]
+    syncer.sync_once()
+    with sessions() as s:
+        total = ledger.balances(s)[0].total
+    assert total == 600_000_000 - spend.fee - (0 if cancel else 50_000_000)
+
+
+def test_a_replaced_broadcast_is_detected(vault, rpc, wallet, other_address):
+    """Someone else's double-spend of the same coins (here: a bump signed outside this spend's
+    record) wins: the spend is shown as replaced and its coins are released."""
+    sessions, syncer, seed = vault
+    spend_id = _approved_and_broadcast(sessions, rpc, seed)
+    with sessions() as s:
+        stored = PSBT.from_string(spends.get_spend(s, spend_id).psbt)
+    from custody.signatures import finalize
+    from custody.psbt_builder import Coin, build_spend
+    from custody.policies import parse_policy
+    with sessions() as s:
+        policy = registry.get_policy(s, "vault")
+        spec = registry.spec_of(policy)
+    coins = [Coin(sc.txid.hex(), sc.vout, sc.witness_utxo.value, 0, 0, sc.witness_utxo.script_pubkey.data)
+             for sc in stored.inputs]
+    # rebuild the same inputs to another destination at a higher fee, sign it with two devices
+    derivations = [next(iter(sc.bip32_derivations.values())).derivation for sc in stored.inputs]
+    coins = [Coin(c.txid, c.vout, c.value, d[-2], d[-1], c.script_pubkey) for c, d in zip(coins, derivations)]
+    rival = build_spend(spec, coins, [(OTHER.wpkh, 1)], fee_rate=20, change=None,
+                        previous_txs={sc.txid.hex(): sc.non_witness_utxo.serialize() for sc in stored.inputs},
+                        locktime=rpc.getblockcount(), select=False, sweep=True).psbt
+    rival.sign_with(device(seed + 2))
+    rival.sign_with(device(seed + 1))
+    rpc.sendrawtransaction(finalize(rival, 2).hex())
+    rpc.generatetoaddress(1, other_address)
+    with sessions.begin() as s:
+        assert spends.track(s, spends.get_spend(s, spend_id), rpc).state == "replaced"

@@ -38,6 +38,7 @@ def upgrade() -> None:
     sa.Column('coins', sa.Text(), nullable=True),
     sa.Column('psbt', sa.Text(), nullable=True),
     sa.Column('txid', sa.String(length=64), nullable=True),
+    sa.Column('replaced_txids', sa.Text(), nullable=True),
     sa.Column('fee', sa.BigInteger(), nullable=True),
     sa.Column('change_index', sa.Integer(), nullable=True),
     sa.Column('signable_after', sa.DateTime(timezone=True), nullable=True),
