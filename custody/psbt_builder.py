@@ -126,17 +126,21 @@ def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, 
 
 
 def _describe_inputs(psbt: PSBT, spec: PolicySpec, coins: list[Coin], previous_txs: dict[str, bytes]) -> None:
+    parsed: dict[str, Transaction] = {}
+    branches = {0: spec.embit(0), 1: spec.embit(1)}
     for scope, coin in zip(psbt.inputs, coins):
-        raw = previous_txs.get(coin.txid)
-        if raw is None:
-            raise BuildError(f"previous transaction {coin.txid} is not available from the node")
-        previous = Transaction.parse(raw)
+        if coin.txid not in parsed:
+            raw = previous_txs.get(coin.txid)
+            if raw is None:
+                raise BuildError(f"previous transaction {coin.txid} is not available from the node")
+            parsed[coin.txid] = Transaction.parse(raw)
+        previous = parsed[coin.txid]
         if previous.txid().hex() != coin.txid or previous.vout[coin.vout].value != coin.value \
                 or previous.vout[coin.vout].script_pubkey.data != coin.script_pubkey:
             raise BuildError(f"the node's copy of {coin.outpoint} does not match the ledger")
         scope.non_witness_utxo = previous
         scope.witness_utxo = previous.vout[coin.vout]
-        derived = spec.embit(coin.branch).derive(coin.index)
+        derived = branches[coin.branch].derive(coin.index)
         scope.witness_script = derived.witness_script()
         for key in derived.keys:
             scope.bip32_derivations[key.get_public_key()] = DerivationPath(key.origin.fingerprint, key.origin.derivation)

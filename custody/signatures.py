@@ -4,7 +4,8 @@ An upload is trusted for nothing but its signatures. Its unsigned transaction mu
 the stored one; every new partial signature must be by a key of the policy at the input's own
 derivation (taken from the stored PSBT, so a signer that strips derivations is still fine), use
 SIGHASH_ALL, and verify against the sighash computed from the stored PSBT with the coin's real
-amount. Any other field the signer changed (a lying witness_utxo, say) is refused by name.
+amount. Other fields of the upload are never used; a witness_utxo that contradicts the coin is
+refused by name, since it shows the signer was shown a lie.
 """
 from __future__ import annotations
 
@@ -52,27 +53,26 @@ class MergeResult:
 
 
 def merge_upload(stored: PSBT, upload: PSBT) -> MergeResult:
-    """Verify every new signature in `upload` and return the stored PSBT with them added."""
+    """Verify every new signature in `upload`; only when all pass are they added to `stored`
+    (in place, and returned). Nothing else is taken from the upload."""
     if upload.tx.serialize() != stored.tx.serialize() or len(upload.inputs) != len(stored.inputs) \
             or len(upload.outputs) != len(stored.outputs):
         raise SignatureError("the uploaded PSBT is for a different transaction (inputs, outputs, amounts "
                              "or locktime changed): refused")
-    merged = PSBT.parse(stored.serialize())
-    new, signers = [], set()
-    for i, (ours, theirs) in enumerate(zip(merged.inputs, upload.inputs)):
+    unsigned = stored.tx            # built once: it caches the BIP-143 hashes every input shares
+    accepted, signers = [], set()
+    for i, (ours, theirs) in enumerate(zip(stored.inputs, upload.inputs)):
         if theirs.witness_utxo is not None and ours.witness_utxo is not None and (
                 theirs.witness_utxo.value != ours.witness_utxo.value
                 or theirs.witness_utxo.script_pubkey != ours.witness_utxo.script_pubkey):
             raise SignatureError(f"input {i}: the upload's witness_utxo says {theirs.witness_utxo.value} sat, "
                                  f"the coin holds {ours.witness_utxo.value} sat: refused")
-        if theirs.non_witness_utxo is not None and ours.non_witness_utxo is not None and \
-                theirs.non_witness_utxo.serialize() != ours.non_witness_utxo.serialize():
-            raise SignatureError(f"input {i}: the upload's previous transaction differs from the coin's: refused")
         expected = {pub.sec(): path for pub, path in ours.bip32_derivations.items()}
+        have = {pub.sec(): sig for pub, sig in ours.partial_sigs.items()}
         for pub, sig in theirs.partial_sigs.items():
             sec = pub.sec()
-            if sec in {p.sec() for p in ours.partial_sigs}:
-                if ours.partial_sigs[next(p for p in ours.partial_sigs if p.sec() == sec)] != sig:
+            if sec in have:
+                if have[sec] != sig:
                     raise SignatureError(f"input {i}: a second, different signature by the same key: refused")
                 continue
             if sec not in expected:
@@ -81,7 +81,7 @@ def merge_upload(stored: PSBT, upload: PSBT) -> MergeResult:
             if not sig or sig[-1] != SIGHASH.ALL:
                 raise SignatureError(f"input {i}: signature uses sighash 0x{sig[-1] if sig else 0:02x}; only "
                                      "SIGHASH_ALL is accepted: refused")
-            digest = merged.sighash_segwit(i, ours.witness_script, ours.witness_utxo.value, SIGHASH.ALL)
+            digest = unsigned.sighash_segwit(i, ours.witness_script, ours.witness_utxo.value, SIGHASH.ALL)
             try:
                 valid = ec.PublicKey.parse(sec).verify(ec.Signature.parse(sig[:-1]), digest)
             except Exception:
@@ -89,10 +89,11 @@ def merge_upload(stored: PSBT, upload: PSBT) -> MergeResult:
             if not valid:
                 raise SignatureError(f"input {i}: signature by {expected[sec].fingerprint.hex()} does not verify "
                                      "for this transaction: refused")
-            ours.partial_sigs[pub] = sig
-            new.append((i, sec.hex()))
+            accepted.append((i, pub, sig))
             signers.add(expected[sec].fingerprint.hex())
-    return MergeResult(merged, new, signers)
+    for i, pub, sig in accepted:
+        stored.inputs[i].partial_sigs[pub] = sig
+    return MergeResult(stored, [(i, pub.sec().hex()) for i, pub, _ in accepted], signers)
 
 
 def signed_fingerprints(psbt: PSBT) -> dict[str, int]:
