@@ -1,7 +1,9 @@
 """`make demo`: the custody story so far, on the embedded regtest node.
 
 Three signatories bring their keys, a 2-of-3 policy is built from them, a miner and a client pay it,
-and the ledger, kept in step with the node, shows the balance and every coin.
+and the ledger, kept in step with the node, shows the balance and every coin. Then a treasury officer
+requests a payment, two other officers approve it, two signatories sign the PSBT on their own devices
+(embit stands in for the hardware), and the coordinator verifies, broadcasts and follows it.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from pathlib import Path
 from embit import bip32
 from embit.networks import NETWORKS
 
-from custody import ledger, registry
+from embit.psbt import PSBT
+
+from custody import ledger, registry, spends
 from custody.db import open_database
 from custody.node_client import NodeClient
 from custody.policies import build_policy
@@ -24,10 +28,15 @@ from regtest.testwallet import TestWallet, Utxo
 SIGNATORIES = ("Alice (CFO)", "Bob (treasurer)", "Carol (board)")
 
 
-def signatory_key(name: str) -> str:
-    """Each signatory's device holds its own seed; the coordinator only ever sees the account xpub."""
-    root = bip32.HDKey.from_seed(hashlib.sha256(f"demo device of {name}".encode()).digest(),
+def device(name: str) -> bip32.HDKey:
+    """A signatory's device: its seed never leaves it."""
+    return bip32.HDKey.from_seed(hashlib.sha256(f"demo device of {name}".encode()).digest(),
                                  version=NETWORKS["regtest"]["xprv"])
+
+
+def signatory_key(name: str) -> str:
+    """The coordinator only ever sees each device's account xpub with its origin."""
+    root = device(name)
     account = root.derive("m/48h/1h/0h/2h").to_public()
     return f"[{root.my_fingerprint.hex()}/48h/1h/0h/2h]{account.to_base58()}"
 
@@ -78,10 +87,48 @@ def main() -> int:
                 table([balance.to_json()], ["policy", "confirmed", "unconfirmed", "immature", "frozen", "total"])
                 print("\nUTXOs:")
                 table(ledger.list_utxos(s, policy), ["outpoint", "value", "state", "confirmations", "address"])
+            spend_story(sessions, syncer, rpc)
         finally:
             node.stop()
     print("\nnext: `custody --help` for keys, policies, sync, balances, UTXOs, freezing and BIP-329 labels")
     return 0
+
+
+def spend_story(sessions, syncer, rpc) -> None:
+    supplier = TestWallet("demo supplier").address()
+    with sessions.begin() as s:
+        policy = registry.get_policy(s, "treasury")
+        spends.set_approval_rule(s, policy, required_approvals=2, per_request_limit=20 * 100_000_000,
+                                 daily_limit=50 * 100_000_000)
+        spend = spends.request_spend(s, policy, "Dana (treasury officer)", [(supplier, 2 * 100_000_000)],
+                                     fee_rate=2.0, memo="supplier invoice 2026-117")
+        spend_id = spend.id
+    print(f"\nspend #{spend_id}: Dana requests 2 BTC to {supplier[:20]}… (rule: 2 approvals, 20 BTC per spend)")
+    for officer in ("Erin (controller)", "Frank (risk)"):
+        with sessions.begin() as s:
+            state = spends.decide(s, spends.get_spend(s, spend_id), officer, True).state
+        print(f"  approved by {officer:18} -> {state}")
+    with sessions.begin() as s:
+        spend = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+        print(f"  PSBT built: {len(PSBT.from_string(spend.psbt).inputs)} input(s), fee {spend.fee} sat, coins reserved")
+    for name in SIGNATORIES[:2]:
+        with sessions() as s:
+            psbt = PSBT.from_string(spends.get_spend(s, spend_id).psbt)
+        psbt.sign_with(device(name))                         # on the signatory's own device
+        with sessions.begin() as s:
+            state = spends.get_spend(s, spend_id)
+            spends.add_signatures(s, state, psbt.serialize())
+            print(f"  signed by {name:18} -> verified, {state.state}")
+    with sessions.begin() as s:
+        txid = spends.broadcast(s, spends.get_spend(s, spend_id), rpc)
+    print(f"  broadcast {txid[:16]}… after the node's testmempoolaccept")
+    rpc.generatetoaddress(1, TestWallet("demo miner").address())
+    with sessions.begin() as s:
+        state = spends.track(s, spends.get_spend(s, spend_id), rpc).state
+    syncer.sync_once()
+    with sessions() as s:
+        [balance] = ledger.balances(s, registry.get_policy(s, "treasury"))
+    print(f"  {state}; treasury balance now {balance.confirmed:,} sat")
 
 
 def _addresses(session) -> list[dict]:
