@@ -169,3 +169,15 @@ def test_sweep_pays_everything_but_the_fee(rpc, spec, funded):
     built = build(rpc, spec, funded, sweep=True)
     assert built.change == 0 and len(built.psbt.outputs) == 1
     assert built.psbt.tx.vout[0].value == sum(c.value for c in coins) - built.fee
+
+
+def test_psbt_version_2_round_trip(rpc, spec, funded):
+    built = build(rpc, spec, funded, amount=3_000_000, version=2)
+    stored = built.psbt
+    assert stored.version == 2 and stored.serialize()[5:7] != b"\x01\x00"   # no PSBT_GLOBAL_UNSIGNED_TX
+    reparsed = decode_psbt(stored.to_string())
+    assert reparsed.version == 2 and reparsed.tx.serialize() == stored.tx.serialize()
+    merged = merge_upload(stored, decode_psbt(sign(stored, SEED + 1).serialize()))
+    merged = merge_upload(merged.psbt, decode_psbt(sign(stored, SEED + 2).serialize()))
+    assert is_complete(merged.psbt, 2)
+    assert rpc.testmempoolaccept([finalize(merged.psbt, 2).hex()])[0]["allowed"] is True
