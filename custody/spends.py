@@ -19,7 +19,7 @@ from .errors import CustodyError, NotFound
 from .ledger import tip_height, utxo_state
 from .models import Address, Policy, Utxo
 from .node_client import NodeClient, RPCError
-from .psbt_builder import BuildError, Coin, build_spend
+from .psbt_builder import TX_OVERHEAD_VBYTES, BuildError, Coin, build_spend, input_vbytes, output_vbytes
 from .registry import spec_of
 from .signatures import SignatureError, decode_psbt, finalize, is_complete, merge_upload, signed_fingerprints
 from .spend_models import Approval, ApprovalRule, Spend, SpendSignature
@@ -362,6 +362,49 @@ def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float
         spend.destinations = json.dumps([{"address": change.address, "amount": built.psbt.tx.vout[0].value}])
     session.execute(SpendSignature.__table__.delete().where(SpendSignature.spend_id == spend.id))
     return spend
+
+
+def cpfp(session: Session, spend: Spend, client: NodeClient, fee_rate: float, requester: str) -> Spend:
+    """Child pays for parent: a new spend of the stuck spend's own change back to the policy, paying
+    enough that parent and child together reach `fee_rate`. The money never leaves custody, so it
+    needs signatures but no approvals."""
+    if spend.state != "broadcast" or spend.change_index is None:
+        raise CustodyError(f"spend #{spend.id} has no unconfirmed change to spend (state {spend.state})")
+    if not FEE_RATE_FLOOR <= fee_rate <= FEE_RATE_CAP:
+        raise CustodyError(f"fee rate {fee_rate:g} sat/vB is outside {FEE_RATE_FLOOR:g}..{FEE_RATE_CAP:g}")
+    try:
+        parent = client.getmempoolentry(spend.txid)
+    except RPCError:
+        raise CustodyError(f"spend #{spend.id} is not in the node's mempool (confirmed or replaced)") from None
+    policy = session.get(Policy, spend.policy_id)
+    spec = spec_of(policy)
+    change = session.scalar(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
+                                                  Address.index == spend.change_index))
+    raw = bytes.fromhex(client.getrawtransaction(spend.txid))
+    parent_tx = PSBT.from_string(spend.psbt).tx
+    vout = next(n for n, o in enumerate(parent_tx.vout) if o.script_pubkey.data == change.script_pubkey)
+    value = parent_tx.vout[vout].value
+    target = session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
+                                                   Address.used.is_(False), Address.index != change.index)
+                             .order_by(Address.index)).first()
+    child_vsize = TX_OVERHEAD_VBYTES + input_vbytes(spec) + output_vbytes(target.script_pubkey)
+    parent_fee = int(Decimal(str(parent["fees"]["base"])) * 100_000_000)
+    fee = int(-(-(fee_rate * (parent["vsize"] + child_vsize)) // 1)) - parent_fee
+    if fee < child_vsize * FEE_RATE_FLOOR:
+        raise CustodyError(f"the parent already pays {fee_rate:g} sat/vB; no child is needed")
+    try:
+        built = build_spend(spec, [Coin(spend.txid, vout, value, 1, change.index, change.script_pubkey)],
+                            [(target.script_pubkey, 1)], fee_rate=fee / child_vsize, change=None,
+                            previous_txs={spend.txid: raw}, locktime=client.getblockcount(), select=False, sweep=True)
+    except (BuildError, ValueError) as e:
+        raise CustodyError(str(e)) from None
+    child = Spend(policy_id=policy.id, requester=requester, memo=f"CPFP for spend #{spend.id}",
+                  destinations=json.dumps([{"address": target.address, "amount": built.psbt.tx.vout[0].value}]),
+                  amount=0, fee_rate_milli=int(round(fee_rate * 1000)), sweep=True, psbt=built.psbt.to_string(),
+                  fee=built.fee, state="signing")
+    session.add(child)
+    session.flush()
+    return child
 
 
 def _release(session: Session, spend: Spend) -> None:

@@ -292,3 +292,25 @@ def test_a_replaced_broadcast_is_detected(vault, rpc, wallet, other_address):
     rpc.generatetoaddress(1, other_address)
     with sessions.begin() as s:
         assert spends.track(s, spends.get_spend(s, spend_id), rpc).state == "replaced"
+
+
+def test_cpfp_child_pays_for_a_stuck_parent(vault, rpc, other_address):
+    sessions, syncer, seed = vault
+    spend_id = _approved_and_broadcast(sessions, rpc, seed)        # at 1 sat/vB
+    with sessions.begin() as s:
+        child = spends.cpfp(s, spends.get_spend(s, spend_id), rpc, 20.0, "dana")
+        child_id = child.id
+        assert child.state == "signing" and child.amount == 0
+    sign_as(sessions, child_id, seed)
+    sign_as(sessions, child_id, seed + 2)
+    with sessions.begin() as s:
+        child_txid = spends.broadcast(s, spends.get_spend(s, child_id), rpc)
+        parent_txid = spends.get_spend(s, spend_id).txid
+    package = rpc.getmempoolentry(child_txid)
+    rate = (package["fees"]["ancestor"] * 100_000_000) / package["ancestorsize"]
+    assert package["ancestorcount"] == 2 and 19.5 <= rate <= 21
+    block = rpc.getblock(rpc.generatetoaddress(1, other_address)[0])
+    assert parent_txid in block["tx"] and child_txid in block["tx"]
+    with sessions.begin() as s, pytest.raises(CustodyError, match="no unconfirmed change|confirmed"):
+        spends.track(s, spends.get_spend(s, spend_id), rpc)
+        spends.cpfp(s, spends.get_spend(s, spend_id), rpc, 30.0, "dana")
