@@ -1,7 +1,8 @@
 """PSBTs for a policy's coins, with everything a strict signer needs to check them on its own.
 
-Each input carries witness_utxo and the full previous transaction (non_witness_utxo, so a signer can
-verify the amount), the witness script and every key's BIP-32 derivation; the change output carries
+Each segwit v0 input carries witness_utxo and the full previous transaction (non_witness_utxo, so a
+signer can verify the amount), the witness script and every key's BIP-32 derivation; a taproot input
+carries the BIP-371 fields (the taproot sighash commits to every input's amount already); the change output carries
 its derivations too, so signers can recognise it; PSBT_GLOBAL_XPUB names every policy key. Inputs
 signal RBF; the locktime is the tip height (anti fee sniping, as Bitcoin Core does).
 """
@@ -9,15 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coincurve import PublicKey
+from embit import ec, hashes
 from embit.psbt import PSBT, DerivationPath
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from .coin_selection import Candidate, Selection, select_coins
-from .policies import PolicySpec
+from .policies import NUMS_KEY, PolicySpec
 
 RBF_SEQUENCE = 0xFFFFFFFD
 TX_OVERHEAD_VBYTES = 10.5        # version, locktime, counts, segwit marker and flag
+TAPSCRIPT_LEAF_VERSION = 0xC0
 
 
 class BuildError(ValueError):
@@ -58,7 +62,27 @@ def input_vbytes(spec: PolicySpec) -> float:
         script = spec.embit(0).derive(0).witness_script().data
         stack = 1 + 1 + spec.threshold * 73 + (1 if len(script) < 253 else 3) + len(script)
         return 41 + stack / 4
-    raise BuildError(f"spending {spec.kind} policies is not supported yet (taproot PSBT fields pending)")
+    script, _, _ = taproot_leaf(spec, 0, 0)
+    n = len(spec.keys)
+    # signatures of 65 bytes: a signer may make SIGHASH_ALL explicit, and an estimate must not fall short
+    stack = 1 + spec.threshold * 66 + (n - spec.threshold) + _compact_len(len(script)) + len(script) + 1 + 33
+    return 41 + stack / 4
+
+
+def _compact_len(n: int) -> int:
+    return 1 if n < 253 else 3
+
+
+def taproot_leaf(spec: PolicySpec, branch: int, index: int) -> tuple[bytes, bytes, bytes]:
+    """(leaf script, leaf hash, control block) of a tr(NUMS, sortedmulti_a) coin's only script path."""
+    derived = spec.embit(branch).derive(index)
+    leaf = derived.taptree.tree
+    script = Script(leaf.miniscript.compile()).data
+    leaf_hash = hashes.tagged_hash("TapLeaf", leaf.serialize())
+    internal = bytes.fromhex(NUMS_KEY)
+    tweak = hashes.tagged_hash("TapTweak", internal + leaf_hash)
+    parity = PublicKey(b"\x02" + internal).add(tweak).format()[0] & 1
+    return script, leaf_hash, bytes([TAPSCRIPT_LEAF_VERSION | parity]) + internal
 
 
 def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, int]], *, fee_rate: float,
@@ -138,15 +162,41 @@ def _describe_inputs(psbt: PSBT, spec: PolicySpec, coins: list[Coin], previous_t
         if previous.txid().hex() != coin.txid or previous.vout[coin.vout].value != coin.value \
                 or previous.vout[coin.vout].script_pubkey.data != coin.script_pubkey:
             raise BuildError(f"the node's copy of {coin.outpoint} does not match the ledger")
-        scope.non_witness_utxo = previous
         scope.witness_utxo = previous.vout[coin.vout]
+        if spec.kind == "tr-sortedmulti_a":
+            _describe_taproot(scope, spec, coin.branch, coin.index)
+            continue
+        scope.non_witness_utxo = previous
         derived = branches[coin.branch].derive(coin.index)
         scope.witness_script = derived.witness_script()
         for key in derived.keys:
             scope.bip32_derivations[key.get_public_key()] = DerivationPath(key.origin.fingerprint, key.origin.derivation)
 
 
+def _describe_taproot(scope, spec: PolicySpec, branch: int, index: int) -> None:
+    """BIP-371 fields: internal key (NUMS, no key path), merkle root, the leaf script with its control
+    block, and each key's derivation with the leaf it signs in."""
+    script, leaf_hash, control = taproot_leaf(spec, branch, index)
+    scope.taproot_internal_key = ec.PublicKey.from_xonly(bytes.fromhex(NUMS_KEY))
+    scope.taproot_merkle_root = leaf_hash
+    scope.taproot_scripts[control] = script + bytes([TAPSCRIPT_LEAF_VERSION])
+    for key in spec.embit(branch).derive(index).keys:
+        if key.origin is None:        # the NUMS internal key: nobody holds it
+            continue
+        pub = ec.PublicKey.from_xonly(key.get_public_key().xonly())
+        scope.taproot_bip32_derivations[pub] = ([leaf_hash], DerivationPath(key.origin.fingerprint, key.origin.derivation))
+
+
 def _describe_change(scope, spec: PolicySpec, index: int) -> None:
+    if spec.kind == "tr-sortedmulti_a":
+        script, leaf_hash, _ = taproot_leaf(spec, 1, index)
+        scope.taproot_internal_key = ec.PublicKey.from_xonly(bytes.fromhex(NUMS_KEY))
+        for key in spec.embit(1).derive(index).keys:
+            if key.origin is None:
+                continue
+            pub = ec.PublicKey.from_xonly(key.get_public_key().xonly())
+            scope.taproot_bip32_derivations[pub] = ([leaf_hash], DerivationPath(key.origin.fingerprint, key.origin.derivation))
+        return
     derived = spec.embit(1).derive(index)
     scope.witness_script = derived.witness_script()
     for key in derived.keys:

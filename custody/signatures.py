@@ -61,7 +61,11 @@ def merge_upload(stored: PSBT, upload: PSBT) -> MergeResult:
                              "or locktime changed): refused")
     unsigned = stored.tx            # built once: it caches the BIP-143 hashes every input shares
     accepted, signers = [], set()
+    tap_accepted = []
     for i, (ours, theirs) in enumerate(zip(stored.inputs, upload.inputs)):
+        if ours.taproot_scripts:
+            tap_accepted += _verify_taproot(stored, i, ours, theirs, signers)
+            continue
         if theirs.witness_utxo is not None and ours.witness_utxo is not None and (
                 theirs.witness_utxo.value != ours.witness_utxo.value
                 or theirs.witness_utxo.script_pubkey != ours.witness_utxo.script_pubkey):
@@ -93,7 +97,47 @@ def merge_upload(stored: PSBT, upload: PSBT) -> MergeResult:
             signers.add(expected[sec].fingerprint.hex())
     for i, pub, sig in accepted:
         stored.inputs[i].partial_sigs[pub] = sig
-    return MergeResult(stored, [(i, pub.sec().hex()) for i, pub, _ in accepted], signers)
+    for i, key, sig in tap_accepted:
+        stored.inputs[i].taproot_sigs[key] = sig
+    return MergeResult(stored, [(i, pub.sec().hex()) for i, pub, _ in accepted]
+                       + [(i, key[0].xonly().hex()) for i, key, _ in tap_accepted], signers)
+
+
+def _verify_taproot(stored: PSBT, i: int, ours, theirs, signers: set) -> list:
+    """Script-path Schnorr signatures (BIP-342) by policy keys, SIGHASH_DEFAULT or ALL only."""
+    if theirs.witness_utxo is not None and (theirs.witness_utxo.value != ours.witness_utxo.value
+                                            or theirs.witness_utxo.script_pubkey != ours.witness_utxo.script_pubkey):
+        raise SignatureError(f"input {i}: the upload's witness_utxo says {theirs.witness_utxo.value} sat, "
+                             f"the coin holds {ours.witness_utxo.value} sat: refused")
+    expected = {pub.xonly(): (leaves, path) for pub, (leaves, path) in ours.taproot_bip32_derivations.items()}
+    have = {(pub.xonly(), leaf): sig for (pub, leaf), sig in ours.taproot_sigs.items()}
+    (control, script_and_version), = ours.taproot_scripts.items()
+    script, leaf_version = script_and_version[:-1], script_and_version[-1]
+    accepted = []
+    for (pub, leaf), sig in theirs.taproot_sigs.items():
+        x = pub.xonly()
+        if (x, leaf) in have:
+            if have[(x, leaf)] != sig:
+                raise SignatureError(f"input {i}: a second, different signature by the same key: refused")
+            continue
+        if x not in expected or leaf not in expected[x][0]:
+            raise SignatureError(f"input {i}: signature by key {x.hex()[:16]}… which is not a key of this "
+                                 "policy at this input's derivation: refused")
+        if len(sig) == 65 and sig[-1] != SIGHASH.ALL or len(sig) not in (64, 65):
+            raise SignatureError(f"input {i}: signature uses sighash 0x{sig[-1]:02x}; only SIGHASH_DEFAULT and "
+                                 "SIGHASH_ALL are accepted: refused")
+        digest = stored.sighash(i, sighash=SIGHASH.DEFAULT if len(sig) == 64 else SIGHASH.ALL, ext_flag=1,
+                                script=Script(script), leaf_version=leaf_version)
+        try:
+            valid = ec.PublicKey.from_xonly(x).schnorr_verify(ec.SchnorrSig.parse(sig[:64]), digest)
+        except Exception:
+            valid = False
+        if not valid:
+            raise SignatureError(f"input {i}: signature by {expected[x][1].fingerprint.hex()} does not verify "
+                                 "for this transaction: refused")
+        accepted.append((i, (pub, leaf), sig))
+        signers.add(expected[x][1].fingerprint.hex())
+    return accepted
 
 
 def signed_fingerprints(psbt: PSBT) -> dict[str, int]:
@@ -101,14 +145,16 @@ def signed_fingerprints(psbt: PSBT) -> dict[str, int]:
     counts: dict[str, int] = {}
     for scope in psbt.inputs:
         paths = {pub.sec(): path for pub, path in scope.bip32_derivations.items()}
-        for pub in scope.partial_sigs:
-            fp = paths[pub.sec()].fingerprint.hex()
+        paths.update({pub.xonly(): path for pub, (_, path) in scope.taproot_bip32_derivations.items()})
+        signed = [pub.sec() for pub in scope.partial_sigs] + [pub.xonly() for pub, _ in scope.taproot_sigs]
+        for key in signed:
+            fp = paths[key].fingerprint.hex()
             counts[fp] = counts.get(fp, 0) + 1
     return counts
 
 
 def is_complete(psbt: PSBT, threshold: int) -> bool:
-    return all(len(scope.partial_sigs) >= threshold for scope in psbt.inputs)
+    return all(len(scope.partial_sigs) + len(scope.taproot_sigs) >= threshold for scope in psbt.inputs)
 
 
 def finalize(psbt: PSBT, threshold: int) -> bytes:
@@ -116,6 +162,9 @@ def finalize(psbt: PSBT, threshold: int) -> bytes:
     the dummy element, `threshold` signatures in the script's key order, and the witness script."""
     tx = psbt.tx
     for i, scope in enumerate(psbt.inputs):
+        if scope.taproot_scripts:
+            tx.vin[i].witness = _taproot_witness(i, scope, threshold)
+            continue
         order = _multisig_keys(scope.witness_script.data)
         sigs = {pub.sec(): sig for pub, sig in scope.partial_sigs.items()}
         chosen = [sigs[k] for k in order if k in sigs][:threshold]
@@ -123,6 +172,23 @@ def finalize(psbt: PSBT, threshold: int) -> bytes:
             raise SignatureError(f"input {i}: {len(chosen)} of {threshold} signatures")
         tx.vin[i].witness = Witness([b""] + chosen + [scope.witness_script.data])
     return tx.serialize()
+
+
+def _taproot_witness(i: int, scope, threshold: int) -> Witness:
+    """multi_a checks keys in script order, popping one stack item per key: the witness lists the
+    signatures for the last key first, an empty item for each key that does not sign."""
+    (control, script_and_version), = scope.taproot_scripts.items()
+    script = script_and_version[:-1]
+    keys, j = [], 0
+    while j < len(script) and script[j] == 32:
+        keys.append(script[j + 1:j + 33])
+        j += 34                       # push, key, OP_CHECKSIG / OP_CHECKSIGADD
+    sigs = {pub.xonly(): sig for (pub, _), sig in scope.taproot_sigs.items()}
+    chosen = set([k for k in keys if k in sigs][:threshold])
+    if len(chosen) < threshold:
+        raise SignatureError(f"input {i}: {len(chosen)} of {threshold} signatures")
+    items = [sigs[k] if k in chosen else b"" for k in reversed(keys)]
+    return Witness(items + [script, control])
 
 
 def _multisig_keys(script: bytes) -> list[bytes]:

@@ -171,8 +171,13 @@ def test_sweep_pays_everything_but_the_fee(rpc, spec, funded):
     assert built.psbt.tx.vout[0].value == sum(c.value for c in coins) - built.fee
 
 
-def test_psbt_version_2_round_trip(rpc, spec, funded):
-    built = build(rpc, spec, funded, amount=3_000_000, version=2)
+def test_psbt_version_2_round_trip(rpc, wallet, spec):
+    coin = mine_coins(rpc, wallet, 1)[0]
+    spk = spec.embit(0).derive(9).script_pubkey().data
+    txid = rpc.sendrawtransaction(wallet.sign([coin], [(spk, 9_000_000), (wallet.wpkh, coin.value - 9_002_000)]))
+    rpc.generatetoaddress(1, OTHER.address())
+    own = ([Coin(txid, 0, 9_000_000, 0, 9, spk)], {txid: bytes.fromhex(rpc.getrawtransaction(txid))})
+    built = build(rpc, spec, own, amount=3_000_000, version=2)
     stored = built.psbt
     assert stored.version == 2 and stored.serialize()[5:7] != b"\x01\x00"   # no PSBT_GLOBAL_UNSIGNED_TX
     reparsed = decode_psbt(stored.to_string())
@@ -181,3 +186,40 @@ def test_psbt_version_2_round_trip(rpc, spec, funded):
     merged = merge_upload(merged.psbt, decode_psbt(sign(stored, SEED + 2).serialize()))
     assert is_complete(merged.psbt, 2)
     assert rpc.testmempoolaccept([finalize(merged.psbt, 2).hex()])[0]["allowed"] is True
+
+
+TR_SEED = 830
+
+
+def test_taproot_policy_spend_end_to_end_and_attacks(rpc, wallet):
+    spec = build_policy("tr-sortedmulti_a", 2, hd_keys(3, seed_base=TR_SEED))
+    coin = mine_coins(rpc, wallet, 1)[0]
+    outputs = [(spec.embit(0).derive(i).script_pubkey().data, 20_000_000) for i in range(2)]
+    txid = rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 40_002_000)]))
+    rpc.generatetoaddress(1, OTHER.address())
+    coins = [Coin(txid, i, 20_000_000, 0, i, outputs[i][0]) for i in range(2)]
+    built = build_spend(spec, coins, [(OTHER.wpkh, 30_000_000)], fee_rate=2,
+                        change=(0, spec.embit(1).derive(0).script_pubkey().data),
+                        previous_txs={txid: bytes.fromhex(rpc.getrawtransaction(txid))}, locktime=rpc.getblockcount())
+    stored = built.psbt
+    assert all(s.taproot_scripts and s.taproot_internal_key and len(s.taproot_bip32_derivations) == 3
+               for s in stored.inputs)
+    # attacks first: a non-DEFAULT/ALL sighash, and a key outside the policy
+    with pytest.raises(SignatureError, match="sighash"):
+        merge_upload(stored, decode_psbt(sign(stored, TR_SEED, sighash=SIGHASH.ALL | SIGHASH.ANYONECANPAY).serialize()))
+    foreign = PSBT.parse(stored.serialize())
+    for scope in foreign.inputs:       # a stranger claims a policy key's slot with its own signature
+        (pub, (leaves, path)), = list(scope.taproot_bip32_derivations.items())[:1]
+        scope.taproot_sigs[(pub, leaves[0])] = bytes(64)
+    with pytest.raises(SignatureError, match="does not verify"):
+        merge_upload(stored, decode_psbt(foreign.serialize()))
+    first = merge_upload(stored, decode_psbt(sign(stored, TR_SEED + 2).serialize()))
+    done = merge_upload(first.psbt, decode_psbt(sign(stored, TR_SEED).serialize()))
+    assert is_complete(done.psbt, 2)
+    raw = finalize(done.psbt, 2).hex()
+    assert rpc.testmempoolaccept([raw])[0]["allowed"] is True
+    spent = rpc.sendrawtransaction(raw)
+    rpc.generatetoaddress(1, OTHER.address())
+    assert rpc.getrawtransaction(spent, True)["confirmations"] == 1
+    vsize = rpc.getrawtransaction(spent, True)["vsize"]
+    assert vsize <= built.vsize      # the estimate never undershoots the real size

@@ -32,7 +32,7 @@ def device(n: int) -> bip32.HDKey:
 
 @pytest.fixture(scope="module")
 def coins(rpc, wallet):
-    return mine_coins(rpc, wallet, 30)
+    return mine_coins(rpc, wallet, 45)     # below height 150: still 50 BTC each
 
 
 @pytest.fixture
