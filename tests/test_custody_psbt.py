@@ -223,3 +223,50 @@ def test_taproot_policy_spend_end_to_end_and_attacks(rpc, wallet):
     assert rpc.getrawtransaction(spent, True)["confirmations"] == 1
     vsize = rpc.getrawtransaction(spent, True)["vsize"]
     assert vsize <= built.vsize      # the estimate never undershoots the real size
+
+
+REC_SEED = 860
+
+
+def _fund(rpc, wallet, spec, count=1, value=15_000_000):
+    coin = mine_coins(rpc, wallet, 1)[0]
+    outputs = [(spec.embit(0).derive(i).script_pubkey().data, value) for i in range(count)]
+    txid = rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - value * count - 2_000)]))
+    rpc.generatetoaddress(1, OTHER.address())
+    return [Coin(txid, i, value, 0, i, outputs[i][0]) for i in range(count)], {txid: bytes.fromhex(rpc.getrawtransaction(txid))}
+
+
+def test_recovery_policy_spends_through_its_quorum(rpc, wallet):
+    keys = hd_keys(4, seed_base=REC_SEED)
+    spec = build_policy("wsh-recovery", 2, keys[:3], recovery_keys=keys[3:], recovery_after=144)
+    coins, previous = _fund(rpc, wallet, spec)
+    stored = build_spend(spec, coins, [(OTHER.wpkh, 5_000_000)], fee_rate=2,
+                         change=(0, spec.embit(1).derive(0).script_pubkey().data), previous_txs=previous,
+                         locktime=rpc.getblockcount()).psbt
+    done = merge_upload(stored, decode_psbt(sign(stored, REC_SEED + 1).serialize()))
+    done = merge_upload(done.psbt, decode_psbt(sign(stored, REC_SEED + 2).serialize()))
+    raw = finalize(done.psbt, 2).hex()
+    assert rpc.testmempoolaccept([raw])[0]["allowed"] is True
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("BITCOIND"), reason="needs Bitcoin Core (BITCOIND=...)")
+def test_bitcoin_core_signs_the_toolkits_psbt(rpc, wallet, spec):
+    """Interoperability: Bitcoin Core's descriptorprocesspsbt, given two devices' private descriptors,
+    signs the toolkit's PSBT, and the coordinator accepts, finalizes and broadcasts the result."""
+    coins, previous = _fund(rpc, wallet, spec)
+    stored = build_spend(spec, coins, [(OTHER.wpkh, 5_000_000)], fee_rate=2,
+                         change=(0, spec.embit(1).derive(0).script_pubkey().data), previous_txs=previous,
+                         locktime=rpc.getblockcount()).psbt
+    merged = stored
+    for n in (SEED, SEED + 1):
+        root = device(n)
+        private = spec.descriptor(0).split("#")[0]
+        public = str(spec.keys[n - SEED])
+        account = root.derive("m/48h/1h/0h/2h")
+        private = private.replace(public.split("]")[1], account.to_base58(NETWORKS["regtest"]["xprv"])).replace("/<0;1>/*", "/0/*")
+        checksum = rpc.getdescriptorinfo(private)["checksum"]      # of the private form, as given
+        result = rpc.descriptorprocesspsbt(stored.to_string(), [{"desc": f"{private}#{checksum}", "range": [0, 10]}],
+                                           "ALL", True, False)
+        merged = merge_upload(merged, decode_psbt(result["psbt"])).psbt
+    assert is_complete(merged, 2)
+    assert rpc.testmempoolaccept([finalize(merged, 2).hex()])[0]["allowed"] is True
