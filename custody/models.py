@@ -161,3 +161,20 @@ class Label(Base):
     origin: Mapped[str | None] = mapped_column(Text)
     spendable: Mapped[bool | None] = mapped_column(Boolean)
     __table_args__ = (UniqueConstraint("type", "ref"),)
+
+
+class EventLogEntry(Base):
+    """One custody event in the tamper-evident log (custody.eventlog): `hash` covers the entry and the
+    previous entry's hash, `signature` is the coordinator's ed25519 signature over `hash`."""
+    __tablename__ = "event_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)          # 1..n, no gaps
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # UTC
+    kind: Mapped[str] = mapped_column(String(64))                    # e.g. spend.approved
+    actor: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(200), index=True)    # e.g. spend:12
+    data: Mapped[str] = mapped_column(Text)                          # canonical JSON object
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str] = mapped_column(String(64))                  # the signing ed25519 public key, hex
