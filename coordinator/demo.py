@@ -8,6 +8,7 @@ requests a payment, two other officers approve it, two signatories sign the PSBT
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -17,7 +18,10 @@ from embit.networks import NETWORKS
 
 from embit.psbt import PSBT
 
-from custody import ledger, registry, spends
+from sqlalchemy import select
+
+from custody import eventlog, ledger, registry, spends
+from custody.models import EventLogEntry
 from custody.db import open_database
 from custody.node_client import NodeClient
 from custody.policies import build_policy
@@ -50,6 +54,7 @@ def table(rows: list[dict], columns: list[str]) -> None:
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="custody-demo-") as tmp:
+        os.environ["CUSTODY_HOME"] = tmp                  # the demo coordinator's own key, thrown away after
         node = start_node(Path(tmp) / "node")
         rpc = NodeClient(node.url, cookie_file=node.cookie_file)
         try:
@@ -129,6 +134,14 @@ def spend_story(sessions, syncer, rpc) -> None:
     with sessions() as s:
         [balance] = ledger.balances(s, registry.get_policy(s, "treasury"))
     print(f"  {state}; treasury balance now {balance.confirmed:,} sat")
+    with sessions() as s:
+        result = eventlog.verify(s, {eventlog.coordinator_key().public_hex})
+        kinds = [e.kind for e in s.scalars(select(EventLogEntry).order_by(EventLogEntry.seq))]
+    print(f"\nevent log: {len(kinds)} entries, each hash-chained and signed with the coordinator's ed25519 key")
+    print("  " + " -> ".join(kinds))
+    print(f"  custody log verify: {'OK' if result.ok else 'FAILED: ' + str(result.problem)} (head {result.head_hash[:16]}…)")
+    if not result.ok:
+        raise SystemExit(1)
 
 
 def _addresses(session) -> list[dict]:

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--network", default=os.environ.get("CUSTODY_NETWORK", "regtest"),
                    choices=["main", "test", "testnet4", "signet", "regtest"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--actor", default=os.environ.get("CUSTODY_ACTOR") or _login(),
+                   help="who is acting, for the event log (default $CUSTODY_ACTOR or the login name)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, handler, help_, parent=sub):
@@ -161,6 +163,13 @@ def _parser() -> argparse.ArgumentParser:
     c = command("list", _spend_list, "list spends", sp)
     c.add_argument("--policy")
 
+    log = sub.add_parser("log", help="the tamper-evident event log").add_subparsers(dest="log_command", required=True)
+    c = command("verify", _log_verify, "check every entry's hash, chain link and signature", log)
+    c.add_argument("--file", help="verify an exported JSONL copy instead of the database")
+    c.add_argument("--key", action="append", help="accepted coordinator public key (hex); default: this coordinator's")
+    c = command("export", _log_export, "export the log as JSON Lines", log)
+    c.add_argument("file", nargs="?", default="-")
+
     lab = sub.add_parser("labels", help="BIP-329 labels").add_subparsers(dest="labels_command", required=True)
     c = command("import", _labels_import, "import BIP-329 JSON Lines", lab)
     c.add_argument("file", help="file path, or - for standard input")
@@ -171,6 +180,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("ref")
     c.add_argument("text")
     return p
+
+
+def _login() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "operator"
 
 
 def _sessions(args):
@@ -246,14 +263,15 @@ def _policy_create(args):
     spec = build_policy(args.kind, args.threshold, args.key, network=args.network, recovery_keys=args.recovery_key,
                         recovery_threshold=args.recovery_threshold, recovery_after=args.recovery_after)
     with _sessions(args).begin() as s:
-        return _policy_json(s, registry.create_policy(s, args.name, spec, gap_limit=args.gap_limit))
+        return _policy_json(s, registry.create_policy(s, args.name, spec, gap_limit=args.gap_limit, actor=args.actor))
 
 
 def _policy_import(args):
     from .formats import import_policy
     spec, name = import_policy(_read(args.file), args.format, network=args.network)
     with _sessions(args).begin() as s:
-        return _policy_json(s, registry.create_policy(s, args.name or name, spec, gap_limit=args.gap_limit))
+        return _policy_json(s, registry.create_policy(s, args.name or name, spec, gap_limit=args.gap_limit,
+                                                      actor=args.actor))
 
 
 def _policy_export(args):
@@ -280,7 +298,7 @@ def _policy_show(args):
 
 def _policy_status(args):
     with _sessions(args).begin() as s:
-        policy = registry.set_status(s, registry.get_policy(s, args.name), args.status)
+        policy = registry.set_status(s, registry.get_policy(s, args.name), args.status, actor=args.actor)
         return {"name": policy.name, "status": policy.status}
 
 
@@ -356,13 +374,13 @@ def _history(args):
 
 def _freeze(args):
     with _sessions(args).begin() as s:
-        utxo = ledger.freeze(s, args.outpoint, args.reason)
+        utxo = ledger.freeze(s, args.outpoint, args.reason, actor=args.actor)
         return {"outpoint": args.outpoint, "frozen": True, "reason": utxo.freeze_reason}
 
 
 def _unfreeze(args):
     with _sessions(args).begin() as s:
-        ledger.unfreeze(s, args.outpoint)
+        ledger.unfreeze(s, args.outpoint, actor=args.actor)
         return {"outpoint": args.outpoint, "frozen": False}
 
 
@@ -386,6 +404,30 @@ def _label(args):
         return {"type": args.type, "ref": args.ref, "label": args.text}
 
 
+# -- event log --------------------------------------------------------------------------------
+def _log_verify(args):
+    from . import eventlog
+    keys = set(args.key) if args.key else {eventlog.coordinator_key().public_hex}
+    if args.file:
+        result = eventlog.verify_jsonl(_read(args.file), keys)
+    else:
+        with _sessions(args)() as s:
+            result = eventlog.verify(s, keys)
+    if not result.ok:
+        raise CustodyError(f"event log verification failed: {result.problem}")
+    return {"ok": True, "entries": result.entries, "head_hash": result.head_hash}
+
+
+def _log_export(args):
+    from . import eventlog
+    with _sessions(args)() as s:
+        text = eventlog.export_jsonl(s)
+    if args.file == "-":
+        return text
+    Path(args.file).write_text(text)
+    return {"exported": text.count("\n"), "file": args.file}
+
+
 # -- spends -----------------------------------------------------------------------------------
 def _amount(text: str | None) -> int | None:
     from .spends import parse_amount
@@ -398,7 +440,7 @@ def _rule_set(args):
         rule = set_approval_rule(s, registry.get_policy(s, args.policy), required_approvals=args.approvals,
                                  per_request_limit=_amount(args.per_request), daily_limit=_amount(args.daily),
                                  allow_list=args.allow, delay_threshold=_amount(args.delay_above),
-                                 delay_seconds=args.delay)
+                                 delay_seconds=args.delay, actor=args.actor)
         return {"policy": args.policy, "required_approvals": rule.required_approvals,
                 "per_request_limit": rule.per_request_limit, "daily_limit": rule.daily_limit,
                 "allow_list": json.loads(rule.allow_list) if rule.allow_list else None,

@@ -364,3 +364,19 @@ def verify_jsonl(text_: str, public_keys: set[str] | None = None) -> VerifyResul
                 return
             yield position, record
     return _verify_records(records(), public_keys, file_order=True)
+
+
+_loaded_keys: dict[str, CoordinatorKey] = {}
+
+
+def coordinator_key() -> CoordinatorKey:
+    """This coordinator's signing key, from $CUSTODY_HOME/coordinator.key (made on first use)."""
+    path = str(default_key_path())
+    if path not in _loaded_keys:
+        _loaded_keys[path] = CoordinatorKey.load_or_create(path)
+    return _loaded_keys[path]
+
+
+def record(session: Session, kind: str, actor: str, subject: str, data: dict | None = None) -> EventLogEntry:
+    """Log a custody event with this coordinator's key, in the caller's transaction."""
+    return append(session, coordinator_key(), kind, actor, subject, data)

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .errors import CustodyError, NotFound
+from .eventlog import record
 from .models import Address, Block, ChainTransaction, Label, Policy, PolicyTransaction, Utxo
 
 COINBASE_MATURITY = 100
@@ -94,21 +95,23 @@ def _utxo(session: Session, outpoint: str) -> Utxo:
     return utxo
 
 
-def freeze(session: Session, outpoint: str, reason: str) -> Utxo:
+def freeze(session: Session, outpoint: str, reason: str, *, actor: str = "coordinator") -> Utxo:
     if not reason.strip():
         raise CustodyError("freezing a coin needs a reason")
     utxo = _utxo(session, outpoint)
     if utxo.spent_txid is not None:
         raise CustodyError(f"coin {outpoint} is already spent")
     utxo.frozen, utxo.freeze_reason = True, reason.strip()
+    record(session, "utxo.frozen", actor, f"utxo:{outpoint}", {"reason": utxo.freeze_reason, "value": utxo.value})
     return utxo
 
 
-def unfreeze(session: Session, outpoint: str) -> Utxo:
+def unfreeze(session: Session, outpoint: str, *, actor: str = "coordinator") -> Utxo:
     utxo = _utxo(session, outpoint)
     if not utxo.frozen:
         raise CustodyError(f"coin {outpoint} is not frozen")
     utxo.frozen, utxo.freeze_reason = False, None
+    record(session, "utxo.unfrozen", actor, f"utxo:{outpoint}", {"value": utxo.value})
     return utxo
 
 

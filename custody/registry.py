@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session
 
 from .derive import derive_scripts
 from .errors import CustodyError, NotFound
+from .eventlog import record
 from .keys import ExtendedKey, parse_key
 from .models import Address, Key, Organization, Policy, PolicyKey
 from .policies import PolicySpec, parse_policy
@@ -43,7 +44,8 @@ def import_key(session: Session, text: str, *, network: str = "regtest", fingerp
     return store_key(session, parse_key(text, network=network, fingerprint=fingerprint, path=path))
 
 
-def create_policy(session: Session, name: str, spec: PolicySpec, *, gap_limit: int = 20) -> Policy:
+def create_policy(session: Session, name: str, spec: PolicySpec, *, gap_limit: int = 20,
+                  actor: str = "coordinator") -> Policy:
     if not name.strip():
         raise CustodyError("a policy needs a name")
     if session.scalar(select(Policy).where(Policy.name == name)) is not None:
@@ -62,6 +64,9 @@ def create_policy(session: Session, name: str, spec: PolicySpec, *, gap_limit: i
     session.add(policy)
     session.flush()
     ensure_addresses(session, policy)
+    record(session, "policy.created", actor, f"policy:{name}",
+           {"descriptor": descriptor, "kind": spec.kind, "threshold": spec.threshold,
+            "keys": [str(k) for k in spec.all_keys], "gap_limit": gap_limit})
     return policy
 
 
@@ -80,11 +85,12 @@ def spec_of(policy: Policy) -> PolicySpec:
     return parse_policy(policy.descriptor, network=policy.network)
 
 
-def set_status(session: Session, policy: Policy, status: str) -> Policy:
+def set_status(session: Session, policy: Policy, status: str, *, actor: str = "coordinator") -> Policy:
     if status not in STATUS_FLOW:
         raise CustodyError(f"unknown status {status!r}")
     if status not in STATUS_FLOW[policy.status]:
         raise CustodyError(f"policy {policy.name!r} is {policy.status}; it cannot become {status}")
+    record(session, "policy.status", actor, f"policy:{policy.name}", {"from": policy.status, "to": status})
     policy.status = status
     return policy
 

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .errors import CustodyError, NotFound
+from .eventlog import record
 from .ledger import tip_height, utxo_state
 from .models import Address, Policy, Utxo
 from .node_client import NodeClient, RPCError
@@ -40,7 +41,8 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 def set_approval_rule(session: Session, policy: Policy, *, required_approvals: int, per_request_limit: int | None = None,
                       daily_limit: int | None = None, allow_list: list[str] | None = None,
-                      delay_threshold: int | None = None, delay_seconds: int = 0) -> ApprovalRule:
+                      delay_threshold: int | None = None, delay_seconds: int = 0,
+                      actor: str = "coordinator") -> ApprovalRule:
     if required_approvals < 1:
         raise CustodyError("an approval rule needs at least one approving officer")
     for limit in (per_request_limit, daily_limit, delay_threshold):
@@ -55,6 +57,10 @@ def set_approval_rule(session: Session, policy: Policy, *, required_approvals: i
     rule.allow_list = json.dumps(sorted(allow_list)) if allow_list is not None else None
     rule.delay_threshold, rule.delay_seconds = delay_threshold, delay_seconds
     session.add(rule)
+    record(session, "approval_rule.set", actor, f"policy:{policy.name}",
+           {"required_approvals": required_approvals, "per_request_limit": per_request_limit,
+            "daily_limit": daily_limit, "allow_list": sorted(allow_list) if allow_list is not None else None,
+            "delay_threshold": delay_threshold, "delay_seconds": delay_seconds})
     return rule
 
 
@@ -116,6 +122,9 @@ def request_spend(session: Session, policy: Policy, requester: str, destinations
                   coins=json.dumps(coins) if coins else None, state="requested")
     session.add(spend)
     session.flush()
+    record(session, "spend.requested", spend.requester, f"spend:{spend.id}",
+           {"policy": policy.name, "destinations": json.loads(spend.destinations), "amount": amount,
+            "fee_rate_milli": spend.fee_rate_milli, "memo": memo, "sweep": sweep, "coins": coins or []})
     return spend
 
 
@@ -148,6 +157,7 @@ def decide(session: Session, spend: Spend, officer: str, approve: bool) -> Spend
         raise CustodyError(f"{officer} has already decided on spend #{spend.id}")
     session.add(Approval(spend_id=spend.id, officer=officer, decision="approve" if approve else "reject"))
     session.flush()
+    record(session, "spend.approved" if approve else "spend.rejected", officer, f"spend:{spend.id}", {})
     if not approve:
         spend.state = "rejected"
         return spend
@@ -250,7 +260,15 @@ def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: 
         utxo.reserved_by = f"spend:{spend.id}"
     spend.psbt = built.psbt.to_string()
     spend.fee, spend.change_index, spend.state = built.fee, built.change_index, "signing"
+    _record_psbt(session, spend, "psbt.created", built)
     return spend
+
+
+def _record_psbt(session: Session, spend: Spend, kind: str, built, actor: str = "coordinator") -> None:
+    import hashlib
+    record(session, kind, actor, f"spend:{spend.id}",
+           {"unsigned_txid": built.psbt.tx.txid().hex(), "inputs": [c.outpoint for c in built.coins],
+            "fee": built.fee, "change": built.change, "psbt_sha256": hashlib.sha256(built.psbt.serialize()).hexdigest()})
 
 
 def add_signatures(session: Session, spend: Spend, upload: bytes | str) -> list[str]:
@@ -274,6 +292,8 @@ def add_signatures(session: Session, spend: Spend, upload: bytes | str) -> list[
             row.inputs_signed = count
     if is_complete(result.psbt, policy.threshold):
         spend.state = "signed"
+    record(session, "psbt.signed", ",".join(sorted(result.signers)), f"spend:{spend.id}",
+           {"signatures": len(result.new_signatures), "signers": sorted(result.signers), "complete": spend.state == "signed"})
     return sorted(result.signers)
 
 
@@ -290,6 +310,7 @@ def broadcast(session: Session, spend: Spend, client: NodeClient) -> str:
     except RPCError as e:
         raise CustodyError(f"broadcast failed: {e.message}") from None
     spend.state, spend.broadcast_at = "broadcast", _now()
+    record(session, "spend.broadcast", "coordinator", f"spend:{spend.id}", {"txid": spend.txid, "fee": spend.fee})
     return spend.txid
 
 
@@ -307,9 +328,12 @@ def track(session: Session, spend: Spend, client: NodeClient, confirmations: int
         spend.state = "confirmed"
         spend.confirmed_height = client.getblockcount() - info["confirmations"] + 1
         _release(session, spend)
+        record(session, "spend.confirmed", "coordinator", f"spend:{spend.id}",
+               {"txid": spend.txid, "height": spend.confirmed_height, "confirmations": info["confirmations"]})
     elif info is None:
         spend.state = "replaced"
         _release(session, spend)
+        record(session, "spend.replaced", "coordinator", f"spend:{spend.id}", {"txid": spend.txid})
     return spend
 
 
@@ -361,6 +385,7 @@ def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float
         spend.memo = f"{spend.memo or ''} [cancelled: coins returned to the policy]".strip()
         spend.destinations = json.dumps([{"address": change.address, "amount": built.psbt.tx.vout[0].value}])
     session.execute(SpendSignature.__table__.delete().where(SpendSignature.spend_id == spend.id))
+    _record_psbt(session, spend, "spend.cancel_by_replacement" if cancel else "spend.fee_bumped", built)
     return spend
 
 
@@ -404,6 +429,8 @@ def cpfp(session: Session, spend: Spend, client: NodeClient, fee_rate: float, re
                   fee=built.fee, state="signing")
     session.add(child)
     session.flush()
+    record(session, "spend.cpfp", requester, f"spend:{child.id}", {"parent": f"spend:{spend.id}",
+                                                                 "parent_txid": spend.txid, "fee": built.fee})
     return child
 
 
@@ -417,6 +444,7 @@ def cancel(session: Session, spend: Spend) -> Spend:
         raise CustodyError(f"spend #{spend.id} is {spend.state}; it can no longer be cancelled here")
     spend.state = "cancelled"
     _release(session, spend)
+    record(session, "spend.cancelled", "coordinator", f"spend:{spend.id}", {})
     return spend
 
 

@@ -3,9 +3,13 @@ on a free port in a temporary directory, and the toolkit's one chain client poin
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The coordinator's signing key and anything else under CUSTODY_HOME stay inside the test run.
+os.environ["CUSTODY_HOME"] = tempfile.mkdtemp(prefix="custody-home-")
 
 from custody.node_client import NodeClient
 from regtest.launcher import start_node

@@ -240,3 +240,28 @@ def test_a_spend_scripted_end_to_end(node, rpc, wallet, coins, tmp_path, other_a
 def payee_address() -> str:
     from regtest.testwallet import TestWallet
     return TestWallet("cli payee").address()
+
+
+def test_event_log_verifies_and_names_a_tampered_entry(node, tmp_path):
+    import sqlite3
+    db_file = tmp_path / "log.db"
+    db = f"sqlite:///{db_file}"
+    keys = hd_keys(3, seed_base=370)
+    custody(node, db, "--actor", "alice", "policy", "create", "logged", "--threshold", "2",
+            *sum((["--key", k] for k in keys), []))
+    custody(node, db, "--actor", "bob", "policy", "status", "logged", "active")
+    custody(node, db, "approval-rule", "set", "logged", "--approvals", "2")
+    result = custody(node, db, "log", "verify")
+    assert result["ok"] is True and result["entries"] == 3
+    exported = tmp_path / "log.jsonl"
+    custody(node, db, "log", "export", str(exported))
+    assert custody(node, db, "log", "verify", "--file", str(exported))["entries"] == 3
+    lines = exported.read_text().splitlines()
+    assert json.loads(lines[0])["actor"] == "alice" and json.loads(lines[1])["kind"] == "policy.status"
+    with sqlite3.connect(db_file) as conn:      # someone edits history behind the coordinator's back
+        conn.execute("UPDATE event_log SET actor = 'mallory' WHERE seq = 2")
+    bad = custody(node, db, "log", "verify", check=False)
+    assert bad.returncode == 1 and "entry 2" in bad.stderr and "edited" in bad.stderr
+    exported.write_text("\n".join([lines[0], lines[2]]) + "\n")              # a deleted line
+    bad = custody(node, db, "log", "verify", "--file", str(exported), check=False)
+    assert bad.returncode == 1 and "entry 2" in bad.stderr

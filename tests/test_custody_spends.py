@@ -17,6 +17,7 @@ from custody.db import open_database
 from custody.errors import CustodyError
 from custody.policies import build_policy
 from custody.sync import Syncer
+from sqlalchemy import select
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys, mine_coins
@@ -101,6 +102,14 @@ def test_full_lifecycle(rpc, vault, other_address):
     with sessions() as s:
         b = ledger.balances(s)[0]
         assert b.reserved == 0 and b.total == 600_000_000 - 50_000_000 - summary["fee"]
+        from custody import eventlog
+        from custody.models import EventLogEntry
+        assert eventlog.verify(s, {eventlog.coordinator_key().public_hex}).ok
+        events = [(e.kind, e.actor) for e in s.scalars(select(EventLogEntry).where(
+            EventLogEntry.subject == f"spend:{spend_id}").order_by(EventLogEntry.seq))]
+        assert [k for k, _ in events] == ["spend.requested", "spend.approved", "spend.approved", "psbt.created",
+                                          "psbt.signed", "psbt.signed", "spend.broadcast", "spend.confirmed"]
+        assert events[0][1] == "ray" and events[1][1] == "olga" and events[2][1] == "omar"
 
 
 def test_requester_cannot_approve_and_officers_decide_once(vault):
