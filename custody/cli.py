@@ -391,11 +391,15 @@ def _labels_import(args):
 
 def _labels_export(args):
     with _sessions(args)() as s:
-        text = ledger.export_labels(s)
-    if args.file == "-":
+        return _emit_lines(ledger.export_labels(s), args.file)
+
+
+def _emit_lines(text: str, file: str):
+    """JSON Lines to standard output ("-") or to a file, with a count."""
+    if file == "-":
         return text
-    Path(args.file).write_text(text)
-    return {"exported": text.count("\n"), "file": args.file}
+    Path(file).write_text(text)
+    return {"exported": text.count("\n"), "file": file}
 
 
 def _label(args):
@@ -421,11 +425,7 @@ def _log_verify(args):
 def _log_export(args):
     from . import eventlog
     with _sessions(args)() as s:
-        text = eventlog.export_jsonl(s)
-    if args.file == "-":
-        return text
-    Path(args.file).write_text(text)
-    return {"exported": text.count("\n"), "file": args.file}
+        return _emit_lines(eventlog.export_jsonl(s), args.file)
 
 
 # -- spends -----------------------------------------------------------------------------------
