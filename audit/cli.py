@@ -1,9 +1,19 @@
 """`custody-audit`: the command line of the auditor's proof-of-reserves verifier; its commands arrive with the issue that builds it."""
 import argparse
+import importlib.metadata
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="custody-audit", description="the auditor's proof-of-reserves verifier").parse_args(argv)
+    parser = argparse.ArgumentParser(prog="custody-audit", description="the auditor's proof-of-reserves verifier")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.parse_args(argv)
     print("custody-audit: no commands yet", file=sys.stderr)
     return 2
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("custody-toolkit")
+    except importlib.metadata.PackageNotFoundError:   # run from a source tree that was never installed
+        return "unknown"

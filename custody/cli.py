@@ -6,6 +6,7 @@ problem and exits 1 (argument errors exit 2), leaving the database as it was.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -35,8 +36,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- plumbing -------------------------------------------------------------------------------
+def _version() -> str:
+    try:
+        return importlib.metadata.version("custody-toolkit")
+    except importlib.metadata.PackageNotFoundError:   # a source tree that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="custody", description="Institutional Bitcoin custody toolkit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--db", default=None, help=f"database URL (default $CUSTODY_DB or {default_url()})")
     p.add_argument("--node", default=os.environ.get("CUSTODY_NODE", "http://127.0.0.1:18443"),
                    help="Bitcoin Core RPC URL (default $CUSTODY_NODE or http://127.0.0.1:18443)")

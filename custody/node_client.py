@@ -78,6 +78,8 @@ _AMOUNT_RE = re.compile(r'"\\u0000dec:(-?[0-9.]+(?:E[-+]?\d+)?)"')
 def _encode(obj) -> bytes:
     def default(o):
         if isinstance(o, Decimal):
+            if not o.is_finite():
+                raise ValueError(f"cannot send a non-finite amount to the node: {o}")
             return f"\x00dec:{o:f}"
         raise TypeError(f"not JSON serializable: {type(o).__name__}")
     text = json.dumps(obj, default=default)
@@ -160,7 +162,8 @@ class NodeClient:
                 raise NodeUnreachable(f"connection to Bitcoin node at {self.url} was closed: {e}") from None
             except socket.timeout:
                 self._drop_connection()
-                raise NodeUnreachable(f"Bitcoin node at {self.url} did not answer within {self.timeout:g}s") from None
+                raise NodeUnreachable(f"Bitcoin node at {self.url} did not answer within {self.timeout:g}s "
+                                      "(the call may still have been carried out)") from None
             except ConnectionRefusedError:
                 self._drop_connection()
                 raise NodeUnreachable(f"cannot reach Bitcoin node at {self.url}: connection refused — "
@@ -168,6 +171,9 @@ class NodeClient:
             except OSError as e:
                 self._drop_connection()
                 raise NodeUnreachable(f"cannot reach Bitcoin node at {self.url}: {e.strerror or e}") from None
+            except http.client.HTTPException as e:   # a garbled or truncated reply: not retried
+                self._drop_connection()
+                raise NodeError(f"Bitcoin node at {self.url} sent a malformed HTTP reply: {e!r}") from None
         raise AssertionError("unreachable")
 
     def _exchange(self, payload) -> object:
