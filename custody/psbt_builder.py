@@ -94,7 +94,7 @@ def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, 
     if fee_rate <= 0:
         raise BuildError("fee rate must be positive")
     for spk, value in outputs:
-        if value <= 0:
+        if value <= 0 and not sweep:       # a sweep's one output takes whatever the coins hold
             raise BuildError("every output needs a positive amount")
     per_input = input_vbytes(spec)
     change_spk = change[1] if change else None

@@ -323,3 +323,19 @@ def test_cpfp_child_pays_for_a_stuck_parent(vault, rpc, other_address):
     with sessions.begin() as s, pytest.raises(CustodyError, match="no unconfirmed change|confirmed"):
         spends.track(s, spends.get_spend(s, spend_id), rpc)
         spends.cpfp(s, spends.get_spend(s, spend_id), rpc, 30.0, "dana")
+
+
+def test_sweep_of_chosen_coins(vault, rpc, other_address):
+    sessions, syncer, seed = vault
+    with sessions() as s:
+        coins = [u["outpoint"] for u in ledger.list_utxos(s, registry.get_policy(s, "vault"))][:2]
+    with sessions.begin() as s:
+        spend = spends.request_spend(s, registry.get_policy(s, "vault"), "ray", [(OTHER.address(), 0)],
+                                     fee_rate=2.0, coins=coins, sweep=True)
+        spend_id, swept = spend.id, spend.amount
+    decide(sessions, spend_id, "olga")
+    decide(sessions, spend_id, "omar")
+    with sessions.begin() as s:
+        spend = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+        tx = PSBT.from_string(spend.psbt).tx
+        assert len(tx.vin) == 2 and len(tx.vout) == 1 and tx.vout[0].value == swept - spend.fee
