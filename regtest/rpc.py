@@ -1,6 +1,7 @@
 """Bitcoin Core 29's RPC methods, with its parameters, defaults, result shapes and errors."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 from decimal import Decimal
@@ -814,9 +815,14 @@ def getdescriptorinfo(node, descriptor):
         obj = D.parse_scan_objects([body])[0]
     except D.DescriptorError as e:
         raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, str(e)) from None
-    return {"descriptor": D.add_checksum(body), "checksum": D.descriptor_checksum(body),
-            "isrange": obj.range is not None, "issolvable": not body.startswith(("addr(", "raw(")),
-            "hasprivatekeys": False}
+    result = {"descriptor": D.add_checksum(body), "checksum": D.descriptor_checksum(body),
+              "isrange": obj.range is not None, "issolvable": not body.startswith(("addr(", "raw(")),
+              "hasprivatekeys": False}
+    paths = re.search(r"<(\d+(?:;\d+)+)>", body)
+    if paths:   # Core 29: the first path is "descriptor", each path listed in "multipath_expansion"
+        expansion = [D.add_checksum(body.replace(paths.group(0), p)) for p in paths.group(1).split(";")]
+        result["descriptor"], result["multipath_expansion"] = expansion[0], expansion
+    return result
 
 
 @method("deriveaddresses", ("descriptor", "str", REQUIRED), ("range", "int|array", None))

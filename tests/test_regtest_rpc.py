@@ -202,6 +202,11 @@ def test_descriptor_helpers(rpc, wallet):
     info = rpc.getdescriptorinfo(desc)
     assert info["descriptor"].startswith(desc + "#") and info["isrange"] is False
     assert rpc.deriveaddresses(info["descriptor"]) == [wallet.address()]
+    assert "multipath_expansion" not in info
+    multi = rpc.getdescriptorinfo(f"wpkh({wallet_xpub()}/<0;1>/*)")
+    paths = [d.split("#")[0] for d in multi["multipath_expansion"]]
+    assert paths == [f"wpkh({wallet_xpub()}/0/*)", f"wpkh({wallet_xpub()}/1/*)"]
+    assert multi["descriptor"] == multi["multipath_expansion"][0] and multi["isrange"] is True
 
 
 def test_package_and_mempool_relatives(rpc, wallet):
@@ -230,3 +235,10 @@ def test_validateaddress(rpc, wallet):
     good = rpc.validateaddress(wallet.address("tr"))
     assert good["isvalid"] is True and good["witness_version"] == 1 and good["scriptPubKey"] == wallet.tr.hex()
     assert rpc.validateaddress("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4")["isvalid"] is False
+
+
+def wallet_xpub() -> str:
+    from embit import bip32
+    from embit.networks import NETWORKS
+    root = bip32.HDKey.from_seed(bytes(32), version=NETWORKS["regtest"]["xprv"])
+    return root.derive("m/84h/1h/0h").to_public().to_base58()
