@@ -172,6 +172,10 @@ def _parser() -> argparse.ArgumentParser:
     c = command("list", _spend_list, "list spends", sp)
     c.add_argument("--policy")
 
+    ps = sub.add_parser("psbt", help="PSBT tools").add_subparsers(dest="psbt_command", required=True)
+    c = command("check", _psbt_check, "is this a well-formed PSBT (v0 or v2)? JSON summary, or one line why not", ps)
+    c.add_argument("file", help="PSBT file (base64, hex or binary), or - for standard input")
+
     log = sub.add_parser("log", help="the tamper-evident event log").add_subparsers(dest="log_command", required=True)
     c = command("verify", _log_verify, "check every entry's hash, chain link and signature", log)
     c.add_argument("--file", help="verify an exported JSONL copy instead of the database")
@@ -415,6 +419,15 @@ def _label(args):
     with _sessions(args).begin() as s:
         ledger.set_label(s, args.type, args.ref, args.text)
         return {"type": args.type, "ref": args.ref, "label": args.text}
+
+
+# -- PSBT tools -------------------------------------------------------------------------------
+def _psbt_check(args):
+    from .psbt_check import check_psbt
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    summary = check_psbt(data, network=args.network)
+    print(json.dumps(summary, indent=2))
+    return None
 
 
 # -- event log --------------------------------------------------------------------------------
