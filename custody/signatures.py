@@ -9,8 +9,6 @@ refused by name, since it shows the signer was shown a lie.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
 from embit import ec
@@ -18,8 +16,7 @@ from embit.psbt import PSBT
 from embit.script import Script, Witness
 from embit.transaction import SIGHASH
 
-MAGIC = b"psbt\xff"
-
+from .psbt_check import PSBTError, decode
 
 class SignatureError(ValueError):
     """An upload refused; the message names the input and the problem."""
@@ -27,18 +24,10 @@ class SignatureError(ValueError):
 
 def decode_psbt(data: bytes | str) -> PSBT:
     """A PSBT from base64, hex or binary."""
-    raw = data if isinstance(data, bytes) else data.encode()
-    if not raw.startswith(MAGIC):
-        text = raw.strip()
-        try:
-            raw = bytes.fromhex(text.decode())
-        except ValueError:
-            try:
-                raw = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raise SignatureError("not a PSBT: neither binary, hex nor base64") from None
-    if not raw.startswith(MAGIC):
-        raise SignatureError("not a PSBT: missing the psbt magic bytes")
+    try:
+        raw = decode(data)
+    except PSBTError as e:
+        raise SignatureError(str(e)) from None
     try:
         return PSBT.parse(raw)
     except Exception as e:
