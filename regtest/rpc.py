@@ -631,7 +631,7 @@ def scantxoutset(node, action, scanobjects):
             for obj in objects:
                 wanted.update(D.expand(obj))
         except D.DescriptorError as e:
-            raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, str(e)) from None
+            raise RPCError(e.code, str(e)) from None
         with node.lock:
             chain = node.chain
             height, best = chain.height, bytes(chain.tip.block_hash)
@@ -708,7 +708,7 @@ def _script_for_descriptor(descriptor: str) -> bytes:
             raise RPCError(RPC_INVALID_PARAMETER, "Ranged descriptor not accepted. Maybe pass through deriveaddresses first?")
         scripts = list(D.expand(obj))
     except D.DescriptorError as e:
-        raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, str(e)) from None
+        raise RPCError(e.code, str(e)) from None
     if len(scripts) != 1:
         raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Cannot derive script without private keys")
     return scripts[0]
@@ -814,7 +814,7 @@ def getdescriptorinfo(node, descriptor):
         body = D.check_and_strip_checksum(descriptor)
         obj = D.parse_scan_objects([body])[0]
     except D.DescriptorError as e:
-        raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, str(e)) from None
+        raise RPCError(e.code, str(e)) from None
     result = {"descriptor": D.add_checksum(body), "checksum": D.descriptor_checksum(body),
               "isrange": obj.range is not None, "issolvable": not body.startswith(("addr(", "raw(")),
               "hasprivatekeys": False}
@@ -837,7 +837,7 @@ multipath descriptor)."""
             raise RPCError(RPC_INVALID_PARAMETER, "Range must be specified for a ranged descriptor")
         paths = D.expand_paths(obj)
     except D.DescriptorError as e:
-        raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, str(e)) from None
+        raise RPCError(e.code, str(e)) from None
     result = []
     for scripts in paths:
         addresses = []
