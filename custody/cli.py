@@ -13,11 +13,11 @@ import sys
 import threading
 from pathlib import Path
 
-from sqlalchemy import select
 
-from . import ledger, registry
+from . import ledger, registry, service
 from .db import default_url, open_database
 from .errors import CustodyError
+from .jsonlog import setup_json_logging
 from .node_client import NodeClient, NodeError
 
 
@@ -171,6 +171,46 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--confirmations", type=int, default=1)
     c = command("list", _spend_list, "list spends", sp)
     c.add_argument("--policy")
+    c = command("preview", _spend_preview, "what a request would cost: inputs, fee, change (nothing is kept)", sp)
+    c.add_argument("policy")
+    c.add_argument("--to", action="append", required=True, metavar="ADDRESS=AMOUNT")
+    c.add_argument("--fee-rate", type=float)
+    c.add_argument("--coin", action="append")
+    c.add_argument("--sweep", action="store_true")
+    c = command("bump-fee", _spend_bump, "replace an unconfirmed broadcast at a higher fee rate (RBF)", sp)
+    c.add_argument("id", type=int)
+    c.add_argument("--fee-rate", type=float, required=True)
+    c.add_argument("--cancel", action="store_true", help="send everything back to the policy instead")
+    c = command("cpfp", _spend_cpfp, "child pays for parent: spend the stuck spend's change back to the policy", sp)
+    c.add_argument("id", type=int)
+    c.add_argument("--fee-rate", type=float, required=True)
+    c.add_argument("--requester", required=True)
+
+    users = sub.add_parser("user", help="console and API accounts").add_subparsers(dest="user_command", required=True)
+    c = command("add", _user_add, "add an account (prints its password and TOTP secret once)", users)
+    c.add_argument("username")
+    c.add_argument("--role", required=True, choices=["admin", "officer", "signatory", "auditor", "viewer"])
+    c.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    c.add_argument("--totp", action="store_true", help="a second factor for roles that do not require one")
+    command("list", _user_list, "list accounts", users)
+    c = command("unlock", _user_unlock, "clear a lock-out after failed logins", users)
+    c.add_argument("username")
+    tokens = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    c = command("create", _token_create, "make an API token for a user (printed once; only its hash is kept)", tokens)
+    c.add_argument("username")
+    c.add_argument("--name", required=True)
+    c.add_argument("--role", help="the user's role (default) or viewer")
+    c.add_argument("--days", type=int, default=90, help="lifetime in days")
+
+    c = command("serve", _serve, "serve the web console and the API")
+    c.add_argument("--db", default=argparse.SUPPRESS, help="database URL (as the global --db)")
+    c.add_argument("--node", default=argparse.SUPPRESS, help="Bitcoin Core RPC URL (as the global --node)")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=8000)
+    c.add_argument("--workers", type=int, default=1, help="server processes")
+    c.add_argument("--sync-interval", type=float, default=2.0, help="seconds between ledger syncs (0: never)")
+    c.add_argument("--tls-cert", help="serve HTTPS with this certificate (cookies then get Secure)")
+    c.add_argument("--tls-key")
 
     ps = sub.add_parser("psbt", help="PSBT tools").add_subparsers(dest="psbt_command", required=True)
     c = command("check", _psbt_check, "is this a well-formed PSBT (v0 or v2)? JSON summary, or one line why not", ps)
@@ -252,78 +292,56 @@ def _progress(done: int, total: int) -> None:
 
 
 # -- keys and policies ------------------------------------------------------------------------
+# Every handler opens the database, calls the one service function the API calls too, and returns
+# what it returned; `sessions.begin()` commits on success and rolls back on any refusal.
 def _key_import(args):
     with _sessions(args).begin() as s:
-        key = registry.import_key(s, args.key, network=args.network, fingerprint=args.fingerprint, path=args.path)
-        return {"key": key.descriptor_key, "fingerprint": key.fingerprint, "path": key.path}
+        return service.key_import(s, args.key, network=args.network, fingerprint=args.fingerprint, path=args.path)
 
 
 def _key_list(args):
-    from .models import Key
     with _sessions(args)() as s:
-        return [{"fingerprint": k.fingerprint, "path": k.path, "xpub": k.xpub} for k in s.scalars(select(Key))]
-
-
-def _policy_json(s, policy) -> dict:
-    balance = ledger.balances(s, policy)[0]
-    return {"name": policy.name, "kind": policy.kind, "threshold": policy.threshold, "keys": len(policy.keys),
-            "status": policy.status, "network": policy.network, "descriptor": policy.descriptor,
-            "balance": balance.total}
+        return service.key_list(s)
 
 
 def _policy_create(args):
-    from .policies import build_policy
-    spec = build_policy(args.kind, args.threshold, args.key, network=args.network, recovery_keys=args.recovery_key,
-                        recovery_threshold=args.recovery_threshold, recovery_after=args.recovery_after)
     with _sessions(args).begin() as s:
-        return _policy_json(s, registry.create_policy(s, args.name, spec, gap_limit=args.gap_limit, actor=args.actor))
+        return service.policy_create(s, args.name, kind=args.kind, threshold=args.threshold, keys=args.key,
+                                     network=args.network, recovery_keys=args.recovery_key,
+                                     recovery_threshold=args.recovery_threshold, recovery_after=args.recovery_after,
+                                     gap_limit=args.gap_limit, actor=args.actor)
 
 
 def _policy_import(args):
-    from .formats import import_policy
-    spec, name = import_policy(_read(args.file), args.format, network=args.network)
     with _sessions(args).begin() as s:
-        return _policy_json(s, registry.create_policy(s, args.name or name, spec, gap_limit=args.gap_limit,
-                                                      actor=args.actor))
+        return service.policy_import(s, _read(args.file), fmt=args.format, name=args.name, network=args.network,
+                                     gap_limit=args.gap_limit, actor=args.actor)
 
 
 def _policy_export(args):
-    from .formats import export_policy
     with _sessions(args)() as s:
-        policy = registry.get_policy(s, args.name)
-        return export_policy(registry.spec_of(policy), args.format, name=policy.name)
+        return service.policy_export(s, args.name, args.format)
 
 
 def _policy_list(args):
     with _sessions(args)() as s:
-        return [{k: v for k, v in _policy_json(s, p).items() if k != "descriptor"} for p in registry.list_policies(s)]
+        return service.policy_list(s)
 
 
 def _policy_show(args):
     with _sessions(args)() as s:
-        policy = registry.get_policy(s, args.name)
-        shown = _policy_json(s, policy)
-        shown["keys"] = [f"{pk.role}: {pk.key.descriptor_key}" for pk in policy.keys]
-        shown["recovery"] = (f"{policy.recovery_threshold} key(s) after {policy.recovery_after} blocks"
-                             if policy.kind == "wsh-recovery" else None)
-        return shown
+        shown = service.policy_show(s, args.name)
+        return shown if args.json else {k: v for k, v in shown.items() if k != "approval_rule"}
 
 
 def _policy_status(args):
     with _sessions(args).begin() as s:
-        policy = registry.set_status(s, registry.get_policy(s, args.name), args.status, actor=args.actor)
-        return {"name": policy.name, "status": policy.status}
+        return service.policy_status(s, args.name, args.status, actor=args.actor)
 
 
 def _addresses(args):
-    from .models import Address
     with _sessions(args)() as s:
-        policy = registry.get_policy(s, args.name)
-        query = select(Address).where(Address.policy_id == policy.id, Address.branch == args.branch)
-        if args.unused:
-            query = query.where(Address.used.is_(False))
-        return [{"index": a.index, "address": a.address, "used": a.used}
-                for a in s.scalars(query.order_by(Address.index))]
+        return service.addresses(s, args.name, branch=args.branch, unused=args.unused)
 
 
 def _derive(args):
@@ -333,20 +351,13 @@ def _derive(args):
 
 # -- sync -------------------------------------------------------------------------------------
 def _sync(args):
-    from .sync import Syncer
-    report = Syncer(_sessions(args), _client(args), progress=_progress).sync_once()
-    return {"tip": report.tip_height, "blocks_applied": report.blocks_applied,
-            "blocks_rolled_back": report.blocks_rolled_back, "policies_discovered": report.policies_discovered,
-            "mempool_transactions": report.transactions_seen}
+    return service.sync(_sessions(args), _client(args), progress=_progress)
 
 
 def _worker(args):
-    import logging
     import signal
     from .sync import Syncer
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    setup_json_logging()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -354,57 +365,45 @@ def _worker(args):
     return None
 
 
-class _JsonFormatter:
-    """One JSON object per line, for log shippers."""
-
-    def format(self, record) -> str:
-        return json.dumps({"time": record.created, "level": record.levelname, "logger": record.name,
-                           "message": record.getMessage()})
-
-
 # -- ledger -----------------------------------------------------------------------------------
 def _balance(args):
     with _sessions(args)() as s:
-        policy = registry.get_policy(s, args.name) if args.name else None
-        return [b.to_json() for b in ledger.balances(s, policy)]
+        return service.balance(s, args.name)
 
 
 def _balance_history(args):
     with _sessions(args)() as s:
-        return ledger.balance_history(s, registry.get_policy(s, args.name))
+        return service.balance_history(s, args.name)
 
 
 def _utxos(args):
     with _sessions(args)() as s:
-        return ledger.list_utxos(s, registry.get_policy(s, args.name),
-                                 states=tuple(args.state) if args.state else None, include_spent=args.all)
+        return service.utxos(s, args.name, states=args.state, include_spent=args.all)
 
 
 def _history(args):
     with _sessions(args)() as s:
-        return ledger.history(s, registry.get_policy(s, args.name))
+        return service.history(s, args.name)
 
 
 def _freeze(args):
     with _sessions(args).begin() as s:
-        utxo = ledger.freeze(s, args.outpoint, args.reason, actor=args.actor)
-        return {"outpoint": args.outpoint, "frozen": True, "reason": utxo.freeze_reason}
+        return service.freeze(s, args.outpoint, args.reason, actor=args.actor)
 
 
 def _unfreeze(args):
     with _sessions(args).begin() as s:
-        ledger.unfreeze(s, args.outpoint, actor=args.actor)
-        return {"outpoint": args.outpoint, "frozen": False}
+        return service.unfreeze(s, args.outpoint, actor=args.actor)
 
 
 def _labels_import(args):
     with _sessions(args).begin() as s:
-        return {"imported": ledger.import_labels(s, _read(args.file))}
+        return service.labels_import(s, _read(args.file))
 
 
 def _labels_export(args):
     with _sessions(args)() as s:
-        return _emit_lines(ledger.export_labels(s), args.file)
+        return _emit_lines(service.labels_export(s), args.file)
 
 
 def _emit_lines(text: str, file: str):
@@ -417,86 +416,69 @@ def _emit_lines(text: str, file: str):
 
 def _label(args):
     with _sessions(args).begin() as s:
-        ledger.set_label(s, args.type, args.ref, args.text)
-        return {"type": args.type, "ref": args.ref, "label": args.text}
+        return service.label_set(s, args.type, args.ref, args.text)
 
 
 # -- PSBT tools -------------------------------------------------------------------------------
 def _psbt_check(args):
-    from .psbt_check import check_psbt
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    summary = check_psbt(data, network=args.network)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(service.psbt_check(data, network=args.network), indent=2))
     return None
 
 
 # -- event log --------------------------------------------------------------------------------
 def _log_verify(args):
-    from . import eventlog
-    keys = set(args.key) if args.key else {eventlog.coordinator_key().public_hex}
+    keys = set(args.key) if args.key else None
     if args.file:
-        result = eventlog.verify_jsonl(_read(args.file), keys)
-    else:
-        with _sessions(args)() as s:
-            result = eventlog.verify(s, keys)
-    if not result.ok:
-        raise CustodyError(f"event log verification failed: {result.problem}")
-    return {"ok": True, "entries": result.entries, "head_hash": result.head_hash}
+        return service.log_verify(None, keys=keys, jsonl=_read(args.file))
+    with _sessions(args)() as s:
+        return service.log_verify(s, keys=keys)
 
 
 def _log_export(args):
-    from . import eventlog
     with _sessions(args)() as s:
-        return _emit_lines(eventlog.export_jsonl(s), args.file)
+        return _emit_lines(service.log_export(s), args.file)
 
 
 # -- spends -----------------------------------------------------------------------------------
-def _amount(text: str | None) -> int | None:
-    from .spends import parse_amount
-    return None if text is None else parse_amount(text)
-
-
 def _rule_set(args):
-    from .spends import set_approval_rule
     with _sessions(args).begin() as s:
-        rule = set_approval_rule(s, registry.get_policy(s, args.policy), required_approvals=args.approvals,
-                                 per_request_limit=_amount(args.per_request), daily_limit=_amount(args.daily),
-                                 allow_list=args.allow, delay_threshold=_amount(args.delay_above),
-                                 delay_seconds=args.delay, actor=args.actor)
-        return {"policy": args.policy, "required_approvals": rule.required_approvals,
-                "per_request_limit": rule.per_request_limit, "daily_limit": rule.daily_limit,
-                "allow_list": json.loads(rule.allow_list) if rule.allow_list else None,
-                "delay_threshold": rule.delay_threshold, "delay_seconds": rule.delay_seconds}
+        return service.approval_rule_set(s, args.policy, approvals=args.approvals, per_request=args.per_request,
+                                         daily=args.daily, allow=args.allow, delay_above=args.delay_above,
+                                         delay=args.delay, actor=args.actor)
 
 
-def _spend_request(args):
-    from . import spends
-    destinations = []
-    for item in args.to:
+def _destinations(items: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
         address, sep, amount = item.partition("=")
         if not sep:
             raise CustodyError(f"--to {item!r}: write ADDRESS=AMOUNT")
-        destinations.append((address, spends.parse_amount(amount) if not args.sweep or amount else 0))
+        out.append((address, amount))
+    return out
+
+
+def _spend_request(args):
     with _sessions(args).begin() as s:
-        spend = spends.request_spend(s, registry.get_policy(s, args.policy), args.requester, destinations,
+        return service.spend_request(s, args.policy, requester=args.requester, to=_destinations(args.to),
                                      fee_rate=args.fee_rate, client=None if args.fee_rate else _client(args),
                                      memo=args.memo, coins=args.coin, sweep=args.sweep)
-        return spends.summary(s, spend)
+
+
+def _spend_preview(args):
+    with _sessions(args)() as s:
+        return service.fee_preview(s, args.policy, to=_destinations(args.to), fee_rate=args.fee_rate,
+                                   client=None if args.fee_rate else _client(args), coins=args.coin, sweep=args.sweep)
 
 
 def _spend_decide(args):
-    from . import spends
     with _sessions(args).begin() as s:
-        return spends.summary(s, spends.decide(s, spends.get_spend(s, args.id), args.officer, args.approve))
+        return service.spend_decide(s, args.id, officer=args.officer, approve=args.approve)
 
 
 def _spend_psbt(args):
-    from . import spends
     with _sessions(args).begin() as s:
-        spend = spends.get_spend(s, args.id)
-        if spend.psbt is None:
-            spends.create_psbt(s, spend, _client(args), version=2 if args.v2 else 0)
-        text = spend.psbt
+        text = service.spend_psbt(s, args.id, client=_client(args), v2=args.v2)
     if args.out:
         import base64
         Path(args.out).write_bytes(base64.b64decode(text))
@@ -505,49 +487,93 @@ def _spend_psbt(args):
 
 
 def _spend_sign(args):
-    from . import spends
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     with _sessions(args).begin() as s:
-        spend = spends.get_spend(s, args.id)
-        signers = spends.add_signatures(s, spend, data)
-        return {**spends.summary(s, spend), "new_signers": signers}
+        return service.spend_sign(s, args.id, data)
 
 
 def _spend_broadcast(args):
-    from . import spends
     with _sessions(args).begin() as s:
-        spend = spends.get_spend(s, args.id)
-        spends.broadcast(s, spend, _client(args))
-        return spends.summary(s, spend)
+        return service.spend_broadcast(s, args.id, client=_client(args))
 
 
 def _spend_track(args):
-    from . import spends
     with _sessions(args).begin() as s:
-        return spends.summary(s, spends.track(s, spends.get_spend(s, args.id), _client(args), args.confirmations))
+        return service.spend_track(s, args.id, client=_client(args), confirmations=args.confirmations)
+
+
+def _spend_bump(args):
+    with _sessions(args).begin() as s:
+        return service.spend_bump_fee(s, args.id, client=_client(args), fee_rate=args.fee_rate, cancel=args.cancel)
+
+
+def _spend_cpfp(args):
+    with _sessions(args).begin() as s:
+        return service.spend_cpfp(s, args.id, client=_client(args), fee_rate=args.fee_rate, requester=args.requester)
 
 
 def _spend_show(args):
-    from . import spends
     with _sessions(args)() as s:
-        return spends.summary(s, spends.get_spend(s, args.id))
+        return service.spend_show(s, args.id)
 
 
 def _spend_cancel(args):
-    from . import spends
     with _sessions(args).begin() as s:
-        return spends.summary(s, spends.cancel(s, spends.get_spend(s, args.id)))
+        return service.spend_cancel(s, args.id)
 
 
 def _spend_list(args):
-    from . import spends
-    from .spend_models import Spend
     with _sessions(args)() as s:
-        query = select(Spend).order_by(Spend.id)
-        if args.policy:
-            query = query.where(Spend.policy_id == registry.get_policy(s, args.policy).id)
-        return [{k: v for k, v in spends.summary(s, sp).items() if k in ("id", "policy", "state", "amount", "txid")}
-                for sp in s.scalars(query)]
+        return service.spend_list(s, policy=args.policy)
+
+
+# -- users and tokens -------------------------------------------------------------------------
+def _user_add(args):
+    import secrets
+    from . import accounts
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else secrets.token_urlsafe(12)
+    with _sessions(args).begin() as s:
+        user, secret = accounts.create_user(s, args.username, args.role, password, second_factor=args.totp or None,
+                                            actor=args.actor)
+        shown = {"username": user.username, "role": user.role}
+        if not args.password_stdin:
+            shown["password"] = password
+        if secret:
+            shown["totp_secret"] = secret
+            shown["totp_uri"] = accounts.totp_uri(user.username, secret)
+        return shown
+
+
+def _user_list(args):
+    from . import accounts
+    with _sessions(args)() as s:
+        return [accounts.user_json(u) for u in accounts.list_users(s)]
+
+
+def _user_unlock(args):
+    from . import accounts
+    with _sessions(args).begin() as s:
+        return accounts.user_json(accounts.unlock(s, accounts.get_user(s, args.username), actor=args.actor))
+
+
+def _token_create(args):
+    from . import accounts
+    with _sessions(args).begin() as s:
+        token, row = accounts.create_token(s, accounts.get_user(s, args.username), args.name, role=args.role,
+                                           expires_in_days=args.days)
+        return {"token": token, "id": row.id, "role": row.role,
+                "expires_at": row.expires_at.isoformat() if row.expires_at else None}
+
+
+# -- the web console and API --------------------------------------------------------------------
+def _serve(args):
+    # The coordinator package holds the HTTP service; the core stays free of it.
+    from coordinator.server import serve
+    serve(db_url=args.db, node_url=args.node, node_options={"user": args.rpcuser, "password": args.rpcpassword,
+          "cookie_file": args.node_cookie, "datadir": args.node_datadir, "network": args.network},
+          host=args.host, port=args.port, sync_interval=args.sync_interval, workers=args.workers,
+          tls_cert=args.tls_cert, tls_key=args.tls_key)
+    return None
 
 
 if __name__ == "__main__":

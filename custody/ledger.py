@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from .errors import CustodyError, NotFound
@@ -83,6 +83,97 @@ def list_utxos(session: Session, policy: Policy, *, states: tuple[str, ...] | No
                      "coinbase": utxo.coinbase, "freeze_reason": utxo.freeze_reason,
                      "label": labels.get(("output", outpoint)) or labels.get(("addr", address.address))})
     return rows
+
+
+SORTS = ("height", "value", "outpoint")
+
+
+def _state_condition(state: str, tip: int | None):
+    """SQL for `utxo_state(...) == state`, so filtering and counting happen in the database."""
+    live = and_(Utxo.spent_txid.is_(None), Utxo.frozen.is_(False), Utxo.reserved_by.is_(None))
+    young = Utxo.height > (tip if tip is not None else 0) - COINBASE_MATURITY + 1
+    return {"spent": Utxo.spent_txid.is_not(None),
+            "frozen": and_(Utxo.spent_txid.is_(None), Utxo.frozen.is_(True)),
+            "reserved": and_(Utxo.spent_txid.is_(None), Utxo.frozen.is_(False), Utxo.reserved_by.is_not(None)),
+            "unconfirmed": and_(live, Utxo.height.is_(None)),
+            "immature": and_(live, Utxo.height.is_not(None), Utxo.coinbase.is_(True), young),
+            "confirmed": and_(live, Utxo.height.is_not(None), or_(Utxo.coinbase.is_(False), not_(young)))}[state]
+
+
+def utxo_page(session: Session, *, policy: Policy | None = None, states: list[str] | tuple[str, ...] | None = None,
+              search: str | None = None, sort: str = "height", descending: bool = False, offset: int = 0,
+              limit: int = 50) -> dict:
+    """One page of coins, filtered and sorted by the database: {"total", "rows"}. Without `states`,
+    every unspent coin. `search` matches an outpoint or address prefix, or a label."""
+    if sort not in SORTS:
+        raise CustodyError(f"sort by one of {', '.join(SORTS)}, not {sort!r}")
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise CustodyError("limit is 1..1000 and offset at least 0")
+    for state in states or ():
+        if state not in STATES:
+            raise CustodyError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+    tip = tip_height(session)
+    query = select(Utxo, Address.address, Address.branch, Address.index, Policy.name).join(
+        Address, Utxo.address_id == Address.id).join(Policy, Policy.id == Utxo.policy_id)
+    conditions = []
+    if policy is not None:
+        conditions.append(Utxo.policy_id == policy.id)
+    conditions.append(or_(*(_state_condition(st, tip) for st in states)) if states else Utxo.spent_txid.is_(None))
+    if search and search.strip():
+        conditions.append(_search_condition(session, search.strip()))
+    query = query.where(*conditions)
+    count = select(func.count()).select_from(Utxo).join(Address, Utxo.address_id == Address.id).where(*conditions)
+    total = session.scalar(count)
+    order = {"height": [Utxo.height, Utxo.id], "value": [Utxo.value, Utxo.id], "outpoint": [Utxo.txid, Utxo.vout]}[sort]
+    order = [c.desc() for c in order] if descending else order
+    if sort == "height":      # unconfirmed coins are the newest
+        order.insert(0, Utxo.height.is_(None) if descending else Utxo.height.is_not(None))
+        order[0] = order[0].desc() if descending else order[0]
+    rows = session.execute(query.order_by(*order).offset(offset).limit(limit)).all()
+    outpoints = [f"{u.txid}:{u.vout}" for u, *_ in rows]
+    labels = {}
+    if rows:
+        refs = outpoints + [address for _, address, *_ in rows]
+        labels = {(l.type, l.ref): l.label for l in session.scalars(
+            select(Label).where(Label.type.in_(("output", "addr")), Label.ref.in_(refs)))}
+    out = []
+    for (utxo, address, branch, index, policy_name), outpoint in zip(rows, outpoints):
+        out.append({"outpoint": outpoint, "policy": policy_name, "value": utxo.value, "state": utxo_state(utxo, tip),
+                    "height": utxo.height,
+                    "confirmations": tip - utxo.height + 1 if utxo.height is not None and tip is not None else 0,
+                    "address": address, "branch": branch, "index": index, "coinbase": utxo.coinbase,
+                    "freeze_reason": utxo.freeze_reason,
+                    "label": labels.get(("output", outpoint)) or labels.get(("addr", address))})
+    return {"total": total, "offset": offset, "limit": limit, "rows": out}
+
+
+def _search_condition(session: Session, text: str):
+    pattern = text.lower().replace("%", "").replace("_", "") + "%"
+    labelled = session.execute(select(Label.type, Label.ref).where(
+        Label.type.in_(("output", "addr")), func.lower(Label.label).like("%" + pattern))).all()[:500]
+    matches = [Utxo.txid.like(pattern), Address.address.like(text.replace("%", "").replace("_", "") + "%")]
+    for type_, ref in labelled:
+        if type_ == "addr":
+            matches.append(Address.address == ref)
+        else:
+            txid, _, vout = ref.partition(":")
+            if vout.isdigit():
+                matches.append(and_(Utxo.txid == txid, Utxo.vout == int(vout)))
+    return or_(*matches)
+
+
+def value_distribution(session: Session, policy: Policy | None = None) -> list[dict]:
+    """Unspent coins per power-of-ten value bucket: [{"from", "to", "count", "value"}]."""
+    query = select(Utxo.value).where(Utxo.spent_txid.is_(None))
+    if policy is not None:
+        query = query.where(Utxo.policy_id == policy.id)
+    buckets: dict[int, list[int]] = {}
+    for (value,) in session.execute(query):
+        exponent = max(len(str(value)) - 1, 0)
+        bucket = buckets.setdefault(exponent, [0, 0])
+        bucket[0] += 1
+        bucket[1] += value
+    return [{"from": 10 ** e, "to": 10 ** (e + 1) - 1, "count": c, "value": v} for e, (c, v) in sorted(buckets.items())]
 
 
 def _utxo(session: Session, outpoint: str) -> Utxo:

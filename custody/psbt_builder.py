@@ -85,19 +85,17 @@ def taproot_leaf(spec: PolicySpec, branch: int, index: int) -> tuple[bytes, byte
     return script, leaf_hash, bytes([TAPSCRIPT_LEAF_VERSION | parity]) + internal
 
 
-def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, int]], *, fee_rate: float,
-                change: tuple[int, bytes] | None, previous_txs: dict[str, bytes], locktime: int,
-                select: bool = True, sweep: bool = False, version: int = 0) -> BuiltSpend:
-    """Choose coins (unless `select` is False: use all given coins) and build the PSBT.
-    `change` is (index, scriptPubKey) of the next unused change address; `previous_txs` maps each
-    candidate's txid to its raw transaction."""
+def plan_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, int]], *, fee_rate: float,
+               change_spk: bytes | None, select: bool = True, sweep: bool = False
+               ) -> tuple[list[Coin], list[tuple[bytes, int]], int, int]:
+    """Which coins pay, the outputs (a sweep's amount filled in), the fee and the change, without
+    building anything: what `build_spend` will do, and what a fee preview shows."""
     if fee_rate <= 0:
         raise BuildError("fee rate must be positive")
     for spk, value in outputs:
         if value <= 0 and not sweep:       # a sweep's one output takes whatever the coins hold
             raise BuildError("every output needs a positive amount")
     per_input = input_vbytes(spec)
-    change_spk = change[1] if change else None
     base = TX_OVERHEAD_VBYTES + sum(output_vbytes(spk) for spk, _ in outputs)
     if sweep:
         if len(outputs) != 1:
@@ -127,8 +125,23 @@ def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, 
             if change_value < 330:
                 fee += change_value
                 change_value = 0
-        if change_value and change is None:
-            raise BuildError("no change address available")
+    return chosen, outputs, fee, change_value
+
+
+def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, int]], *, fee_rate: float,
+                change: tuple[int, bytes] | None, previous_txs: dict[str, bytes], locktime: int,
+                select: bool = True, sweep: bool = False, version: int = 0) -> BuiltSpend:
+    """Choose coins (unless `select` is False: use all given coins) and build the PSBT.
+    `change` is (index, scriptPubKey) of the next unused change address; `previous_txs` maps each
+    candidate's txid to its raw transaction."""
+    chosen, outputs, fee, change_value = plan_spend(spec, coins, outputs, fee_rate=fee_rate,
+                                                    change_spk=change[1] if change else None,
+                                                    select=select, sweep=sweep)
+    if change_value and change is None:
+        raise BuildError("no change address available")
+    per_input = input_vbytes(spec)
+    change_spk = change[1] if change else None
+    base = TX_OVERHEAD_VBYTES + sum(output_vbytes(spk) for spk, _ in outputs)
     vout = [TransactionOutput(v, Script(spk)) for spk, v in outputs]
     change_position = None
     if change_value:

@@ -20,7 +20,8 @@ from .eventlog import record
 from .ledger import tip_height, utxo_state
 from .models import Address, Policy, Utxo
 from .node_client import NodeClient, RPCError
-from .psbt_builder import TX_OVERHEAD_VBYTES, BuildError, Coin, build_spend, input_vbytes, output_vbytes
+from .psbt_builder import (TX_OVERHEAD_VBYTES, BuildError, Coin, build_spend, input_vbytes, output_vbytes,
+                           plan_spend)
 from .registry import spec_of
 from .signatures import SignatureError, decode_psbt, finalize, is_complete, merge_upload, signed_fingerprints
 from .spend_models import Approval, ApprovalRule, Spend, SpendSignature
@@ -217,6 +218,44 @@ def _spendable_total(session: Session, policy: Policy) -> int:
     return sum(u.value for u in _spendable(session, policy))
 
 
+def _coins(session: Session, policy: Policy, outpoints: list[str] | None) -> list[Coin]:
+    """The requester's chosen coins, or every spendable coin of the policy for coin selection."""
+    chosen = [_spendable_coin(session, policy, o) for o in outpoints] if outpoints else _spendable(session, policy)
+    coins = []
+    for utxo in chosen:
+        address = session.get(Address, utxo.address_id)
+        coins.append(Coin(utxo.txid, utxo.vout, utxo.value, address.branch, address.index, address.script_pubkey))
+    if not coins:
+        raise CustodyError(f"policy {policy.name!r} has no spendable coins")
+    return coins
+
+
+def fee_preview(session: Session, policy: Policy, destinations: list[tuple[str, int]], *, fee_rate: float,
+                coins: list[str] | None = None, sweep: bool = False) -> dict:
+    """What a request would cost at `fee_rate` with today's coins: inputs, fee, change. Nothing is kept."""
+    if not FEE_RATE_FLOOR <= fee_rate <= FEE_RATE_CAP:
+        raise CustodyError(f"fee rate {fee_rate:g} sat/vB is outside {FEE_RATE_FLOOR:g}..{FEE_RATE_CAP:g}")
+    if not destinations:
+        raise CustodyError("a spend needs at least one destination")
+    outputs = []
+    for address, amount in destinations:
+        if not isinstance(amount, int) or (amount <= 0 and not sweep):
+            raise CustodyError("amounts are positive whole satoshis")
+        outputs.append((_script(address, policy.network), amount))
+    spec = spec_of(policy)
+    try:
+        chosen, outputs, fee, change = plan_spend(spec, _coins(session, policy, coins), outputs, fee_rate=fee_rate,
+                                                  change_spk=None, select=not coins and not sweep, sweep=sweep)
+    except (BuildError, ValueError) as e:
+        raise CustodyError(str(e)) from None
+    vsize = TX_OVERHEAD_VBYTES + input_vbytes(spec) * len(chosen) + sum(output_vbytes(spk) for spk, _ in outputs)
+    if change:
+        vsize += output_vbytes(b"\x00" * 34)
+    return {"policy": policy.name, "fee_rate": fee_rate, "inputs": [c.outpoint for c in chosen],
+            "input_total": sum(c.value for c in chosen), "amount": sum(v for _, v in outputs),
+            "fee": fee, "change": change, "vsize": int(-(-vsize // 1))}
+
+
 def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: int = 0) -> Spend:
     """Build the PSBT once the spend is approved and any delay has passed; reserve its coins."""
     if spend.state != "approved":
@@ -225,14 +264,7 @@ def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: 
         raise CustodyError(f"spend #{spend.id} is a large spend: signable after {spend.signable_after:%Y-%m-%d %H:%M} UTC")
     policy = session.get(Policy, spend.policy_id)
     spec = spec_of(policy)
-    chosen = [_spendable_coin(session, policy, o) for o in json.loads(spend.coins)] if spend.coins \
-        else _spendable(session, policy)
-    coins = []
-    for utxo in chosen:
-        address = session.get(Address, utxo.address_id)
-        coins.append(Coin(utxo.txid, utxo.vout, utxo.value, address.branch, address.index, address.script_pubkey))
-    if not coins:
-        raise CustodyError(f"policy {policy.name!r} has no spendable coins")
+    coins = _coins(session, policy, json.loads(spend.coins) if spend.coins else None)
     change = session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
                                                    Address.used.is_(False)).order_by(Address.index)).first()
     reserved_change = {s.change_index for s in session.scalars(select(Spend).where(

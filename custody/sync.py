@@ -76,6 +76,15 @@ class Syncer:
         finally:
             self.lock.release()
 
+    def try_sync_once(self) -> SyncReport | None:
+        """Sync once if no other process is leading; None if one is (it keeps the ledger current)."""
+        if not self.lock.try_acquire():
+            return None
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
     def run_forever(self, *, interval: float = 1.0, stop=None) -> None:
         """The worker: wait to lead, then follow the node until `stop` is set."""
         while not (stop and stop.is_set()):

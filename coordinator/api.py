@@ -1,0 +1,484 @@
+"""The JSON API under /api/: the custody operations, each behind its permission, with the CLI's checks.
+
+Routes only translate HTTP to `custody.service` calls; nothing here knows Bitcoin. A refusal from the
+core becomes 400 (404 for something that does not exist), and the transaction is rolled back.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from custody import accounts, service
+from custody.errors import CustodyError
+
+from .auth import route
+from .context import actor, node, read, write
+
+router = APIRouter(prefix="/api")
+
+Amount = Annotated[StrictStr | StrictInt, Field(description="BTC as a decimal string (\"0.5\"), \"NNNsat\", or integer satoshis")]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- who am I --------------------------------------------------------------------------------------
+@route(router, "GET", "/me", "me")
+def me(request: Request) -> dict:
+    p = request.state.principal
+    return {"username": p.username, "role": p.role, "via": p.via}
+
+
+# -- keys and policies -----------------------------------------------------------------------------
+class KeyIn(Strict):
+    key: str = Field(min_length=1, max_length=400, description="[fingerprint/path]xpub, or a bare key with fingerprint and path")
+    fingerprint: str | None = Field(None, max_length=8)
+    path: str | None = Field(None, max_length=200)
+
+
+@route(router, "GET", "/keys", "key.read")
+def list_keys(request: Request) -> list[dict]:
+    with read(request) as s:
+        return service.key_list(s)
+
+
+@route(router, "POST", "/keys", "key.write", status_code=201)
+def import_key(request: Request, body: KeyIn) -> dict:
+    with write(request) as s:
+        return service.key_import(s, body.key, network=request.app.state.network, fingerprint=body.fingerprint,
+                                  path=body.path)
+
+
+class PolicyIn(Strict):
+    name: Name
+    kind: Literal["wsh-sortedmulti", "wsh-multi", "tr-sortedmulti_a", "wsh-recovery"] = "wsh-sortedmulti"
+    threshold: int = Field(ge=1, le=20)
+    keys: list[str] = Field(min_length=1, max_length=20)
+    recovery_keys: list[str] = Field(default_factory=list, max_length=20)
+    recovery_threshold: int = Field(1, ge=1, le=20)
+    recovery_after: int = Field(0, ge=0, le=65535)
+    gap_limit: int = Field(20, ge=1, le=1000)
+
+
+class PolicyImportIn(Strict):
+    text: str = Field(min_length=1, max_length=100_000, description="the wallet file's contents")
+    format: Literal["core", "bsms", "coldcard", "sparrow", "specter", "caravan"] | None = None
+    name: str | None = Field(None, min_length=1, max_length=200)
+    gap_limit: int = Field(20, ge=1, le=1000)
+
+
+class StatusIn(Strict):
+    status: Literal["active", "retiring", "retired"]
+
+
+@route(router, "GET", "/policies", "policy.read")
+def list_policies(request: Request) -> list[dict]:
+    with read(request) as s:
+        return service.policy_list(s)
+
+
+@route(router, "POST", "/policies", "policy.write", status_code=201)
+def create_policy(request: Request, body: PolicyIn) -> dict:
+    with write(request) as s:
+        return service.policy_create(s, body.name, kind=body.kind, threshold=body.threshold, keys=body.keys,
+                                     network=request.app.state.network, recovery_keys=body.recovery_keys,
+                                     recovery_threshold=body.recovery_threshold, recovery_after=body.recovery_after,
+                                     gap_limit=body.gap_limit, actor=actor(request))
+
+
+@route(router, "POST", "/policies/import", "policy.write", status_code=201)
+def import_policy(request: Request, body: PolicyImportIn) -> dict:
+    with write(request) as s:
+        return service.policy_import(s, body.text, fmt=body.format, name=body.name, network=request.app.state.network,
+                                     gap_limit=body.gap_limit, actor=actor(request))
+
+
+@route(router, "GET", "/policies/{name}", "policy.read")
+def show_policy(request: Request, name: str) -> dict:
+    with read(request) as s:
+        return service.policy_show(s, name)
+
+
+@route(router, "GET", "/policies/{name}/export", "policy.export", response_class=PlainTextResponse)
+def export_policy(request: Request, name: str,
+                  format: Literal["core", "bsms", "coldcard", "sparrow", "specter", "caravan"] = "core"):
+    with read(request) as s:
+        text = service.policy_export(s, name, format)
+    extension = {"core": "json", "bsms": "bsms", "coldcard": "txt", "sparrow": "json", "specter": "json",
+                 "caravan": "json"}[format]
+    return PlainTextResponse(text, headers={"content-disposition": f'attachment; filename="{name}-{format}.{extension}"'})
+
+
+@route(router, "POST", "/policies/{name}/status", "policy.write")
+def set_policy_status(request: Request, name: str, body: StatusIn) -> dict:
+    with write(request) as s:
+        return service.policy_status(s, name, body.status, actor=actor(request))
+
+
+@route(router, "GET", "/policies/{name}/addresses", "policy.read")
+def policy_addresses(request: Request, name: str, branch: int = Query(0, ge=0, le=1), unused: bool = False) -> list[dict]:
+    with read(request) as s:
+        return service.addresses(s, name, branch=branch, unused=unused)
+
+
+class RuleIn(Strict):
+    approvals: int = Field(ge=1, le=20, description="distinct approving officers needed")
+    per_request: Amount | None = None
+    daily: Amount | None = None
+    allow: list[str] | None = Field(None, max_length=1000, description="allowed destinations; null: any")
+    delay_above: Amount | None = None
+    delay: int = Field(0, ge=0, le=30 * 86400)
+
+
+@route(router, "GET", "/policies/{name}/approval-rule", "policy.read")
+def show_rule(request: Request, name: str) -> dict | None:
+    with read(request) as s:
+        return service.approval_rule_show(s, name)
+
+
+@route(router, "PUT", "/policies/{name}/approval-rule", "rule.write")
+def set_rule(request: Request, name: str, body: RuleIn) -> dict | None:
+    with write(request) as s:
+        return service.approval_rule_set(s, name, approvals=body.approvals, per_request=body.per_request,
+                                         daily=body.daily, allow=body.allow, delay_above=body.delay_above,
+                                         delay=body.delay, actor=actor(request))
+
+
+class DeriveIn(Strict):
+    descriptor: str = Field(min_length=1, max_length=5000)
+    start: int = Field(0, ge=0)
+    end: int = Field(0, ge=0)
+
+
+@route(router, "POST", "/derive", "psbt.tools")
+def derive(request: Request, body: DeriveIn) -> list[str]:
+    return service.derive(body.descriptor, body.start, body.end, network=request.app.state.network)
+
+
+# -- ledger ----------------------------------------------------------------------------------------
+@route(router, "GET", "/balances", "ledger.read")
+def balances(request: Request, policy: str | None = None) -> list[dict]:
+    with read(request) as s:
+        return service.balance(s, policy)
+
+
+@route(router, "GET", "/policies/{name}/balance-history", "ledger.read")
+def balance_history(request: Request, name: str) -> list[dict]:
+    with read(request) as s:
+        return service.balance_history(s, name)
+
+
+@route(router, "GET", "/policies/{name}/history", "ledger.read")
+def history(request: Request, name: str) -> list[dict]:
+    with read(request) as s:
+        return service.history(s, name)
+
+
+State = Literal["unconfirmed", "confirmed", "immature", "frozen", "reserved", "spent"]
+
+
+@route(router, "GET", "/utxos", "ledger.read")
+def utxos(request: Request, policy: str | None = None, state: Annotated[list[State] | None, Query()] = None,
+          q: str | None = Query(None, max_length=100), sort: Literal["height", "value", "outpoint"] = "height",
+          order: Literal["asc", "desc"] = "asc", offset: int = Query(0, ge=0, le=10_000_000),
+          limit: int = Query(50, ge=1, le=1000)) -> dict:
+    with read(request) as s:
+        return service.utxo_page(s, policy=policy, states=state, search=q, sort=sort, descending=order == "desc",
+                                 offset=offset, limit=limit)
+
+
+class FreezeIn(Strict):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+Outpoint = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}:[0-9]{1,6}$")]
+
+
+@route(router, "POST", "/utxos/{outpoint}/freeze", "utxo.write")
+def freeze(request: Request, outpoint: str, body: FreezeIn) -> dict:
+    with write(request) as s:
+        return service.freeze(s, outpoint, body.reason, actor=actor(request))
+
+
+@route(router, "POST", "/utxos/{outpoint}/unfreeze", "utxo.write")
+def unfreeze(request: Request, outpoint: str) -> dict:
+    with write(request) as s:
+        return service.unfreeze(s, outpoint, actor=actor(request))
+
+
+class LabelIn(Strict):
+    type: Literal["tx", "addr", "pubkey", "input", "output", "xpub"]
+    ref: str = Field(min_length=1, max_length=200)
+    label: str = Field(max_length=1000)
+
+
+class LabelsIn(Strict):
+    jsonl: str = Field(max_length=10_000_000, description="BIP-329 JSON Lines")
+
+
+@route(router, "GET", "/labels", "label.read", response_class=PlainTextResponse)
+def export_labels(request: Request):
+    with read(request) as s:
+        return PlainTextResponse(service.labels_export(s), media_type="application/jsonl")
+
+
+@route(router, "POST", "/labels", "label.write")
+def set_label(request: Request, body: LabelIn) -> dict:
+    with write(request) as s:
+        return service.label_set(s, body.type, body.ref, body.label)
+
+
+@route(router, "POST", "/labels/import", "label.write")
+def import_labels(request: Request, body: LabelsIn) -> dict:
+    with write(request) as s:
+        return service.labels_import(s, body.jsonl)
+
+
+@route(router, "POST", "/sync", "sync")
+def sync(request: Request) -> dict:
+    return service.sync(request.app.state.sessions, node(request))
+
+
+# -- spends ----------------------------------------------------------------------------------------
+class Destination(Strict):
+    address: str = Field(min_length=1, max_length=100)
+    amount: Amount | None = Field(None, description="omit for a sweep")
+
+
+class SpendIn(Strict):
+    policy: Name
+    to: list[Destination] = Field(min_length=1, max_length=500)
+    fee_rate: float | None = Field(None, gt=0, le=10_000, description="sat/vB; default: the node's estimate")
+    memo: str | None = Field(None, max_length=1000)
+    coins: list[Outpoint] | None = Field(None, max_length=1000)
+    sweep: bool = False
+
+
+class PreviewIn(Strict):
+    policy: Name
+    to: list[Destination] = Field(min_length=1, max_length=500)
+    fee_rate: float | None = Field(None, gt=0, le=10_000)
+    coins: list[Outpoint] | None = Field(None, max_length=1000)
+    sweep: bool = False
+
+
+class FeeIn(Strict):
+    fee_rate: float = Field(gt=0, le=10_000)
+    cancel: bool = False
+
+
+@route(router, "GET", "/spends", "spend.read")
+def list_spends(request: Request, policy: str | None = None,
+                state: Annotated[list[str] | None, Query(max_length=20)] = None) -> list[dict]:
+    with read(request) as s:
+        return service.spend_list(s, policy=policy, states=state)
+
+
+@route(router, "POST", "/spends", "spend.request", status_code=201)
+def request_spend(request: Request, body: SpendIn) -> dict:
+    with write(request) as s:
+        return service.spend_request(s, body.policy, requester=actor(request),
+                                     to=[(d.address, d.amount) for d in body.to], fee_rate=body.fee_rate,
+                                     client=None if body.fee_rate else node(request), memo=body.memo,
+                                     coins=body.coins, sweep=body.sweep)
+
+
+@route(router, "POST", "/spends/preview", "spend.request")
+def preview_spend(request: Request, body: PreviewIn) -> dict:
+    with read(request) as s:
+        return service.fee_preview(s, body.policy, to=[(d.address, d.amount) for d in body.to],
+                                   fee_rate=body.fee_rate, client=None if body.fee_rate else node(request),
+                                   coins=body.coins, sweep=body.sweep)
+
+
+@route(router, "GET", "/spends/{spend_id}", "spend.read")
+def show_spend(request: Request, spend_id: int) -> dict:
+    with read(request) as s:
+        return {**service.spend_show(s, spend_id), "timeline": service.spend_timeline(s, spend_id)}
+
+
+@route(router, "POST", "/spends/{spend_id}/approve", "spend.decide")
+def approve(request: Request, spend_id: int) -> dict:
+    with write(request) as s:
+        return service.spend_decide(s, spend_id, officer=actor(request), approve=True)
+
+
+@route(router, "POST", "/spends/{spend_id}/reject", "spend.decide")
+def reject(request: Request, spend_id: int) -> dict:
+    with write(request) as s:
+        return service.spend_decide(s, spend_id, officer=actor(request), approve=False)
+
+
+@route(router, "POST", "/spends/{spend_id}/psbt", "spend.operate")
+def make_psbt(request: Request, spend_id: int, v2: bool = False) -> dict:
+    with write(request) as s:
+        return {"id": spend_id, "psbt": service.spend_psbt(s, spend_id, client=node(request), v2=v2)}
+
+
+@route(router, "GET", "/spends/{spend_id}/psbt", "psbt.download")
+def download_psbt(request: Request, spend_id: int, encoding: Literal["binary", "base64"] = "binary"):
+    with read(request) as s:
+        text = service.spend_psbt(s, spend_id, client=None)
+    if encoding == "base64":
+        return PlainTextResponse(text)
+    return Response(base64.b64decode(text), media_type="application/octet-stream",
+                    headers={"content-disposition": f'attachment; filename="spend-{spend_id}.psbt"'})
+
+
+@route(router, "POST", "/spends/{spend_id}/signatures", "psbt.upload")
+async def upload_signatures(request: Request, spend_id: int, file: UploadFile = File(...)) -> dict:
+    data = await file.read(16_000_001)
+    if len(data) > 16_000_000:
+        raise CustodyError("a PSBT upload is at most 16 MB")
+    return _sign(request, spend_id, data)
+
+
+def _sign(request: Request, spend_id: int, data: bytes) -> dict:
+    with write(request) as s:
+        return service.spend_sign(s, spend_id, data)
+
+
+@route(router, "POST", "/spends/{spend_id}/broadcast", "spend.operate")
+def broadcast(request: Request, spend_id: int) -> dict:
+    with write(request) as s:
+        return service.spend_broadcast(s, spend_id, client=node(request))
+
+
+@route(router, "POST", "/spends/{spend_id}/track", "spend.operate")
+def track(request: Request, spend_id: int, confirmations: int = Query(1, ge=1, le=1000)) -> dict:
+    with write(request) as s:
+        return service.spend_track(s, spend_id, client=node(request), confirmations=confirmations)
+
+
+@route(router, "POST", "/spends/{spend_id}/bump-fee", "spend.operate")
+def bump_fee(request: Request, spend_id: int, body: FeeIn) -> dict:
+    with write(request) as s:
+        return service.spend_bump_fee(s, spend_id, client=node(request), fee_rate=body.fee_rate, cancel=body.cancel)
+
+
+@route(router, "POST", "/spends/{spend_id}/cpfp", "spend.operate", status_code=201)
+def cpfp(request: Request, spend_id: int, body: FeeIn) -> dict:
+    with write(request) as s:
+        return service.spend_cpfp(s, spend_id, client=node(request), fee_rate=body.fee_rate, requester=actor(request))
+
+
+@route(router, "POST", "/spends/{spend_id}/cancel", "spend.operate")
+def cancel(request: Request, spend_id: int) -> dict:
+    with write(request) as s:
+        return service.spend_cancel(s, spend_id)
+
+
+class PsbtIn(Strict):
+    psbt: str = Field(min_length=1, max_length=20_000_000, description="base64 or hex")
+
+
+@route(router, "POST", "/psbt/check", "psbt.tools")
+def check_psbt(request: Request, body: PsbtIn) -> dict:
+    return service.psbt_check(body.psbt, network=request.app.state.network)
+
+
+# -- event log -------------------------------------------------------------------------------------
+@route(router, "GET", "/log", "log.read")
+def log_entries(request: Request, subject: str | None = Query(None, max_length=200),
+                offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict:
+    with read(request) as s:
+        return service.log_entries(s, subject=subject, offset=offset, limit=limit)
+
+
+@route(router, "GET", "/log/verify", "log.read")
+def log_verify(request: Request) -> dict:
+    with read(request) as s:
+        return service.log_status(s)
+
+
+@route(router, "GET", "/log/export", "log.read", response_class=PlainTextResponse)
+def log_export(request: Request):
+    with read(request) as s:
+        return PlainTextResponse(service.log_export(s), media_type="application/jsonl",
+                                 headers={"content-disposition": 'attachment; filename="event-log.jsonl"'})
+
+
+# -- accounts and tokens ---------------------------------------------------------------------------
+class UserIn(Strict):
+    username: str = Field(min_length=1, max_length=64)
+    role: Literal["admin", "officer", "signatory", "auditor", "viewer"]
+    password: str = Field(min_length=12, max_length=1000)
+    second_factor: bool = False
+
+
+class UserChange(Strict):
+    role: Literal["admin", "officer", "signatory", "auditor", "viewer"] | None = None
+    disabled: bool | None = None
+    unlock: bool = False
+
+
+class TokenIn(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    role: Literal["admin", "officer", "signatory", "auditor", "viewer"] | None = None
+    expires_in_days: int = Field(90, ge=1, le=3650)
+
+
+@route(router, "GET", "/users", "user.admin")
+def list_users(request: Request) -> list[dict]:
+    with read(request) as s:
+        return [accounts.user_json(u) for u in accounts.list_users(s)]
+
+
+@route(router, "POST", "/users", "user.admin", status_code=201)
+def create_user(request: Request, body: UserIn) -> dict:
+    with write(request) as s:
+        user, secret = accounts.create_user(s, body.username, body.role, body.password,
+                                            second_factor=body.second_factor, actor=actor(request))
+        shown = accounts.user_json(user)
+        if secret:
+            shown.update(totp_secret=secret, totp_uri=accounts.totp_uri(user.username, secret))
+        return shown
+
+
+@route(router, "PATCH", "/users/{username}", "user.admin")
+def change_user(request: Request, username: str, body: UserChange) -> dict:
+    with write(request) as s:
+        user = accounts.get_user(s, username)
+        if user.id == request.state.principal.user_id and (body.disabled or (body.role and body.role != "admin")):
+            raise CustodyError("an admin cannot disable or demote their own account")
+        if body.role is not None:
+            accounts.set_role(s, user, body.role, actor=actor(request))
+        if body.disabled is not None:
+            accounts.set_disabled(s, user, body.disabled, actor=actor(request))
+        if body.unlock:
+            accounts.unlock(s, user, actor=actor(request))
+        return accounts.user_json(user)
+
+
+@route(router, "GET", "/tokens", "token.self")
+def list_tokens(request: Request) -> list[dict]:
+    p = request.state.principal
+    with read(request) as s:
+        return accounts.list_tokens(s, None if p.role == "admin" else s.get(accounts.User, p.user_id))
+
+
+@route(router, "POST", "/tokens", "token.self", status_code=201)
+def create_token(request: Request, body: TokenIn) -> dict:
+    p = request.state.principal
+    with write(request) as s:
+        user = s.get(accounts.User, p.user_id)
+        if p.via == "token" and (body.role or p.role) != p.role and body.role != "viewer":
+            raise CustodyError("a token can only make tokens of its own role or viewer")
+        token, row = accounts.create_token(s, user, body.name, role=body.role or p.role,
+                                           expires_in_days=body.expires_in_days)
+        return {"token": token, "id": row.id, "name": row.name, "role": row.role,
+                "expires_at": row.expires_at.isoformat() if row.expires_at else None}
+
+
+@route(router, "DELETE", "/tokens/{token_id}", "token.self", status_code=204)
+def revoke_token(request: Request, token_id: int):
+    p = request.state.principal
+    with write(request) as s:
+        accounts.revoke_token(s, token_id, by=s.get(accounts.User, p.user_id))
+    return Response(status_code=204)

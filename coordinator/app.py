@@ -1,0 +1,168 @@
+"""The web service: the API, the console pages, /health and /metrics, in one FastAPI application."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from custody.accounts import AuthError
+from custody.errors import CustodyError, NotFound
+from custody.node_client import NodeClient, NodeError, RPCError
+
+from .auth import LoginRequired, route
+from .metrics import make_registry
+from .watcher import Watcher
+
+log = logging.getLogger("coordinator.http")
+STATIC = Path(__file__).with_name("static")
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+def node_factory(url: str, **options):
+    """One NodeClient per thread: a client keeps a connection open and is not shared."""
+    local = threading.local()
+
+    def factory() -> NodeClient:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = NodeClient(url, **{k: v for k, v in options.items() if v is not None})
+        return client
+    return factory
+
+
+def create_app(sessions, node, *, network: str = "regtest", sync_interval: float = 2.0) -> FastAPI:
+    """`sessions` is a sessionmaker on a migrated database; `node` makes a NodeClient."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        watcher = Watcher(sessions, node, sync_interval) if sync_interval > 0 else None
+        if watcher:
+            watcher.start()
+        app.state.watcher = watcher
+        yield
+        if watcher:
+            watcher.stop()
+
+    app = FastAPI(title="Custody coordinator", version="0.1.0", lifespan=lifespan,
+                  description="Multisig custody: policies, ledger, spend requests, approvals, signatures, "
+                              "broadcast and the tamper-evident log. Authenticate with a session cookie "
+                              "(console) or `Authorization: Bearer <API token>`.")
+    app.state.sessions, app.state.node, app.state.network = sessions, node, network
+    registry, latency = make_registry(sessions, node)
+    app.state.metrics_registry = registry
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+        finally:
+            elapsed = time.perf_counter() - start
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            latency.labels(request.method, template, str(status)).observe(elapsed)
+            principal = getattr(request.state, "principal", None)
+            log.info("request", extra={"fields": {
+                "method": request.method, "path": request.url.path, "route": template, "status": status,
+                "duration_ms": round(elapsed * 1000, 2), "user": principal.username if principal else None}})
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    def wants_html(request: Request) -> bool:
+        return not request.url.path.startswith(("/api/", "/health", "/metrics"))
+
+    def refusal(request: Request, status: int, message: str):
+        if wants_html(request):
+            from .pages import error_page
+            return error_page(request, status, message)
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired):
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    @app.exception_handler(AuthError)
+    async def auth_refused(request: Request, exc: AuthError):
+        return refusal(request, 401, str(exc))
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound):
+        return refusal(request, 404, str(exc))
+
+    @app.exception_handler(CustodyError)
+    async def refused(request: Request, exc: CustodyError):
+        return refusal(request, 400, str(exc))
+
+    @app.exception_handler(ValueError)
+    async def bad_value(request: Request, exc: ValueError):    # core parsers' own errors (formats, PSBTs)
+        return refusal(request, 400, str(exc) or type(exc).__name__)
+
+    @app.exception_handler(RPCError)
+    async def node_refused(request: Request, exc: RPCError):
+        return refusal(request, 502, f"the node refused: {exc.message} (code {exc.code})")
+
+    @app.exception_handler(NodeError)
+    async def node_down(request: Request, exc: NodeError):
+        return refusal(request, 503, f"the Bitcoin node is not available: {exc}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        if wants_html(request):
+            return refusal(request, exc.status_code, str(exc.detail))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        if wants_html(request):
+            return refusal(request, 422, "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in errors))
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @route(app, "GET", "/health", "public", tags=["operations"], include_in_schema=True)
+    def health() -> JSONResponse:
+        """Reachability of the database and the node; 503 when either is down."""
+        report = {"database": {"ok": True}, "node": {"ok": True}}
+        try:
+            with sessions() as s:
+                s.execute(text("SELECT 1"))
+                from custody.ledger import tip_height
+                report["database"]["ledger_height"] = tip_height(s)
+        except Exception as e:
+            report["database"] = {"ok": False, "error": str(e).splitlines()[0]}
+        try:
+            info = node().getblockchaininfo()
+            report["node"].update(chain=info["chain"], height=info["blocks"])
+        except Exception as e:
+            report["node"] = {"ok": False, "error": str(e)}
+        ok = report["database"]["ok"] and report["node"]["ok"]
+        return JSONResponse({"status": "ok" if ok else "unavailable", **report}, status_code=200 if ok else 503)
+
+    @route(app, "GET", "/metrics", "metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics():
+        """Prometheus text format (scrape with an API token)."""
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    from . import api, pages
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

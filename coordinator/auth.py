@@ -1,0 +1,147 @@
+"""Who is asking, and may they: the permission table, session cookies, API tokens and CSRF checks.
+
+Every route is registered with an action; PERMISSIONS says which roles may perform it, and the server
+refuses everyone else before the route runs. A route without an entry cannot be registered.
+"""
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+
+from custody import accounts
+
+ALL = ("admin", "officer", "signatory", "auditor", "viewer")
+READERS = ALL
+SESSION_COOKIE = "custody_session"
+LOGIN_CSRF_COOKIE = "custody_login_csrf"
+CSRF_HEADER = "x-csrf-token"
+
+# action -> roles. Admins configure but move no money; officers request, approve and broadcast;
+# signatories fetch PSBTs and upload signatures; auditors read everything incl. the event log.
+PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "public": ("anonymous",) + ALL,
+    "me": ALL,
+    "dashboard.read": READERS,
+    "ledger.read": READERS,
+    "policy.read": READERS,
+    "policy.export": ("admin", "officer", "signatory", "auditor"),
+    "policy.write": ("admin",),
+    "key.read": ("admin", "officer", "signatory", "auditor"),
+    "key.write": ("admin",),
+    "rule.write": ("admin",),
+    "utxo.write": ("officer",),
+    "label.read": ("admin", "officer", "auditor"),
+    "label.write": ("officer",),
+    "spend.read": READERS,
+    "spend.request": ("officer",),
+    "spend.decide": ("officer",),
+    "spend.operate": ("officer",),               # make the PSBT, broadcast, track, bump, cancel
+    "psbt.download": ("officer", "signatory"),
+    "psbt.upload": ("signatory",),
+    "psbt.tools": ALL,
+    "log.read": ("admin", "officer", "auditor"),
+    "sync": ("admin", "officer"),
+    "user.admin": ("admin",),
+    "token.self": ALL,
+    "metrics": ("admin", "officer", "auditor", "viewer"),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: int
+    username: str
+    role: str
+    via: str                    # "session" or "token"
+    csrf_token: str | None      # sessions only
+
+
+class LoginRequired(Exception):
+    """A page asked for without a session: the console redirects to the login page."""
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def identify(request: Request) -> Principal | None:
+    """The caller, from an `Authorization: Bearer` token or the session cookie; None if neither."""
+    sessions = request.app.state.sessions
+    token = _bearer(request)
+    with sessions() as s:
+        if token is not None:
+            found = accounts.find_token(s, token)
+            if found is None:
+                raise HTTPException(401, "this API token is unknown, expired or revoked")
+            row, user = found
+            return Principal(user.id, user.username, row.role, "token", None)
+        found = accounts.find_session(s, request.cookies.get(SESSION_COOKIE))
+        if found is None:
+            return None
+        row, user = found
+        return Principal(user.id, user.username, user.role, "session", row.csrf_token)
+
+
+def allowed(action: str, role: str) -> bool:
+    return role in PERMISSIONS[action]
+
+
+def authorize(action: str, *, page: bool = False):
+    """A FastAPI dependency: the Principal allowed to perform `action`, or 401/403 (pages: redirect)."""
+    if action not in PERMISSIONS:
+        raise KeyError(f"no permission entry for action {action!r}")
+
+    async def dependency(request: Request) -> Principal | None:
+        principal = identify(request)
+        if principal is None:
+            if "anonymous" in PERMISSIONS[action]:
+                return None
+            if page:
+                raise LoginRequired()
+            raise HTTPException(401, "log in, or send an API token as 'Authorization: Bearer <token>'")
+        if not allowed(action, principal.role):
+            raise HTTPException(403, f"the {principal.role} role may not do this ({action})")
+        if principal.via == "session" and request.method not in ("GET", "HEAD", "OPTIONS") and action != "public":
+            await _check_csrf(request, principal.csrf_token)
+        request.state.principal = principal
+        return principal
+    return dependency
+
+
+async def _check_csrf(request: Request, expected: str | None) -> None:
+    """Unsafe requests made with the session cookie carry the session's CSRF token, in a header (API,
+    scripts) or in the form's csrf_token field (console forms)."""
+    given = request.headers.get(CSRF_HEADER)
+    if given is None and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")):
+        given = (await request.form()).get("csrf_token")
+    if not expected or not isinstance(given, str) or not hmac.compare_digest(given, expected):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+
+def cookie_is_secure(request: Request) -> bool:
+    """Secure cookies behind TLS (directly, or a proxy saying so)."""
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+
+
+# Every (method, path, action) registered through `route`: the permission test walks this table.
+ROUTE_TABLE: list[tuple[str, str, str]] = []
+
+
+def route(router, method: str, path: str, action: str, *, page: bool = False, **kwargs):
+    """Register a route whose permission is checked before it runs."""
+    from fastapi import Depends
+    dependency = Depends(authorize(action, page=page))
+
+    def register(func):
+        entry = (method, (getattr(router, "prefix", "") or "") + path, action)
+        if entry not in ROUTE_TABLE:
+            ROUTE_TABLE.append(entry)
+        kwargs.setdefault("include_in_schema", not page)
+        router.add_api_route(path, func, methods=[method], dependencies=[dependency], **kwargs)
+        return func
+    return register

@@ -1,0 +1,60 @@
+"""Prometheus metrics: what the ledger holds, where spends stand, how far the ledger lags the node,
+and how long requests take. Ledger figures are read from the database at scrape time."""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from custody import ledger, service
+
+log = logging.getLogger("coordinator.metrics")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class LedgerCollector:
+    def __init__(self, sessions, node_factory):
+        self.sessions = sessions
+        self.node_factory = node_factory
+
+    def collect(self):
+        balance = GaugeMetricFamily("custody_balance_sats", "Coins held, by policy and state (satoshis)",
+                                    labels=["policy", "state"])
+        spends = GaugeMetricFamily("custody_spends", "Spends by state", labels=["state"])
+        missing = GaugeMetricFamily("custody_signatures_outstanding",
+                                    "Signatures still needed by spends collecting them")
+        synced = GaugeMetricFamily("custody_ledger_height", "Last block the ledger has synced")
+        node_height = GaugeMetricFamily("custody_node_height", "The node's best block height")
+        lag = GaugeMetricFamily("custody_ledger_lag_blocks", "Blocks the ledger is behind the node")
+        up = GaugeMetricFamily("custody_node_up", "1 if the node answered the last scrape")
+        with self.sessions() as s:
+            for b in ledger.balances(s):
+                for state in ("confirmed", "unconfirmed", "immature", "frozen", "reserved"):
+                    balance.add_metric([b.policy, state], getattr(b, state))
+            by_state = service.spends_by_state(s)
+            for state in ("requested", "approved", "signing", "signed", "broadcast", "confirmed", "rejected",
+                          "cancelled", "replaced"):
+                spends.add_metric([state], by_state.get(state, 0))
+            missing.add_metric([], service.signatures_outstanding(s))
+            tip = ledger.tip_height(s)
+        if tip is not None:
+            synced.add_metric([], tip)
+        try:
+            height = self.node_factory().getblockcount()
+            node_height.add_metric([], height)
+            up.add_metric([], 1)
+            if tip is not None:
+                lag.add_metric([], max(height - tip, 0))
+        except Exception as e:       # the scrape still reports the ledger
+            log.warning("node unavailable for metrics: %s", e)
+            up.add_metric([], 0)
+        yield from (balance, spends, missing, synced, node_height, lag, up)
+
+
+def make_registry(sessions, node_factory) -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(sessions, node_factory))
+    latency = Histogram("custody_http_request_duration_seconds", "HTTP request latency",
+                        ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=registry)
+    return registry, latency

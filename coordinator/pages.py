@@ -1,0 +1,437 @@
+"""The web console: server-rendered pages over the same service functions as the API.
+
+Forms post back here with the session's CSRF token; each page and action has its entry in the
+permission table. Pages show what a role may do, but the server enforces it either way.
+"""
+from __future__ import annotations
+
+import base64
+import secrets
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from custody import accounts, ledger, registry, service
+from custody.accounts import AuthError
+from custody.errors import CustodyError
+from custody.formats import FORMATS
+
+from . import charts
+from .auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, allowed, cookie_is_secure, identify, route
+from .context import actor, node, read, write
+
+router = APIRouter()
+templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+templates.env.filters["btc"] = charts.btc
+PENDING = ("requested", "approved", "signing", "signed", "broadcast")
+PAGE_SIZE = 50
+
+
+def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
+    principal = getattr(request.state, "principal", None)
+    can = (lambda action: principal is not None and allowed(action, principal.role))
+    return templates.TemplateResponse(request, name, {"user": principal, "can": can, **context},
+                                      status_code=status_code)
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    if getattr(request.state, "principal", None) is None:
+        try:
+            request.state.principal = identify(request)
+        except Exception:
+            request.state.principal = None
+    return render(request, "error.html", status_code=status, status=status, message=message)
+
+
+def back(url: str, **flash) -> RedirectResponse:
+    """Redirect after a form post (303: the browser follows with GET), with a message to show."""
+    sep = "&" if "?" in url else "?"
+    return RedirectResponse(url + (sep + urlencode(flash) if flash else ""), status_code=303)
+
+
+# -- logging in and out --------------------------------------------------------------------------
+@route(router, "GET", "/login", "public", page=True)
+def login_page(request: Request, next: str = "/"):
+    token = secrets.token_urlsafe(24)
+    response = render(request, "login.html", login_csrf=token, next=_safe_next(next), error=None)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=cookie_is_secure(request),
+                        max_age=1800)
+    return response
+
+
+def _safe_next(target: str) -> str:
+    """Only local paths: a login link must not send the user elsewhere."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+@route(router, "POST", "/login", "public", page=True)
+def login(request: Request, username: str = Form(max_length=64), password: str = Form(max_length=1000),
+          code: str = Form("", max_length=10), login_csrf: str = Form(max_length=100), next: str = Form("/")):
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not expected or not secrets.compare_digest(expected, login_csrf):
+        return render(request, "login.html", status_code=403, login_csrf=expected or "", next=_safe_next(next),
+                      error="the login form expired: reload the page and try again")
+    sessions = request.app.state.sessions
+    with sessions() as s:
+        try:
+            user = accounts.authenticate(s, username, password, code)
+        except AuthError as e:
+            s.commit()                # the failed attempt counts towards the lock-out
+            return render(request, "login.html", status_code=401, login_csrf=expected, next=_safe_next(next),
+                          error=str(e), username=username)
+        cookie, _ = accounts.start_session(s, user)
+        s.commit()
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict", secure=cookie_is_secure(request),
+                        max_age=int(accounts.SESSION_LIFETIME.total_seconds()))
+    response.delete_cookie(LOGIN_CSRF_COOKIE)
+    return response
+
+
+@route(router, "POST", "/logout", "me", page=True)
+def logout(request: Request):
+    with write(request) as s:
+        accounts.end_session(s, request.cookies.get(SESSION_COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+# -- dashboard -----------------------------------------------------------------------------------
+@route(router, "GET", "/", "dashboard.read", page=True)
+def dashboard(request: Request):
+    with read(request) as s:
+        balances = service.balance(s)
+        pending = service.spend_list(s, states=list(PENDING))
+        policies = registry.list_policies(s)
+        history = {p.name: ledger.balance_history(s, p) for p in policies}
+        total_history = _sum_histories(history)
+        distribution = ledger.value_distribution(s)
+        alerts = _alerts(request, s, pending)
+    return render(request, "dashboard.html", balances=balances, pending=pending, alerts=alerts,
+                  total={k: sum(b[k] for b in balances) for k in ("confirmed", "unconfirmed", "immature", "frozen",
+                                                                    "reserved", "total")},
+                  balance_chart=charts.balance_line(total_history), value_chart=charts.value_histogram(distribution))
+
+
+def _sum_histories(histories: dict[str, list[dict]]) -> list[dict]:
+    """The custodian's total confirmed balance after each block where any policy changed."""
+    heights = sorted({p["height"] for points in histories.values() for p in points})
+    out, current = [], {name: 0 for name in histories}
+    by_height = {name: {p["height"]: p["balance"] for p in points} for name, points in histories.items()}
+    for h in heights:
+        for name in histories:
+            current[name] = by_height[name].get(h, current[name])
+        out.append({"height": h, "balance": sum(current.values())})
+    return out
+
+
+def _alerts(request: Request, s, pending: list[dict]) -> list[str]:
+    alerts = []
+    watcher = getattr(request.app.state, "watcher", None)
+    if watcher is not None and watcher.last_error:
+        alerts.append(f"Ledger sync is failing: {watcher.last_error}")
+    status = service.log_status(s)
+    if not status["ok"]:
+        alerts.append(f"The event log failed verification: {status['problem']}")
+    principal = request.state.principal
+    if principal.role == "officer":
+        waiting = [p for p in pending if p["state"] == "requested" and p["requester"] != principal.username]
+        if waiting:
+            alerts.append(f"{len(waiting)} spend request(s) await approval")
+    if principal.role == "signatory":
+        signing = [p for p in pending if p["state"] == "signing"]
+        if signing:
+            alerts.append(f"{len(signing)} spend(s) await signatures")
+    frozen = ledger.utxo_page(s, states=["frozen"], limit=1)["total"]
+    if frozen:
+        alerts.append(f"{frozen} coin(s) are frozen")
+    if principal.role == "admin":
+        locked = [u.username for u in accounts.list_users(s) if accounts.user_json(u)["locked_until"]]
+        if locked:
+            alerts.append(f"Locked after failed logins: {', '.join(locked)}")
+    return alerts
+
+
+# -- coins and history ---------------------------------------------------------------------------
+@route(router, "GET", "/utxos", "ledger.read", page=True)
+def utxos_page(request: Request, policy: str = "", state: str = "", q: str = "", sort: str = "height",
+               order: str = "desc", page: int = 1, flash: str = ""):
+    page = max(page, 1)
+    with read(request) as s:
+        result = service.utxo_page(s, policy=policy or None, states=[state] if state else None, search=q or None,
+                                   sort=sort, descending=order == "desc", offset=(page - 1) * PAGE_SIZE,
+                                   limit=PAGE_SIZE)
+        names = [p.name for p in registry.list_policies(s)]
+    pages = max((result["total"] + PAGE_SIZE - 1) // PAGE_SIZE, 1)
+    params = {"policy": policy, "state": state, "q": q, "sort": sort, "order": order}
+    return render(request, "utxos.html", result=result, page=page, pages=pages, params=params, policies=names,
+                  states=ledger.STATES, flash=flash,
+                  link=lambda **change: "/utxos?" + urlencode({**params, "page": page, **change}))
+
+
+@route(router, "POST", "/utxos/freeze", "utxo.write", page=True)
+def freeze(request: Request, outpoint: str = Form(max_length=80), reason: str = Form(max_length=500),
+           back_to: str = Form("/utxos")):
+    with write(request) as s:
+        service.freeze(s, outpoint, reason, actor=actor(request))
+    return back(_safe_next(back_to), flash=f"froze {outpoint}")
+
+
+@route(router, "POST", "/utxos/unfreeze", "utxo.write", page=True)
+def unfreeze(request: Request, outpoint: str = Form(max_length=80), back_to: str = Form("/utxos")):
+    with write(request) as s:
+        service.unfreeze(s, outpoint, actor=actor(request))
+    return back(_safe_next(back_to), flash=f"released {outpoint}")
+
+
+@route(router, "POST", "/labels", "label.write", page=True)
+def label(request: Request, ref: str = Form(max_length=200), text: str = Form("", max_length=1000),
+          type: str = Form("output", max_length=10), back_to: str = Form("/utxos")):
+    with write(request) as s:
+        service.label_set(s, type, ref, text)
+    return back(_safe_next(back_to), flash=f"labelled {ref}")
+
+
+@route(router, "GET", "/history", "ledger.read", page=True)
+def history_page(request: Request, policy: str = ""):
+    with read(request) as s:
+        names = [p.name for p in registry.list_policies(s)]
+        chosen = policy or (names[0] if names else "")
+        rows = service.history(s, chosen) if chosen else []
+    return render(request, "history.html", rows=rows, policies=names, chosen=chosen)
+
+
+# -- spends --------------------------------------------------------------------------------------
+@route(router, "GET", "/spends", "spend.read", page=True)
+def spends_page(request: Request):
+    with read(request) as s:
+        rows = list(reversed(service.spend_list(s)))
+    return render(request, "spends.html", rows=rows)
+
+
+def _form_destinations(addresses: list[str], amounts: list[str]) -> list[tuple[str, str]]:
+    return [(a.strip(), v.strip()) for a, v in zip(addresses, amounts) if a.strip() or v.strip()]
+
+
+@route(router, "GET", "/spends/new", "spend.request", page=True)
+def new_spend_page(request: Request, policy: str = ""):
+    return _spend_form(request, policy=policy)
+
+
+def _spend_form(request: Request, status_code: int = 200, **form):
+    with read(request) as s:
+        names = [p.name for p in registry.list_policies(s) if p.status in ("active", "retiring")]
+        policy = form.get("policy") or (names[0] if names else "")
+        coins = service.utxo_page(s, policy=policy, states=["confirmed"], sort="value", descending=True,
+                                  limit=200)["rows"] if policy else []
+    return render(request, "spend_new.html", status_code=status_code, policies=names, coins=coins,
+                  form={"policy": policy, "destinations": form.get("destinations") or [("", "")],
+                        "fee_rate": form.get("fee_rate", ""), "memo": form.get("memo", ""),
+                        "coins": form.get("chosen") or [], "sweep": form.get("sweep", False)},
+                  preview=form.get("preview"), error=form.get("error"))
+
+
+@route(router, "POST", "/spends/new", "spend.request", page=True)
+def new_spend(request: Request, policy: str = Form(max_length=200), address: list[str] = Form(default=[]),
+              amount: list[str] = Form(default=[]), fee_rate: str = Form("", max_length=20),
+              memo: str = Form("", max_length=1000), coin: list[str] = Form(default=[]), sweep: bool = Form(False),
+              action: str = Form("request")):
+    destinations = _form_destinations(address, amount)
+    form = {"policy": policy, "destinations": destinations or [("", "")], "fee_rate": fee_rate, "memo": memo,
+            "chosen": coin, "sweep": sweep}
+    try:
+        rate = float(fee_rate) if fee_rate.strip() else None
+    except ValueError:
+        return _spend_form(request, 400, error=f"{fee_rate!r} is not a fee rate in sat/vB", **form)
+    try:
+        if action == "preview":
+            with read(request) as s:
+                preview = service.fee_preview(s, policy, to=destinations, fee_rate=rate,
+                                              client=None if rate else node(request), coins=coin or None, sweep=sweep)
+            return _spend_form(request, preview=preview, **form)
+        with write(request) as s:
+            created = service.spend_request(s, policy, requester=actor(request), to=destinations, fee_rate=rate,
+                                            client=None if rate else node(request), memo=memo or None,
+                                            coins=coin or None, sweep=sweep)
+    except CustodyError as e:
+        return _spend_form(request, 400, error=str(e), **form)
+    return back(f"/spends/{created['id']}", flash="spend requested")
+
+
+@route(router, "GET", "/approvals", "spend.decide", page=True)
+def approvals_page(request: Request):
+    with read(request) as s:
+        rows = [service.spend_show(s, r["id"]) for r in service.spend_list(s, states=["requested"])]
+    me = request.state.principal.username
+    for r in rows:
+        r["mine"] = r["requester"] == me
+        r["decided"] = any(a["officer"] == me for a in r["approvals"])
+    return render(request, "approvals.html", rows=rows)
+
+
+def _spend_context(request: Request, s, spend_id: int) -> dict:
+    spend = service.spend_show(s, spend_id)
+    policy = registry.get_policy(s, spend["policy"])
+    tip = ledger.tip_height(s)
+    confirmations = 0
+    from custody.spends import get_spend
+    row = get_spend(s, spend_id)
+    if row.confirmed_height is not None and tip is not None:
+        confirmations = tip - row.confirmed_height + 1
+    return {"spend": spend, "timeline": service.spend_timeline(s, spend_id), "threshold": policy.threshold,
+            "confirmations": confirmations, "has_psbt": row.psbt is not None}
+
+
+@route(router, "GET", "/spends/{spend_id}", "spend.read", page=True)
+def spend_page(request: Request, spend_id: int, flash: str = ""):
+    with read(request) as s:
+        context = _spend_context(request, s, spend_id)
+        qr_frames = []
+        if context["has_psbt"] and allowed("psbt.download", request.state.principal.role) \
+                and context["spend"]["state"] in ("signing", "signed"):
+            from .qr import psbt_frames
+            qr_frames = psbt_frames(base64.b64decode(service.spend_psbt(s, spend_id, client=None)))
+    return render(request, "spend.html", flash=flash, qr_frames=qr_frames, **context)
+
+
+@route(router, "GET", "/spends/{spend_id}/timeline", "spend.read", page=True)
+def spend_timeline(request: Request, spend_id: int):
+    """The part of the spend page that live-updates."""
+    with read(request) as s:
+        context = _spend_context(request, s, spend_id)
+    return render(request, "_timeline.html", **context)
+
+
+@route(router, "POST", "/spends/{spend_id}/approve", "spend.decide", page=True)
+def approve(request: Request, spend_id: int):
+    with write(request) as s:
+        service.spend_decide(s, spend_id, officer=actor(request), approve=True)
+    return back(f"/spends/{spend_id}", flash="approved")
+
+
+@route(router, "POST", "/spends/{spend_id}/reject", "spend.decide", page=True)
+def reject(request: Request, spend_id: int):
+    with write(request) as s:
+        service.spend_decide(s, spend_id, officer=actor(request), approve=False)
+    return back(f"/spends/{spend_id}", flash="rejected")
+
+
+@route(router, "POST", "/spends/{spend_id}/psbt", "spend.operate", page=True)
+def make_psbt(request: Request, spend_id: int):
+    with write(request) as s:
+        service.spend_psbt(s, spend_id, client=node(request))
+    return back(f"/spends/{spend_id}", flash="PSBT ready for signers")
+
+
+@route(router, "POST", "/spends/{spend_id}/signatures", "psbt.upload", page=True)
+async def upload(request: Request, spend_id: int, file: UploadFile = File(...)):
+    data = await file.read(16_000_001)
+    if len(data) > 16_000_000:
+        raise CustodyError("a PSBT upload is at most 16 MB")
+    return _upload(request, spend_id, data)
+
+
+def _upload(request: Request, spend_id: int, data: bytes):
+    with write(request) as s:
+        result = service.spend_sign(s, spend_id, data)
+    return back(f"/spends/{spend_id}", flash=f"signature from {', '.join(result['new_signers'])} added")
+
+
+@route(router, "POST", "/spends/{spend_id}/broadcast", "spend.operate", page=True)
+def broadcast(request: Request, spend_id: int):
+    with write(request) as s:
+        result = service.spend_broadcast(s, spend_id, client=node(request))
+    return back(f"/spends/{spend_id}", flash=f"broadcast {result['txid']}")
+
+
+@route(router, "POST", "/spends/{spend_id}/cancel", "spend.operate", page=True)
+def cancel(request: Request, spend_id: int):
+    with write(request) as s:
+        service.spend_cancel(s, spend_id)
+    return back(f"/spends/{spend_id}", flash="cancelled")
+
+
+# -- policies and the log ------------------------------------------------------------------------
+@route(router, "GET", "/policies", "policy.read", page=True)
+def policies_page(request: Request):
+    with read(request) as s:
+        rows = service.policy_list(s)
+    return render(request, "policies.html", rows=rows)
+
+
+@route(router, "GET", "/policies/{name}", "policy.read", page=True)
+def policy_page(request: Request, name: str):
+    with read(request) as s:
+        policy = service.policy_show(s, name)
+        receive = service.addresses(s, name, branch=0)[:20]
+        chart = charts.balance_line(service.balance_history(s, name))
+    return render(request, "policy.html", policy=policy, receive=receive, formats=FORMATS, chart=chart)
+
+
+@route(router, "GET", "/log", "log.read", page=True)
+def log_page(request: Request, page: int = 1, subject: str = ""):
+    page = max(page, 1)
+    with read(request) as s:
+        status = service.log_status(s)
+        entries = service.log_entries(s, subject=subject or None, offset=(page - 1) * 100, limit=100)
+    pages = max((entries["total"] + 99) // 100, 1)
+    return render(request, "log.html", status=status, entries=entries, page=page, pages=pages, subject=subject)
+
+
+# -- account and administration ------------------------------------------------------------------
+@route(router, "GET", "/account", "me", page=True)
+def account_page(request: Request):
+    p = request.state.principal
+    with read(request) as s:
+        tokens = accounts.list_tokens(s, s.get(accounts.User, p.user_id))
+    return render(request, "account.html", tokens=tokens, new_token=None)
+
+
+@route(router, "POST", "/account/tokens", "token.self", page=True)
+def create_token(request: Request, name: str = Form(max_length=100), role: str = Form("", max_length=16),
+                 days: int = Form(90)):
+    p = request.state.principal
+    with write(request) as s:
+        user = s.get(accounts.User, p.user_id)
+        token, _ = accounts.create_token(s, user, name, role=role or None, expires_in_days=days)
+    with read(request) as s:
+        tokens = accounts.list_tokens(s, s.get(accounts.User, p.user_id))
+    return render(request, "account.html", tokens=tokens, new_token=token)
+
+
+@route(router, "POST", "/account/tokens/{token_id}/revoke", "token.self", page=True)
+def revoke_token(request: Request, token_id: int):
+    with write(request) as s:
+        accounts.revoke_token(s, token_id, by=s.get(accounts.User, request.state.principal.user_id))
+    return back("/account")
+
+
+@route(router, "GET", "/admin/users", "user.admin", page=True)
+def users_page(request: Request):
+    with read(request) as s:
+        users = [accounts.user_json(u) for u in accounts.list_users(s)]
+    return render(request, "users.html", users=users, created=None, roles=accounts.ROLES)
+
+
+@route(router, "POST", "/admin/users", "user.admin", page=True)
+def create_user(request: Request, username: str = Form(max_length=64), role: str = Form(max_length=16),
+                password: str = Form(max_length=1000)):
+    with write(request) as s:
+        user, secret = accounts.create_user(s, username, role, password, actor=actor(request))
+        created = {"username": user.username, "role": user.role, "totp_secret": secret,
+                   "totp_uri": accounts.totp_uri(user.username, secret) if secret else None}
+    with read(request) as s:
+        users = [accounts.user_json(u) for u in accounts.list_users(s)]
+    return render(request, "users.html", users=users, created=created, roles=accounts.ROLES)
+
+
+@route(router, "POST", "/admin/users/{username}/unlock", "user.admin", page=True)
+def unlock_user(request: Request, username: str):
+    with write(request) as s:
+        accounts.unlock(s, accounts.get_user(s, username), actor=actor(request))
+    return back("/admin/users")
+

@@ -1,0 +1,71 @@
+"""users, API tokens, login sessions; indexes for paging through coins
+
+Revision ID: 0004
+Revises: 0003
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0004'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('users',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('username', sa.String(length=64), nullable=False),
+    sa.Column('role', sa.String(length=16), nullable=False),
+    sa.Column('password_hash', sa.String(length=200), nullable=False),
+    sa.Column('totp_secret', sa.String(length=64), nullable=True),
+    sa.Column('last_totp_step', sa.Integer(), nullable=False),
+    sa.Column('failed_logins', sa.Integer(), nullable=False),
+    sa.Column('locked_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('disabled', sa.Boolean(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('username')
+    )
+    op.create_table('api_tokens',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('role', sa.String(length=16), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('prefix', sa.String(length=16), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('last_used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('token_hash')
+    )
+    op.create_index('ix_api_tokens_user_id', 'api_tokens', ['user_id'])
+    op.create_table('login_sessions',
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('csrf_token', sa.String(length=64), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_index('ix_login_sessions_user_id', 'login_sessions', ['user_id'])
+    # the console pages through 100,000 coins sorted by value or height
+    op.create_index('ix_utxos_policy_value', 'utxos', ['policy_id', 'value'])
+    op.create_index('ix_utxos_policy_height', 'utxos', ['policy_id', 'height'])
+    op.create_index('ix_utxos_value', 'utxos', ['value'])
+    op.create_index('ix_utxos_height', 'utxos', ['height'])
+
+
+def downgrade() -> None:
+    for name in ('ix_utxos_height', 'ix_utxos_value', 'ix_utxos_policy_height', 'ix_utxos_policy_value'):
+        op.drop_index(name, table_name='utxos')
+    op.drop_index('ix_login_sessions_user_id', table_name='login_sessions')
+    op.drop_table('login_sessions')
+    op.drop_index('ix_api_tokens_user_id', table_name='api_tokens')
+    op.drop_table('api_tokens')
+    op.drop_table('users')
