@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the toolkit needs at run or test time (installed only when running as root).
-SYSTEM_PACKAGES := libusb-1.0-0 python3-venv postgresql
+SYSTEM_PACKAGES := libusb-1.0-0 python3-venv postgresql chromium
 
 .PHONY: demo test bench system-deps venv clean
 
@@ -13,7 +13,7 @@ demo: system-deps venv
 	$(PY) -m coordinator.demo
 
 test: system-deps venv
-	CUSTODY_REQUIRE_POSTGRES=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	CUSTODY_REQUIRE_POSTGRES=1 CUSTODY_REQUIRE_BROWSER=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: venv
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -9,6 +9,7 @@ import base64
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -22,6 +23,7 @@ router = APIRouter(prefix="/api")
 
 Amount = Annotated[StrictStr | StrictInt, Field(description="BTC as a decimal string (\"0.5\"), \"NNNsat\", or integer satoshis")]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+Id = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 
 
 class Strict(BaseModel):
@@ -298,31 +300,31 @@ def preview_spend(request: Request, body: PreviewIn) -> dict:
 
 
 @route(router, "GET", "/spends/{spend_id}", "spend.read")
-def show_spend(request: Request, spend_id: int) -> dict:
+def show_spend(request: Request, spend_id: Id) -> dict:
     with read(request) as s:
         return {**service.spend_show(s, spend_id), "timeline": service.spend_timeline(s, spend_id)}
 
 
 @route(router, "POST", "/spends/{spend_id}/approve", "spend.decide")
-def approve(request: Request, spend_id: int) -> dict:
+def approve(request: Request, spend_id: Id) -> dict:
     with write(request) as s:
         return service.spend_decide(s, spend_id, officer=actor(request), approve=True)
 
 
 @route(router, "POST", "/spends/{spend_id}/reject", "spend.decide")
-def reject(request: Request, spend_id: int) -> dict:
+def reject(request: Request, spend_id: Id) -> dict:
     with write(request) as s:
         return service.spend_decide(s, spend_id, officer=actor(request), approve=False)
 
 
 @route(router, "POST", "/spends/{spend_id}/psbt", "spend.operate")
-def make_psbt(request: Request, spend_id: int, v2: bool = False) -> dict:
+def make_psbt(request: Request, spend_id: Id, v2: bool = False) -> dict:
     with write(request) as s:
         return {"id": spend_id, "psbt": service.spend_psbt(s, spend_id, client=node(request), v2=v2)}
 
 
 @route(router, "GET", "/spends/{spend_id}/psbt", "psbt.download")
-def download_psbt(request: Request, spend_id: int, encoding: Literal["binary", "base64"] = "binary"):
+def download_psbt(request: Request, spend_id: Id, encoding: Literal["binary", "base64"] = "binary"):
     with read(request) as s:
         text = service.spend_psbt(s, spend_id, client=None)
     if encoding == "base64":
@@ -332,44 +334,44 @@ def download_psbt(request: Request, spend_id: int, encoding: Literal["binary", "
 
 
 @route(router, "POST", "/spends/{spend_id}/signatures", "psbt.upload")
-async def upload_signatures(request: Request, spend_id: int, file: UploadFile = File(...)) -> dict:
+async def upload_signatures(request: Request, spend_id: Id, file: UploadFile = File(...)) -> dict:
     data = await file.read(16_000_001)
     if len(data) > 16_000_000:
         raise CustodyError("a PSBT upload is at most 16 MB")
     return _sign(request, spend_id, data)
 
 
-def _sign(request: Request, spend_id: int, data: bytes) -> dict:
+def _sign(request: Request, spend_id: Id, data: bytes) -> dict:
     with write(request) as s:
         return service.spend_sign(s, spend_id, data)
 
 
 @route(router, "POST", "/spends/{spend_id}/broadcast", "spend.operate")
-def broadcast(request: Request, spend_id: int) -> dict:
+def broadcast(request: Request, spend_id: Id) -> dict:
     with write(request) as s:
         return service.spend_broadcast(s, spend_id, client=node(request))
 
 
 @route(router, "POST", "/spends/{spend_id}/track", "spend.operate")
-def track(request: Request, spend_id: int, confirmations: int = Query(1, ge=1, le=1000)) -> dict:
+def track(request: Request, spend_id: Id, confirmations: int = Query(1, ge=1, le=1000)) -> dict:
     with write(request) as s:
         return service.spend_track(s, spend_id, client=node(request), confirmations=confirmations)
 
 
 @route(router, "POST", "/spends/{spend_id}/bump-fee", "spend.operate")
-def bump_fee(request: Request, spend_id: int, body: FeeIn) -> dict:
+def bump_fee(request: Request, spend_id: Id, body: FeeIn) -> dict:
     with write(request) as s:
         return service.spend_bump_fee(s, spend_id, client=node(request), fee_rate=body.fee_rate, cancel=body.cancel)
 
 
 @route(router, "POST", "/spends/{spend_id}/cpfp", "spend.operate", status_code=201)
-def cpfp(request: Request, spend_id: int, body: FeeIn) -> dict:
+def cpfp(request: Request, spend_id: Id, body: FeeIn) -> dict:
     with write(request) as s:
         return service.spend_cpfp(s, spend_id, client=node(request), fee_rate=body.fee_rate, requester=actor(request))
 
 
 @route(router, "POST", "/spends/{spend_id}/cancel", "spend.operate")
-def cancel(request: Request, spend_id: int) -> dict:
+def cancel(request: Request, spend_id: Id) -> dict:
     with write(request) as s:
         return service.spend_cancel(s, spend_id)
 
@@ -386,7 +388,7 @@ def check_psbt(request: Request, body: PsbtIn) -> dict:
 # -- event log -------------------------------------------------------------------------------------
 @route(router, "GET", "/log", "log.read")
 def log_entries(request: Request, subject: str | None = Query(None, max_length=200),
-                offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict:
+                offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(100, ge=1, le=1000)) -> dict:
     with read(request) as s:
         return service.log_entries(s, subject=subject, offset=offset, limit=limit)
 
@@ -477,7 +479,7 @@ def create_token(request: Request, body: TokenIn) -> dict:
 
 
 @route(router, "DELETE", "/tokens/{token_id}", "token.self", status_code=204)
-def revoke_token(request: Request, token_id: int):
+def revoke_token(request: Request, token_id: Id):
     p = request.state.principal
     with write(request) as s:
         accounts.revoke_token(s, token_id, by=s.get(accounts.User, p.user_id))

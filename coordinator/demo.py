@@ -93,10 +93,56 @@ def main() -> int:
                 print("\nUTXOs:")
                 table(ledger.list_utxos(s, policy), ["outpoint", "value", "state", "confirmations", "address"])
             spend_story(sessions, syncer, rpc)
+            pending_request(sessions)
+            accounts_ = demo_accounts(sessions)
+            if os.environ.get("DEMO_SERVE", "1") != "0":
+                serve_console(tmp, node, accounts_)
         finally:
             node.stop()
     print("\nnext: `custody --help` for keys, policies, sync, balances, UTXOs, freezing and BIP-329 labels")
     return 0
+
+
+DEMO_USERS = [("admin", "admin"), ("dana", "officer"), ("erin", "officer"), ("frank", "officer"),
+              ("alice", "signatory"), ("bob", "signatory"), ("carol", "signatory"), ("audrey", "auditor"),
+              ("victor", "viewer")]
+
+
+def pending_request(sessions) -> None:
+    """A second request left for the console: it waits in the officers' approvals queue."""
+    with sessions.begin() as s:
+        spend = spends.request_spend(s, registry.get_policy(s, "treasury"), "dana",
+                                     [(TestWallet("demo payroll").address(), 50_000_000)], fee_rate=2.0,
+                                     memo="payroll November")
+        print(f"\nspend #{spend.id}: dana requests 0.5 BTC for payroll; it waits for approval in the console")
+
+
+def demo_accounts(sessions) -> list[dict]:
+    """Console accounts for each role; passwords and TOTP secrets are printed once, as at enrolment."""
+    import secrets
+    from custody import accounts
+    made = []
+    with sessions.begin() as s:
+        for username, role in DEMO_USERS:
+            password = f"demo-{username}-" + secrets.token_hex(3)
+            _, secret = accounts.create_user(s, username, role, password, actor="demo")
+            made.append({"user": username, "role": role, "password": password, "totp_secret": secret or "-"})
+    return made
+
+
+def serve_console(tmp: str, node, made: list[dict]) -> None:
+    from coordinator.server import serve
+    port = int(os.environ.get("DEMO_PORT", "8000"))
+    print(f"\nthe web console: http://127.0.0.1:{port}/  (API docs at /docs; Ctrl-C stops the demo)")
+    print("demo accounts (admins and officers log in with a code from an authenticator app holding the secret,")
+    print("e.g. `python -c \"from custody.accounts import totp; print(totp('SECRET'))\"`):")
+    table(made, ["user", "role", "password", "totp_secret"])
+    sys.stdout.flush()
+    try:
+        serve(db_url=f"sqlite:///{tmp}/custody.db", node_url=node.url,
+              node_options={"cookie_file": str(node.cookie_file), "network": "regtest"}, port=port, sync_interval=2.0)
+    except KeyboardInterrupt:
+        pass
 
 
 def spend_story(sessions, syncer, rpc) -> None:
@@ -105,11 +151,11 @@ def spend_story(sessions, syncer, rpc) -> None:
         policy = registry.get_policy(s, "treasury")
         spends.set_approval_rule(s, policy, required_approvals=2, per_request_limit=20 * 100_000_000,
                                  daily_limit=50 * 100_000_000)
-        spend = spends.request_spend(s, policy, "Dana (treasury officer)", [(supplier, 2 * 100_000_000)],
+        spend = spends.request_spend(s, policy, "dana", [(supplier, 2 * 100_000_000)],
                                      fee_rate=2.0, memo="supplier invoice 2026-117")
         spend_id = spend.id
-    print(f"\nspend #{spend_id}: Dana requests 2 BTC to {supplier[:20]}… (rule: 2 approvals, 20 BTC per spend)")
-    for officer in ("Erin (controller)", "Frank (risk)"):
+    print(f"\nspend #{spend_id}: dana requests 2 BTC to {supplier[:20]}… (rule: 2 approvals, 20 BTC per spend)")
+    for officer in ("erin", "frank"):
         with sessions.begin() as s:
             state = spends.decide(s, spends.get_spend(s, spend_id), officer, True).state
         print(f"  approved by {officer:18} -> {state}")

@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
@@ -21,6 +21,7 @@ from custody.formats import FORMATS
 
 from . import charts
 from .auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, allowed, cookie_is_secure, identify, route
+from .api import Id
 from .context import actor, node, read, write
 
 router = APIRouter()
@@ -159,7 +160,7 @@ def _alerts(request: Request, s, pending: list[dict]) -> list[str]:
 # -- coins and history ---------------------------------------------------------------------------
 @route(router, "GET", "/utxos", "ledger.read", page=True)
 def utxos_page(request: Request, policy: str = "", state: str = "", q: str = "", sort: str = "height",
-               order: str = "desc", page: int = 1, flash: str = ""):
+               order: str = "desc", page: int = Query(1, ge=1, le=100_000), flash: str = ""):
     page = max(page, 1)
     with read(request) as s:
         result = service.utxo_page(s, policy=policy or None, states=[state] if state else None, search=q or None,
@@ -273,7 +274,7 @@ def approvals_page(request: Request):
     return render(request, "approvals.html", rows=rows)
 
 
-def _spend_context(request: Request, s, spend_id: int) -> dict:
+def _spend_context(request: Request, s, spend_id: Id) -> dict:
     spend = service.spend_show(s, spend_id)
     policy = registry.get_policy(s, spend["policy"])
     tip = ledger.tip_height(s)
@@ -287,7 +288,7 @@ def _spend_context(request: Request, s, spend_id: int) -> dict:
 
 
 @route(router, "GET", "/spends/{spend_id}", "spend.read", page=True)
-def spend_page(request: Request, spend_id: int, flash: str = ""):
+def spend_page(request: Request, spend_id: Id, flash: str = ""):
     with read(request) as s:
         context = _spend_context(request, s, spend_id)
         qr_frames = []
@@ -299,7 +300,7 @@ def spend_page(request: Request, spend_id: int, flash: str = ""):
 
 
 @route(router, "GET", "/spends/{spend_id}/timeline", "spend.read", page=True)
-def spend_timeline(request: Request, spend_id: int):
+def spend_timeline(request: Request, spend_id: Id):
     """The part of the spend page that live-updates."""
     with read(request) as s:
         context = _spend_context(request, s, spend_id)
@@ -307,49 +308,49 @@ def spend_timeline(request: Request, spend_id: int):
 
 
 @route(router, "POST", "/spends/{spend_id}/approve", "spend.decide", page=True)
-def approve(request: Request, spend_id: int):
+def approve(request: Request, spend_id: Id):
     with write(request) as s:
         service.spend_decide(s, spend_id, officer=actor(request), approve=True)
     return back(f"/spends/{spend_id}", flash="approved")
 
 
 @route(router, "POST", "/spends/{spend_id}/reject", "spend.decide", page=True)
-def reject(request: Request, spend_id: int):
+def reject(request: Request, spend_id: Id):
     with write(request) as s:
         service.spend_decide(s, spend_id, officer=actor(request), approve=False)
     return back(f"/spends/{spend_id}", flash="rejected")
 
 
 @route(router, "POST", "/spends/{spend_id}/psbt", "spend.operate", page=True)
-def make_psbt(request: Request, spend_id: int):
+def make_psbt(request: Request, spend_id: Id):
     with write(request) as s:
         service.spend_psbt(s, spend_id, client=node(request))
     return back(f"/spends/{spend_id}", flash="PSBT ready for signers")
 
 
 @route(router, "POST", "/spends/{spend_id}/signatures", "psbt.upload", page=True)
-async def upload(request: Request, spend_id: int, file: UploadFile = File(...)):
+async def upload(request: Request, spend_id: Id, file: UploadFile = File(...)):
     data = await file.read(16_000_001)
     if len(data) > 16_000_000:
         raise CustodyError("a PSBT upload is at most 16 MB")
     return _upload(request, spend_id, data)
 
 
-def _upload(request: Request, spend_id: int, data: bytes):
+def _upload(request: Request, spend_id: Id, data: bytes):
     with write(request) as s:
         result = service.spend_sign(s, spend_id, data)
     return back(f"/spends/{spend_id}", flash=f"signature from {', '.join(result['new_signers'])} added")
 
 
 @route(router, "POST", "/spends/{spend_id}/broadcast", "spend.operate", page=True)
-def broadcast(request: Request, spend_id: int):
+def broadcast(request: Request, spend_id: Id):
     with write(request) as s:
         result = service.spend_broadcast(s, spend_id, client=node(request))
     return back(f"/spends/{spend_id}", flash=f"broadcast {result['txid']}")
 
 
 @route(router, "POST", "/spends/{spend_id}/cancel", "spend.operate", page=True)
-def cancel(request: Request, spend_id: int):
+def cancel(request: Request, spend_id: Id):
     with write(request) as s:
         service.spend_cancel(s, spend_id)
     return back(f"/spends/{spend_id}", flash="cancelled")
@@ -373,7 +374,7 @@ def policy_page(request: Request, name: str):
 
 
 @route(router, "GET", "/log", "log.read", page=True)
-def log_page(request: Request, page: int = 1, subject: str = ""):
+def log_page(request: Request, page: int = Query(1, ge=1, le=100_000), subject: str = ""):
     page = max(page, 1)
     with read(request) as s:
         status = service.log_status(s)
@@ -404,7 +405,7 @@ def create_token(request: Request, name: str = Form(max_length=100), role: str =
 
 
 @route(router, "POST", "/account/tokens/{token_id}/revoke", "token.self", page=True)
-def revoke_token(request: Request, token_id: int):
+def revoke_token(request: Request, token_id: Id):
     with write(request) as s:
         accounts.revoke_token(s, token_id, by=s.get(accounts.User, request.state.principal.user_id))
     return back("/account")
