@@ -126,9 +126,9 @@ def utxo_page(session: Session, *, policy: Policy | None = None, states: list[st
     total = session.scalar(count)
     order = {"height": [Utxo.height, Utxo.id], "value": [Utxo.value, Utxo.id], "outpoint": [Utxo.txid, Utxo.vout]}[sort]
     order = [c.desc() for c in order] if descending else order
-    if sort == "height":      # unconfirmed coins are the newest
-        order.insert(0, Utxo.height.is_(None) if descending else Utxo.height.is_not(None))
-        order[0] = order[0].desc() if descending else order[0]
+    if sort == "height":      # unconfirmed coins are the newest: last going up, first going down
+        unconfirmed = Utxo.height.is_(None)
+        order.insert(0, unconfirmed.desc() if descending else unconfirmed)
     rows = session.execute(query.order_by(*order).offset(offset).limit(limit)).all()
     outpoints = [f"{u.txid}:{u.vout}" for u, *_ in rows]
     labels = {}
@@ -148,10 +148,12 @@ def utxo_page(session: Session, *, policy: Policy | None = None, states: list[st
 
 
 def _search_condition(session: Session, text: str):
-    pattern = text.lower().replace("%", "").replace("_", "") + "%"
+    """Outpoint or address prefix, or a label containing the text; LIKE wildcards in it are literal."""
+    literal = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     labelled = session.execute(select(Label.type, Label.ref).where(
-        Label.type.in_(("output", "addr")), func.lower(Label.label).like("%" + pattern))).all()[:500]
-    matches = [Utxo.txid.like(pattern), Address.address.like(text.replace("%", "").replace("_", "") + "%")]
+        Label.type.in_(("output", "addr")),
+        func.lower(Label.label).like("%" + literal.lower() + "%", escape="\\")).limit(500)).all()
+    matches = [Utxo.txid.like(literal.lower() + "%", escape="\\"), Address.address.like(literal + "%", escape="\\")]
     for type_, ref in labelled:
         if type_ == "addr":
             matches.append(Address.address == ref)
