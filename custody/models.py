@@ -148,10 +148,8 @@ class Utxo(Base):
     frozen: Mapped[bool] = mapped_column(Boolean, default=False)
     freeze_reason: Mapped[str | None] = mapped_column(Text)
     reserved_by: Mapped[str | None] = mapped_column(String(64))
-    __table_args__ = (UniqueConstraint("txid", "vout"), Index("ix_utxos_spent", "policy_id", "spent_txid"),
-                      Index("ix_utxos_policy_value", "policy_id", "value"),
-                      Index("ix_utxos_policy_height", "policy_id", "height"),
-                      Index("ix_utxos_value", "value"), Index("ix_utxos_height", "height"))
+    # migration 0004 adds partial indexes over unspent coins for the console's sorted pages
+    __table_args__ = (UniqueConstraint("txid", "vout"), Index("ix_utxos_spent", "policy_id", "spent_txid"))
 
 
 class Label(Base):

@@ -54,16 +54,27 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index('ix_login_sessions_user_id', 'login_sessions', ['user_id'])
-    # the console pages through 100,000 coins sorted by value or height
-    op.create_index('ix_utxos_policy_value', 'utxos', ['policy_id', 'value'])
-    op.create_index('ix_utxos_policy_height', 'utxos', ['policy_id', 'height'])
-    op.create_index('ix_utxos_value', 'utxos', ['value'])
-    op.create_index('ix_utxos_height', 'utxos', ['height'])
+    # The console pages through 100,000 coins by value, height (unconfirmed as newest: the same
+    # expression as custody.ledger.HEIGHT_KEY) or outpoint, for all policies or one: partial indexes over
+    # unspent coins cover each order, so even a deep page is read from an index alone.
+    unspent = sa.text('spent_txid IS NULL')
+    height = sa.text('coalesce(height, 2147483647)')
+    state = ['height', 'coinbase', 'frozen', 'reserved_by']      # what a coin's state is computed from
+    for prefix, columns in (('', []), ('policy_', ['policy_id'])):
+        for order, keys in (('value', ['value', 'id']), ('height', [height, 'id']), ('outpoint', ['txid', 'vout'])):
+            op.create_index(f'ix_utxos_unspent_{prefix}{order}', 'utxos', columns + keys + state,
+                            sqlite_where=unspent, postgresql_where=unspent)
+    # (no separate indexes on the state columns: SQLite, without statistics, would prefer them to these)
+    op.create_index('ix_utxos_address_id', 'utxos', ['address_id'])        # searches by address
+    op.create_index('ix_addresses_address', 'addresses', ['address'])
 
 
 def downgrade() -> None:
-    for name in ('ix_utxos_height', 'ix_utxos_value', 'ix_utxos_policy_height', 'ix_utxos_policy_value'):
-        op.drop_index(name, table_name='utxos')
+    op.drop_index('ix_addresses_address', table_name='addresses')
+    op.drop_index('ix_utxos_address_id', table_name='utxos')
+    for prefix in ('', 'policy_'):
+        for order in ('value', 'height', 'outpoint'):
+            op.drop_index(f'ix_utxos_unspent_{prefix}{order}', table_name='utxos')
     op.drop_index('ix_login_sessions_user_id', table_name='login_sessions')
     op.drop_table('login_sessions')
     op.drop_index('ix_api_tokens_user_id', table_name='api_tokens')
