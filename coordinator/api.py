@@ -399,6 +399,18 @@ def log_verify(request: Request) -> dict:
         return service.log_status(s)
 
 
+class LogFileIn(Strict):
+    jsonl: str = Field(max_length=100_000_000, description="an exported log (JSON Lines)")
+    keys: list[Annotated[str, Field(pattern="^[0-9a-f]{64}$")]] | None = Field(
+        None, max_length=20, description="accepted coordinator public keys (hex); default: this coordinator's")
+
+
+@route(router, "POST", "/log/verify", "log.read")
+def log_verify_file(request: Request, body: LogFileIn) -> dict:
+    """Verify an exported copy of the log, as `custody log verify --file` does; 400 names the first problem."""
+    return service.log_verify(None, keys=set(body.keys) if body.keys else None, jsonl=body.jsonl)
+
+
 @route(router, "GET", "/log/export", "log.read", response_class=PlainTextResponse)
 def log_export(request: Request):
     with read(request) as s:

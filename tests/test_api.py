@@ -321,6 +321,13 @@ def test_spend_lifecycle_over_the_api(service, vault, rpc, other_address):
     assert [e["kind"] for e in shown["timeline"]] == ["spend.requested", "spend.approved", "psbt.created",
                                                       "psbt.signed", "psbt.signed", "spend.broadcast", "spend.confirmed"]
     assert service.call("GET", "/api/log/verify", "aude").json()["ok"] is True
+    exported = service.call("GET", "/api/log/export", "aude").text
+    checked = service.call("POST", "/api/log/verify", "aude", json={"jsonl": exported})
+    assert checked.status_code == 200 and checked.json()["entries"] == exported.count("\n")
+    edited = exported.replace('"kind":"spend.approved"', '"kind":"spend.rejected"')
+    assert edited != exported
+    refused = service.call("POST", "/api/log/verify", "aude", json={"jsonl": edited})
+    assert refused.status_code == 400 and "verification failed" in refused.json()["detail"]
 
     metrics = _metrics(service)
     assert metrics[("custody_spends", (("state", "confirmed"),))] == 1
