@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from custody import accounts, service
@@ -191,8 +191,9 @@ def utxos(request: Request, policy: str | None = None, state: Annotated[list[Sta
           order: Literal["asc", "desc"] = "asc", offset: int = Query(0, ge=0, le=10_000_000),
           limit: int = Query(50, ge=1, le=1000)) -> dict:
     with read(request) as s:
-        return service.utxo_page(s, policy=policy, states=state, search=q, sort=sort, descending=order == "desc",
+        page = service.utxo_page(s, policy=policy, states=state, search=q, sort=sort, descending=order == "desc",
                                  offset=offset, limit=limit)
+    return JSONResponse(page)      # plain JSON already: skip FastAPI's slower re-encoding of 1,000 rows
 
 
 class FreezeIn(Strict):

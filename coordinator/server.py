@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 from custody.db import open_database
 from custody.jsonlog import setup_json_logging
@@ -31,5 +32,16 @@ def serve(*, db_url: str | None, node_url: str, node_options: dict, host: str = 
     os.environ[_CONFIG_ENV] = json.dumps({"db_url": db_url, "node_url": node_url, "node_options": node_options,
                                           "sync_interval": sync_interval})
     setup_json_logging()
-    uvicorn.run("coordinator.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_config=None, access_log=False, proxy_headers=True, ssl_certfile=tls_cert, ssl_keyfile=tls_key)
+    config = uvicorn.Config("coordinator.server:app_from_environment", factory=True, host=host, port=port,
+                            workers=workers, log_config=None, access_log=False, proxy_headers=True,
+                            ssl_certfile=tls_cert, ssl_keyfile=tls_key)
+    if workers <= 1:
+        uvicorn.Server(config).run()
+        return
+    # Several processes share one listening socket. uvicorn binds it with protocol 0, so asyncio in the
+    # workers does not recognise it as TCP and never sets TCP_NODELAY: every response then waits ~40 ms
+    # for a delayed ACK. Re-opening the descriptor lets the kernel report IPPROTO_TCP.
+    from uvicorn.supervisors import Multiprocess
+    sock = config.bind_socket()
+    sock = socket.socket(fileno=sock.detach())
+    Multiprocess(config, sockets=[sock]).run()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import and_, false, func, literal_column, not_, or_, select, true
+from sqlalchemy import and_, case, false, func, literal_column, not_, or_, select, true
 from sqlalchemy.orm import Session
 
 from .errors import CustodyError, NotFound
@@ -52,16 +52,22 @@ class Balance:
 
 
 def balances(session: Session, policy: Policy | None = None) -> list[Balance]:
+    """Sums per policy and coin state, added up by the database (a ledger may hold 100,000 coins)."""
     tip = tip_height(session)
+    young = Utxo.height > (tip if tip is not None else 0) - COINBASE_MATURITY + 1
+    state = case((Utxo.frozen == true(), "frozen"), (Utxo.reserved_by.is_not(None), "reserved"),
+                 (Utxo.height.is_(None), "unconfirmed"), (and_(Utxo.coinbase == true(), young), "immature"),
+                 else_="confirmed")
     query = select(Policy).order_by(Policy.id) if policy is None else select(Policy).where(Policy.id == policy.id)
-    result = []
-    for p in session.scalars(query):
-        balance = Balance(p.name)
-        for utxo in session.scalars(select(Utxo).where(Utxo.policy_id == p.id, Utxo.spent_txid.is_(None))):
-            state = utxo_state(utxo, tip)
-            setattr(balance, state, getattr(balance, state) + utxo.value)
-        result.append(balance)
-    return result
+    policies = list(session.scalars(query))
+    sums = select(Utxo.policy_id, state, func.sum(Utxo.value)).where(Utxo.spent_txid.is_(None))
+    if policy is not None:
+        sums = sums.where(Utxo.policy_id == policy.id)
+    found: dict[int, Balance] = {p.id: Balance(p.name) for p in policies}
+    for policy_id, coin_state, total in session.execute(sums.group_by(Utxo.policy_id, state)):
+        if policy_id in found:
+            setattr(found[policy_id], coin_state, getattr(found[policy_id], coin_state) + int(total))
+    return [found[p.id] for p in policies]
 
 
 def list_utxos(session: Session, policy: Policy, *, states: tuple[str, ...] | None = None,

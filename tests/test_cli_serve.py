@@ -59,7 +59,7 @@ def test_accounts_and_tokens_from_the_cli_then_served(node, db, tmp_path):
     port = free_port()
     env = {**os.environ, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
     server = subprocess.Popen([sys.executable, "-m", "custody.cli", "serve", "--db", db, "--node", node.url,
-                               "--port", str(port), "--sync-interval", "0.5"],
+                               "--port", str(port), "--workers", "2", "--sync-interval", "0.5"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"

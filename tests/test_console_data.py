@@ -66,6 +66,10 @@ def test_each_state_filter_matches_the_ledgers_own_state(ledger_db):
             assert all(r["state"] == state for r in page["rows"])
         unspent = ledger.utxo_page(s, limit=1000)
         assert unspent["total"] == sum(1 for r in everything if r["state"] != "spent")
+        for balance in ledger.balances(s):          # summed by the database, as the ledger states them
+            for state in ("confirmed", "unconfirmed", "immature", "frozen", "reserved"):
+                assert getattr(balance, state) == sum(r["value"] for r in everything
+                                                      if r["policy"] == balance.policy and r["state"] == state)
 
 
 @pytest.mark.parametrize("sort", ["value", "height", "outpoint"])
