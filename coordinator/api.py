@@ -6,6 +6,8 @@ core becomes 400 (404 for something that does not exist), and the transaction is
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
@@ -182,6 +184,24 @@ def history(request: Request, name: str) -> list[dict]:
         return service.history(s, name)
 
 
+class _RecentTotals:
+    """Counts remembered for a second, per process."""
+
+    def __init__(self, seconds: float = 1.0):
+        self.seconds, self.values, self.lock = seconds, {}, threading.Lock()
+
+    def get(self, key) -> int | None:
+        found = self.values.get(key)
+        return found[1] if found and time.monotonic() - found[0] < self.seconds else None
+
+    def put(self, key, total: int) -> None:
+        with self.lock:
+            if len(self.values) > 10_000:
+                self.values.clear()
+            self.values[key] = (time.monotonic(), total)
+
+
+_totals = _RecentTotals()
 State = Literal["unconfirmed", "confirmed", "immature", "frozen", "reserved", "spent"]
 
 
@@ -190,9 +210,13 @@ def utxos(request: Request, policy: str | None = None, state: Annotated[list[Sta
           q: str | None = Query(None, max_length=100), sort: Literal["height", "value", "outpoint"] = "height",
           order: Literal["asc", "desc"] = "asc", offset: int = Query(0, ge=0, le=10_000_000),
           limit: int = Query(50, ge=1, le=1000)) -> dict:
+    """One page of coins. `total` is counted at most once a second per filter and process: paging
+    through 100,000 coins needs each page's rows, not a fresh count of all of them."""
+    key = (policy, tuple(state or ()), q)
     with read(request) as s:
         page = service.utxo_page(s, policy=policy, states=state, search=q, sort=sort, descending=order == "desc",
-                                 offset=offset, limit=limit)
+                                 offset=offset, limit=limit, known_total=_totals.get(key))
+    _totals.put(key, page["total"])
     return JSONResponse(page)      # plain JSON already: skip FastAPI's slower re-encoding of 1,000 rows
 
 

@@ -20,7 +20,8 @@ def tip_height(session: Session) -> int | None:
     return session.scalar(select(func.max(Block.height)))
 
 
-def utxo_state(utxo: Utxo, tip: int | None) -> str:
+def utxo_state(utxo, tip: int | None) -> str:
+    """`utxo`: a Utxo, or any row with its spent_txid, frozen, reserved_by, height and coinbase."""
     if utxo.spent_txid is not None:
         return "spent"
     if utxo.frozen:
@@ -114,9 +115,10 @@ _ORDER = {"height": (HEIGHT_KEY, Utxo.id), "value": (Utxo.value, Utxo.id), "outp
 
 def utxo_page(session: Session, *, policy: Policy | None = None, states: list[str] | tuple[str, ...] | None = None,
               search: str | None = None, sort: str = "height", descending: bool = False, offset: int = 0,
-              limit: int = 50) -> dict:
+              limit: int = 50, known_total: int | None = None) -> dict:
     """One page of coins, filtered and sorted by the database: {"total", "rows"}. Without `states`,
-    every unspent coin. `search` matches an outpoint or address prefix, or a label."""
+    every unspent coin. `search` matches an outpoint or address prefix, or a label. A caller that
+    already knows the total for these filters passes it as `known_total` to skip counting."""
     if sort not in SORTS:
         raise CustodyError(f"sort by one of {', '.join(SORTS)}, not {sort!r}")
     if not 1 <= limit <= 1000 or offset < 0:
@@ -129,32 +131,33 @@ def utxo_page(session: Session, *, policy: Policy | None = None, states: list[st
     if policy is not None:
         conditions.append(Utxo.policy_id == policy.id)
     conditions.append(or_(*(_state_condition(st, tip) for st in states)) if states else Utxo.spent_txid.is_(None))
-    ids = select(Utxo.id)
     if search and search.strip():
         conditions.append(_search_condition(session, search.strip()))
-    ids = ids.where(*conditions)
-    total = session.scalar(select(func.count()).select_from(ids.subquery()))
+    ids = select(Utxo.id).where(*conditions)
+    total = known_total if known_total is not None else session.scalar(select(func.count()).select_from(ids.subquery()))
     order = [c.desc() for c in _ORDER[sort]] if descending else list(_ORDER[sort])
     page = session.scalars(ids.order_by(*order).offset(offset).limit(limit)).all()
-    found = {utxo.id: (utxo, address, branch, index, name) for utxo, address, branch, index, name in session.execute(
-        select(Utxo, Address.address, Address.branch, Address.index, Policy.name)
+    # plain rows (no ORM objects): this runs for every page a console or a script asks for
+    found = {row.id: row for row in session.execute(
+        select(Utxo.id, Utxo.txid, Utxo.vout, Utxo.value, Utxo.height, Utxo.coinbase, Utxo.spent_txid, Utxo.frozen,
+               Utxo.freeze_reason, Utxo.reserved_by, Address.address, Address.branch, Address.index,
+               Policy.name.label("policy"))
         .join(Address, Utxo.address_id == Address.id).join(Policy, Policy.id == Utxo.policy_id)
-        .where(Utxo.id.in_(page))) } if page else {}
+        .where(Utxo.id.in_(page)))} if page else {}
     rows = [found[i] for i in page]
-    outpoints = [f"{u.txid}:{u.vout}" for u, *_ in rows]
     labels = {}
     if rows:
-        refs = outpoints + [address for _, address, *_ in rows]
-        labels = {(l.type, l.ref): l.label for l in session.scalars(
-            select(Label).where(Label.type.in_(("output", "addr")), Label.ref.in_(refs)))}
+        refs = [f"{r.txid}:{r.vout}" for r in rows] + [r.address for r in rows]
+        labels = dict(((t, ref), text) for t, ref, text in session.execute(
+            select(Label.type, Label.ref, Label.label).where(Label.type.in_(("output", "addr")), Label.ref.in_(refs))))
     out = []
-    for (utxo, address, branch, index, policy_name), outpoint in zip(rows, outpoints):
-        out.append({"outpoint": outpoint, "policy": policy_name, "value": utxo.value, "state": utxo_state(utxo, tip),
-                    "height": utxo.height,
-                    "confirmations": tip - utxo.height + 1 if utxo.height is not None and tip is not None else 0,
-                    "address": address, "branch": branch, "index": index, "coinbase": utxo.coinbase,
-                    "freeze_reason": utxo.freeze_reason,
-                    "label": labels.get(("output", outpoint)) or labels.get(("addr", address))})
+    for r in rows:
+        outpoint = f"{r.txid}:{r.vout}"
+        out.append({"outpoint": outpoint, "policy": r.policy, "value": r.value, "state": utxo_state(r, tip),
+                    "height": r.height, "confirmations": tip - r.height + 1 if r.height is not None and tip is not None else 0,
+                    "address": r.address, "branch": r.branch, "index": r.index, "coinbase": r.coinbase,
+                    "freeze_reason": r.freeze_reason,
+                    "label": labels.get(("output", outpoint)) or labels.get(("addr", r.address))})
     return {"total": total, "offset": offset, "limit": limit, "rows": out}
 
 
