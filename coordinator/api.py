@@ -345,7 +345,7 @@ def reject(request: Request, spend_id: Id) -> dict:
 @route(router, "POST", "/spends/{spend_id}/psbt", "spend.operate")
 def make_psbt(request: Request, spend_id: Id, v2: bool = False) -> dict:
     with write(request) as s:
-        return {"id": spend_id, "psbt": service.spend_psbt(s, spend_id, client=node(request), v2=v2)}
+        return {"id": spend_id, "psbt": service.spend_psbt(s, spend_id, client=node(request), v2=v2, actor=actor(request))}
 
 
 @route(router, "GET", "/spends/{spend_id}/psbt", "psbt.download")
@@ -368,13 +368,13 @@ async def upload_signatures(request: Request, spend_id: Id, file: UploadFile = F
 
 def _sign(request: Request, spend_id: Id, data: bytes) -> dict:
     with write(request) as s:
-        return service.spend_sign(s, spend_id, data)
+        return service.spend_sign(s, spend_id, data, actor=actor(request))
 
 
 @route(router, "POST", "/spends/{spend_id}/broadcast", "spend.operate")
 def broadcast(request: Request, spend_id: Id) -> dict:
     with write(request) as s:
-        return service.spend_broadcast(s, spend_id, client=node(request))
+        return service.spend_broadcast(s, spend_id, client=node(request), actor=actor(request))
 
 
 @route(router, "POST", "/spends/{spend_id}/track", "spend.operate")
@@ -386,7 +386,8 @@ def track(request: Request, spend_id: Id, confirmations: int = Query(1, ge=1, le
 @route(router, "POST", "/spends/{spend_id}/bump-fee", "spend.operate")
 def bump_fee(request: Request, spend_id: Id, body: FeeIn) -> dict:
     with write(request) as s:
-        return service.spend_bump_fee(s, spend_id, client=node(request), fee_rate=body.fee_rate, cancel=body.cancel)
+        return service.spend_bump_fee(s, spend_id, client=node(request), fee_rate=body.fee_rate, cancel=body.cancel,
+                                      actor=actor(request))
 
 
 @route(router, "POST", "/spends/{spend_id}/cpfp", "spend.operate", status_code=201)
@@ -398,7 +399,7 @@ def cpfp(request: Request, spend_id: Id, body: FeeIn) -> dict:
 @route(router, "POST", "/spends/{spend_id}/cancel", "spend.operate")
 def cancel(request: Request, spend_id: Id) -> dict:
     with write(request) as s:
-        return service.spend_cancel(s, spend_id)
+        return service.spend_cancel(s, spend_id, actor=actor(request))
 
 
 class PsbtIn(Strict):

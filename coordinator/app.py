@@ -120,7 +120,9 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired):
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        from urllib.parse import quote
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
 
     @app.exception_handler(AuthError)
     async def auth_refused(request: Request, exc: AuthError):

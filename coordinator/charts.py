@@ -30,6 +30,9 @@ def balance_line(points: list[dict], title: str = "Confirmed balance by block he
         return _empty(title)
     heights = [p["height"] for p in points]
     values = [p["balance"] for p in points]
+    marks = list(zip(heights, values))
+    if len(points) == 1:          # one change so far: the balance has held since, so draw a level line
+        heights, values = heights + [heights[0] + 1], values + values
     x0, x1 = min(heights), max(heights)
     top = max(max(values), 1)
     inner_w, inner_h = WIDTH - PAD_LEFT - PAD_RIGHT, HEIGHT - PAD_TOP - PAD_BOTTOM
@@ -48,9 +51,9 @@ def balance_line(points: list[dict], title: str = "Confirmed balance by block he
             f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + 4}" text-anchor="end">{btc(top)}</text>'
             f'<text x="{PAD_LEFT - 6}" y="{HEIGHT - PAD_BOTTOM}" text-anchor="end">0</text>'
             f'<text x="{PAD_LEFT}" y="{HEIGHT - 12}">block {x0}</text>'
-            f'<text x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 12}" text-anchor="end">block {x1}</text>')
+            f'<text x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 12}" text-anchor="end">{f"block {x1}" if len(points) > 1 else "now"}</text>')
     dots = "".join(f'<circle cx="{x(h):.1f}" cy="{y(v):.1f}" r="2.5"><title>block {h}: {btc(v)} BTC</title></circle>'
-                   for h, v in zip(heights, values))
+                   for h, v in marks)
     return _frame(axes + f'<path d="{"".join(path)}" class="line"/>' + dots, title)
 
 

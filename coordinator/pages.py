@@ -6,6 +6,7 @@ permission table. Pages show what a role may do, but the server enforces it eith
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from pathlib import Path
 from urllib.parse import urlencode
@@ -27,6 +28,8 @@ from .context import actor, node, read, write
 router = APIRouter()
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 templates.env.filters["btc"] = charts.btc
+# JSON as text (autoescaping makes it safe for HTML), not Jinja's tojson, which writes < as \u003c
+templates.env.filters["json_text"] = lambda value: json.dumps(value, ensure_ascii=False, sort_keys=True)
 PENDING = ("requested", "approved", "signing", "signed", "broadcast")
 PAGE_SIZE = 50
 
@@ -324,7 +327,7 @@ def reject(request: Request, spend_id: Id):
 @route(router, "POST", "/spends/{spend_id}/psbt", "spend.operate", page=True)
 def make_psbt(request: Request, spend_id: Id):
     with write(request) as s:
-        service.spend_psbt(s, spend_id, client=node(request))
+        service.spend_psbt(s, spend_id, client=node(request), actor=actor(request))
     return back(f"/spends/{spend_id}", flash="PSBT ready for signers")
 
 
@@ -338,21 +341,21 @@ async def upload(request: Request, spend_id: Id, file: UploadFile = File(...)):
 
 def _upload(request: Request, spend_id: Id, data: bytes):
     with write(request) as s:
-        result = service.spend_sign(s, spend_id, data)
+        result = service.spend_sign(s, spend_id, data, actor=actor(request))
     return back(f"/spends/{spend_id}", flash=f"signature from {', '.join(result['new_signers'])} added")
 
 
 @route(router, "POST", "/spends/{spend_id}/broadcast", "spend.operate", page=True)
 def broadcast(request: Request, spend_id: Id):
     with write(request) as s:
-        result = service.spend_broadcast(s, spend_id, client=node(request))
+        result = service.spend_broadcast(s, spend_id, client=node(request), actor=actor(request))
     return back(f"/spends/{spend_id}", flash=f"broadcast {result['txid']}")
 
 
 @route(router, "POST", "/spends/{spend_id}/cancel", "spend.operate", page=True)
 def cancel(request: Request, spend_id: Id):
     with write(request) as s:
-        service.spend_cancel(s, spend_id)
+        service.spend_cancel(s, spend_id, actor=actor(request))
     return back(f"/spends/{spend_id}", flash="cancelled")
 
 

@@ -478,7 +478,7 @@ def _spend_decide(args):
 
 def _spend_psbt(args):
     with _sessions(args).begin() as s:
-        text = service.spend_psbt(s, args.id, client=_client(args), v2=args.v2)
+        text = service.spend_psbt(s, args.id, client=_client(args), v2=args.v2, actor=args.actor)
     if args.out:
         import base64
         Path(args.out).write_bytes(base64.b64decode(text))
@@ -489,12 +489,12 @@ def _spend_psbt(args):
 def _spend_sign(args):
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     with _sessions(args).begin() as s:
-        return service.spend_sign(s, args.id, data)
+        return service.spend_sign(s, args.id, data, actor=args.actor)
 
 
 def _spend_broadcast(args):
     with _sessions(args).begin() as s:
-        return service.spend_broadcast(s, args.id, client=_client(args))
+        return service.spend_broadcast(s, args.id, client=_client(args), actor=args.actor)
 
 
 def _spend_track(args):
@@ -504,7 +504,8 @@ def _spend_track(args):
 
 def _spend_bump(args):
     with _sessions(args).begin() as s:
-        return service.spend_bump_fee(s, args.id, client=_client(args), fee_rate=args.fee_rate, cancel=args.cancel)
+        return service.spend_bump_fee(s, args.id, client=_client(args), fee_rate=args.fee_rate, cancel=args.cancel,
+                                      actor=args.actor)
 
 
 def _spend_cpfp(args):
@@ -519,7 +520,7 @@ def _spend_show(args):
 
 def _spend_cancel(args):
     with _sessions(args).begin() as s:
-        return service.spend_cancel(s, args.id)
+        return service.spend_cancel(s, args.id, actor=args.actor)
 
 
 def _spend_list(args):

@@ -255,27 +255,29 @@ def spend_decide(s: Session, spend_id: int, *, officer: str, approve: bool) -> d
     return spends.summary(s, spends.decide(s, spends.get_spend(s, spend_id), officer, approve))
 
 
-def spend_psbt(s: Session, spend_id: int, *, client: NodeClient | None, v2: bool = False) -> str:
+def spend_psbt(s: Session, spend_id: int, *, client: NodeClient | None, v2: bool = False,
+               actor: str = "coordinator") -> str:
     """The spend's PSBT (base64), made first if the spend is approved and has none yet."""
     spend = spends.get_spend(s, spend_id)
     if spend.psbt is None:
         if client is None:
             raise CustodyError(f"spend #{spend_id} has no PSBT yet")
-        spends.create_psbt(s, spend, client, version=2 if v2 else 0)
+        spends.create_psbt(s, spend, client, version=2 if v2 else 0, actor=actor)
     return spend.psbt
 
 
-def spend_sign(s: Session, spend_id: int, data: bytes | str) -> dict:
+def spend_sign(s: Session, spend_id: int, data: bytes | str, *, actor: str | None = None) -> dict:
+    """Merge an uploaded signed PSBT; the log names who uploaded it (`actor`) and the keys that signed."""
     spend = spends.get_spend(s, spend_id)
-    signers = spends.add_signatures(s, spend, data)
+    signers = spends.add_signatures(s, spend, data, actor=actor)
     if not signers:
         raise CustodyError("the uploaded PSBT adds no new signature")
     return {**spends.summary(s, spend), "new_signers": signers}
 
 
-def spend_broadcast(s: Session, spend_id: int, *, client: NodeClient) -> dict:
+def spend_broadcast(s: Session, spend_id: int, *, client: NodeClient, actor: str = "coordinator") -> dict:
     spend = spends.get_spend(s, spend_id)
-    spends.broadcast(s, spend, client)
+    spends.broadcast(s, spend, client, actor=actor)
     return spends.summary(s, spend)
 
 
@@ -283,8 +285,10 @@ def spend_track(s: Session, spend_id: int, *, client: NodeClient, confirmations:
     return spends.summary(s, spends.track(s, spends.get_spend(s, spend_id), client, confirmations))
 
 
-def spend_bump_fee(s: Session, spend_id: int, *, client: NodeClient, fee_rate: float, cancel: bool = False) -> dict:
-    return spends.summary(s, spends.bump_fee(s, spends.get_spend(s, spend_id), client, fee_rate, cancel=cancel))
+def spend_bump_fee(s: Session, spend_id: int, *, client: NodeClient, fee_rate: float, cancel: bool = False,
+                   actor: str = "coordinator") -> dict:
+    return spends.summary(s, spends.bump_fee(s, spends.get_spend(s, spend_id), client, fee_rate, cancel=cancel,
+                                             actor=actor))
 
 
 def spend_cpfp(s: Session, spend_id: int, *, client: NodeClient, fee_rate: float, requester: str) -> dict:
@@ -295,8 +299,8 @@ def spend_show(s: Session, spend_id: int) -> dict:
     return spends.summary(s, spends.get_spend(s, spend_id))
 
 
-def spend_cancel(s: Session, spend_id: int) -> dict:
-    return spends.summary(s, spends.cancel(s, spends.get_spend(s, spend_id)))
+def spend_cancel(s: Session, spend_id: int, *, actor: str = "coordinator") -> dict:
+    return spends.summary(s, spends.cancel(s, spends.get_spend(s, spend_id), actor=actor))
 
 
 def spend_list(s: Session, *, policy: str | None = None, states: list[str] | None = None) -> list[dict]:

@@ -256,7 +256,8 @@ def fee_preview(session: Session, policy: Policy, destinations: list[tuple[str, 
             "fee": fee, "change": change, "vsize": int(-(-vsize // 1))}
 
 
-def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: int = 0) -> Spend:
+def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: int = 0,
+                actor: str = "coordinator") -> Spend:
     """Build the PSBT once the spend is approved and any delay has passed; reserve its coins."""
     if spend.state != "approved":
         raise CustodyError(f"spend #{spend.id} is {spend.state}; a PSBT is made for approved spends only")
@@ -292,7 +293,7 @@ def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: 
         utxo.reserved_by = f"spend:{spend.id}"
     spend.psbt = built.psbt.to_string()
     spend.fee, spend.change_index, spend.state = built.fee, built.change_index, "signing"
-    _record_psbt(session, spend, "psbt.created", built)
+    _record_psbt(session, spend, "psbt.created", built, actor)
     return spend
 
 
@@ -303,7 +304,7 @@ def _record_psbt(session: Session, spend: Spend, kind: str, built, actor: str = 
             "fee": built.fee, "change": built.change, "psbt_sha256": hashlib.sha256(built.psbt.serialize()).hexdigest()})
 
 
-def add_signatures(session: Session, spend: Spend, upload: bytes | str) -> list[str]:
+def add_signatures(session: Session, spend: Spend, upload: bytes | str, *, actor: str | None = None) -> list[str]:
     """Verify and merge an uploaded signed PSBT; returns the fingerprints that newly signed."""
     if spend.state not in ("signing", "signed"):
         raise CustodyError(f"spend #{spend.id} is {spend.state}; it is not collecting signatures")
@@ -324,12 +325,12 @@ def add_signatures(session: Session, spend: Spend, upload: bytes | str) -> list[
             row.inputs_signed = count
     if is_complete(result.psbt, policy.threshold):
         spend.state = "signed"
-    record(session, "psbt.signed", ",".join(sorted(result.signers)), f"spend:{spend.id}",
+    record(session, "psbt.signed", actor or ",".join(sorted(result.signers)), f"spend:{spend.id}",
            {"signatures": len(result.new_signatures), "signers": sorted(result.signers), "complete": spend.state == "signed"})
     return sorted(result.signers)
 
 
-def broadcast(session: Session, spend: Spend, client: NodeClient) -> str:
+def broadcast(session: Session, spend: Spend, client: NodeClient, *, actor: str = "coordinator") -> str:
     if spend.state != "signed":
         raise CustodyError(f"spend #{spend.id} is {spend.state}; only fully signed spends are broadcast")
     policy = session.get(Policy, spend.policy_id)
@@ -342,7 +343,7 @@ def broadcast(session: Session, spend: Spend, client: NodeClient) -> str:
     except RPCError as e:
         raise CustodyError(f"broadcast failed: {e.message}") from None
     spend.state, spend.broadcast_at = "broadcast", _now()
-    record(session, "spend.broadcast", "coordinator", f"spend:{spend.id}", {"txid": spend.txid, "fee": spend.fee})
+    record(session, "spend.broadcast", actor, f"spend:{spend.id}", {"txid": spend.txid, "fee": spend.fee})
     return spend.txid
 
 
@@ -369,7 +370,8 @@ def track(session: Session, spend: Spend, client: NodeClient, confirmations: int
     return spend
 
 
-def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float, *, cancel: bool = False) -> Spend:
+def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float, *, cancel: bool = False,
+             actor: str = "coordinator") -> Spend:
     """Replace an unconfirmed broadcast (BIP-125 / full RBF): the same coins at a higher fee rate,
     paying the same destinations (approvals stand), or with `cancel` everything back to the
     policy's own change address. Signatures are collected again."""
@@ -417,7 +419,7 @@ def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float
         spend.memo = f"{spend.memo or ''} [cancelled: coins returned to the policy]".strip()
         spend.destinations = json.dumps([{"address": change.address, "amount": built.psbt.tx.vout[0].value}])
     session.execute(SpendSignature.__table__.delete().where(SpendSignature.spend_id == spend.id))
-    _record_psbt(session, spend, "spend.cancel_by_replacement" if cancel else "spend.fee_bumped", built)
+    _record_psbt(session, spend, "spend.cancel_by_replacement" if cancel else "spend.fee_bumped", built, actor)
     return spend
 
 
@@ -471,12 +473,12 @@ def _release(session: Session, spend: Spend) -> None:
         utxo.reserved_by = None
 
 
-def cancel(session: Session, spend: Spend) -> Spend:
+def cancel(session: Session, spend: Spend, *, actor: str = "coordinator") -> Spend:
     if spend.state not in ("requested", "approved", "signing", "signed"):
         raise CustodyError(f"spend #{spend.id} is {spend.state}; it can no longer be cancelled here")
     spend.state = "cancelled"
     _release(session, spend)
-    record(session, "spend.cancelled", "coordinator", f"spend:{spend.id}", {})
+    record(session, "spend.cancelled", actor, f"spend:{spend.id}", {})
     return spend
 
 

@@ -1,19 +1,29 @@
 """The console end to end in a real browser (Debian's Chromium, headless, driven by Playwright) against
-`custody serve` running as its own process on the embedded node: an officer logs in with TOTP and
-requests a spend, a second officer approves it, two signatories download the PSBT, sign it on their
-"devices" and upload it, the officer broadcasts, and the page updates itself when a block confirms it.
-Screenshots of the main pages are written to docs/screenshots/ (shown in the README)."""
+`custody serve` running as its own process on the module's regtest node.
+
+An officer logs in with TOTP and requests a spend (after previewing its fee), a second officer approves
+it and makes the PSBT, two signatories download it, sign it on their "devices" and upload it, the first
+officer broadcasts, and the open spend page follows the transaction to its first confirmation by itself.
+On the way: a wrong TOTP code keeps an officer out, and a signatory can neither see nor use Approve.
+Screenshots of the main pages are written to docs/screenshots/ (the README shows them).
+
+One flow, run once, on SQLite (not the `db_url` fixture, which also runs PostgreSQL).
+"""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from embit import bip32
+from embit.networks import NETWORKS
 from embit.psbt import PSBT
 
 from custody import accounts, registry, spends
@@ -24,87 +34,158 @@ from regtest.launcher import free_port
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys, mine_coins
-from .test_custody_spends import device
 
 CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+REQUIRED = bool(os.environ.get("CUSTODY_REQUIRE_BROWSER"))
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 PASSWORD = "correct horse battery staple"
-SEED = 7100
-PAYEE = TestWallet("e2e payee")
+SEED = 7100                       # hd_keys(3, seed_base=SEED): devices "test device 7100" … 7102
+PAYEE = TestWallet("payee")
+LIVE_TIMEOUT = 20_000             # ms: the page polls every 2 s, the service syncs every 0.5 s
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CUSTODY_REQUIRE_BROWSER"),
-                                reason="Debian's chromium is not installed (make test installs it)")
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and not REQUIRED,
+                                reason=f"no Chromium at {CHROMIUM} (install Debian's chromium, or set "
+                                       "CUSTODY_REQUIRE_BROWSER to make this a failure)")
 
 
+def device(n: int) -> bip32.HDKey:
+    """The root key of test device n, as conftest.hd_keys derives its account key."""
+    return bip32.HDKey.from_seed(hashlib.sha256(f"test device {n}".encode()).digest(),
+                                 version=NETWORKS["regtest"]["xprv"])
+
+
+SIGNERS = {"carol": device(SEED), "dave": device(SEED + 1)}   # the third device stays in the safe
+
+
+# -- the service -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def served(node, rpc, wallet, tmp_path_factory, other_address):
-    """A funded 2-of-3 policy with a one-approval rule, people for each role, and `custody serve`."""
-    db = f"sqlite:///{tmp_path_factory.mktemp('e2e')}/custody.db"
+def served(node, rpc, wallet, other_address, tmp_path_factory):
+    """`custody serve` on a fresh database: an active, funded 2-of-3 policy with a one-approval rule,
+    and people in each role. Yields (base URL, {username: TOTP secret})."""
+    home = tmp_path_factory.mktemp("e2e")
+    db = f"sqlite:///{home / 'c.db'}"
     sessions = open_database(db)
-    secrets_ = {}
     spec = build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=SEED))
+    secrets_ = {}
     with sessions.begin() as s:
-        for name, role in [("alice", "officer"), ("bob", "officer"), ("carol", "signatory"), ("dave", "signatory"),
-                           ("audrey", "auditor")]:
+        for name, role in [("alice", "officer"), ("bob", "officer"), ("carol", "signatory"),
+                           ("dave", "signatory"), ("audrey", "auditor")]:
             secrets_[name] = accounts.create_user(s, name, role, PASSWORD)[1]
         policy = registry.create_policy(s, "treasury", spec)
         registry.set_status(s, policy, "active")
         spends.set_approval_rule(s, policy, required_approvals=1)
+    assert secrets_["alice"] and secrets_["bob"] and not secrets_["carol"] and not secrets_["dave"]
+
+    # one matured coinbase (height 101) pays three policy addresses; heights stay far below 150
     [coin] = mine_coins(rpc, wallet, 1)
-    outputs = [(spec.embit(0).derive(i).script_pubkey().data, v) for i, v in enumerate((150_000_000, 250_000_000, 80_000_000))]
-    rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 480_002_000)]))
+    values = (150_000_000, 250_000_000, 80_000_000)
+    outputs = [(spec.embit(0).derive(i).script_pubkey().data, v) for i, v in enumerate(values)]
+    rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - sum(values) - 2_000)]))
     rpc.generatetoaddress(1, other_address)
     Syncer(sessions, rpc).sync_once()
+    sessions.kw["bind"].dispose()
+
     port = free_port()
-    log = open(tmp_path_factory.mktemp("e2e-log") / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "custody.cli", "--node-cookie", str(node.cookie_file), "serve",
-                               "--db", db, "--node", node.url, "--port", str(port), "--sync-interval", "0.5"],
-                              stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(150):
+    log_path = home / "serve.log"
+    custody = Path(sys.executable).with_name("custody")
+    command = ([str(custody)] if custody.exists() else [sys.executable, "-m", "custody.cli"]) + [
+        "--node-cookie", str(node.cookie_file), "--network", "regtest", "serve", "--db", db, "--node", node.url,
+        "--port", str(port), "--sync-interval", "0.5"]
+    # the same CUSTODY_HOME as this process (conftest sets it): one event-log signing key for both
+    env = {**os.environ, "CUSTODY_HOME": os.environ["CUSTODY_HOME"]}
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_healthy(base, server, log_path)
+        yield base, secrets_
+    finally:
+        server.terminate()
         try:
-            urllib.request.urlopen(base + "/health", timeout=2)
-            break
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=15)
+
+
+def _wait_healthy(base: str, server: subprocess.Popen, log_path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"custody serve exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
         except OSError:
-            time.sleep(0.1)
-    yield base, secrets_
-    server.terminate()
-    server.wait(timeout=20)
-    log.close()
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"custody serve did not answer /health with 200 in {timeout} s:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"CUSTODY_REQUIRE_BROWSER is set but there is no Chromium at {CHROMIUM}")
+    if REQUIRED:
+        from playwright.sync_api import sync_playwright
+    else:
+        sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
 
-def fresh_code(secret: str, used: set[str]) -> str:
-    """A TOTP code not used before: each is accepted once, so wait for the next 30-second step."""
-    while (code := accounts.totp(secret)) in used:
-        time.sleep(1)
-    used.add(code)
-    return code
+# -- what a person does ----------------------------------------------------------------------------
+class Codes:
+    """Current TOTP codes. The service takes each 30-second step once per user (and one step of drift
+    either way), so a second login within the same step uses the next step's code, or waits."""
+
+    def __init__(self, secrets_: dict[str, str]):
+        self.secrets, self.last_step = secrets_, {}
+
+    def __call__(self, user: str) -> str:
+        while True:
+            current = int(time.time() // accounts.TOTP_STEP)
+            step = max(current, self.last_step.get(user, -1) + 1)
+            if step <= current + 1:
+                self.last_step[user] = step
+                return accounts.totp(self.secrets[user], at=step * accounts.TOTP_STEP)
+            time.sleep(1)
+
+    def wrong(self, user: str) -> str:
+        """A code the service would refuse now: none of the steps around the current one."""
+        now = time.time()
+        valid = {accounts.totp(self.secrets[user], now, step_offset=k) for k in (-2, -1, 0, 1, 2)}
+        return next(c for c in ("000000", "123456", "999999", "424242") if c not in valid)
 
 
-def login(page, base: str, user: str, code: str | None = None) -> None:
-    page.goto(base + "/login")
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", PASSWORD)
-    if code:
-        page.fill("input[name=code]", code)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r".*/$"))
+def login(page, user: str, password: str, code: str | None = None) -> None:
+    page.goto("/login")
+    page.get_by_label("Username").fill(user)
+    page.get_by_label("Password").fill(password)
+    if code is not None:
+        page.get_by_label("Authenticator code").fill(code)
+    page.get_by_role("button", name="Log in").click()
 
 
 def logout(page) -> None:
-    page.click("header button:has-text('Log out')")
-    page.wait_for_url(re.compile(r".*/login$"))
+    page.locator("header").get_by_role("button", name="Log out").click()
+    page.wait_for_url(re.compile(r"/login$"))
+
+
+def sign_file(path: Path, key: bip32.HDKey) -> Path:
+    """What a signing device does: sign every input whose derivations name this key's fingerprint."""
+    psbt = PSBT.parse(path.read_bytes())
+    named = {d.fingerprint for inp in psbt.inputs for d in inp.bip32_derivations.values()}
+    assert key.my_fingerprint in named, f"the PSBT does not ask {key.my_fingerprint.hex()} to sign"
+    assert psbt.sign_with(key) == len(psbt.inputs)
+    signed = path.with_name(f"{path.stem}-signed-{key.my_fingerprint.hex()}.psbt")
+    signed.write_bytes(psbt.serialize())
+    return signed
 
 
 def shot(page, name: str) -> None:
@@ -112,108 +193,122 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
-def sign_download(page, seed: int, tmp_path: Path) -> Path:
-    """Download the PSBT as the signatory would, and sign it with their device's key."""
-    with page.expect_download() as download:
-        page.click("#download-psbt")
-    unsigned = tmp_path / f"unsigned-{seed}.psbt"
-    download.value.save_as(unsigned)
-    psbt = PSBT.parse(unsigned.read_bytes())
-    psbt.sign_with(device(seed))
-    signed = tmp_path / f"signed-{seed}.psbt"
-    signed.write_bytes(psbt.serialize())
-    return signed
-
-
-def test_a_spend_from_request_to_confirmation_in_the_browser(served, browser, rpc, other_address, tmp_path):
+# -- the flow --------------------------------------------------------------------------------------
+def test_a_spend_from_request_to_confirmation_in_the_browser(browser, served, rpc, other_address, tmp_path):
     from playwright.sync_api import expect
     base, secrets_ = served
-    used: set[str] = set()
-    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    code = Codes(secrets_)
+    context = browser.new_context(base_url=base, viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    home = re.compile(re.escape(base) + r"/$")
+    state = page.locator("#spend-state")
 
-    # a wrong second factor keeps an officer out
-    page.goto(base + "/login")
-    page.fill("input[name=username]", "alice")
-    page.fill("input[name=password]", PASSWORD)
-    page.fill("input[name=code]", "000000" if accounts.totp(secrets_["alice"]) != "000000" else "111111")
-    page.click("button[type=submit]")
-    expect(page.locator(".error")).to_contain_text("wrong username, password or code")
-    assert page.url.endswith("/login")
+    # a wrong authenticator code keeps an officer out
+    login(page, "alice", PASSWORD, code.wrong("alice"))
+    expect(page.get_by_role("alert")).to_contain_text("wrong username, password or code")
+    assert urllib.parse.urlparse(page.url).path == "/login"
 
-    # alice requests a spend, with a fee preview first
-    login(page, base, "alice", fresh_code(secrets_["alice"], used))
+    # alice logs in and looks around
+    login(page, "alice", PASSWORD, code("alice"))
+    expect(page).to_have_url(home)
     expect(page.locator("#balances")).to_contain_text("treasury")
     expect(page.locator("#balances")).to_contain_text("4.80")
     shot(page, "dashboard")
-    page.goto(base + "/utxos?sort=value&order=desc")
+    page.goto("/utxos?sort=value&order=desc")
     expect(page.locator("#utxo-count")).to_contain_text("3 coins")
     shot(page, "utxos")
-    page.goto(base + "/spends/new")
-    page.fill("input[name=address]", PAYEE.address())
-    page.fill("input[name=amount]", "1.2")
-    page.fill("input[name=fee_rate]", "2")
-    page.fill("input[name=memo]", "Supplier invoice 2026-311")
-    page.click("button[value=preview]")
-    expect(page.locator("#fee-preview")).to_contain_text("sat at 2.0 sat/vB")
+
+    # she asks to pay 1.2 BTC at 2 sat/vB, previewing the fee first
+    page.goto("/spends/new")
+    page.get_by_label("Address").fill(PAYEE.address())
+    page.get_by_label("Amount").fill("1.2")
+    page.get_by_label("Fee rate (sat/vB)").fill("2")
+    page.get_by_label("Memo").fill("Supplier invoice 2026-311")
+    page.get_by_role("button", name="Preview fee").click()
+    expect(page.locator("#fee-preview")).to_contain_text(re.compile(r"Fee\s*[\d,]+ sat at 2\.0 sat/vB"))
     shot(page, "spend-request")
-    page.click("button[value=request]")
-    page.wait_for_url(re.compile(r".*/spends/\d+.*"))
-    spend_url = page.url.split("?")[0]
-    expect(page.locator("#spend-state")).to_have_text("requested")
+    page.get_by_role("button", name="Submit request").click()
+    page.wait_for_url(re.compile(r"/spends/\d+(\?.*)?$"))
+    spend_path = urllib.parse.urlparse(page.url).path
+    expect(state).to_have_text("requested")
+    logout(page)
+
+    # carol, a signatory, is not offered Approve, and the service refuses it when she asks anyway
+    login(page, "carol", PASSWORD)
+    expect(page).to_have_url(home)
+    page.goto(spend_path)
+    expect(state).to_have_text("requested")
+    expect(page.get_by_role("button", name="Approve")).to_have_count(0)
+    csrf = page.locator("meta[name=csrf-token]").get_attribute("content")
+    refused = page.request.post(spend_path + "/approve", form={"csrf_token": csrf})
+    assert refused.status == 403
+    assert "signatory role may not" in refused.text()
+    page.reload()
+    expect(state).to_have_text("requested")
     logout(page)
 
     # bob approves it and makes the PSBT for the signers
-    login(page, base, "bob", fresh_code(secrets_["bob"], used))
-    page.goto(base + "/approvals")
+    login(page, "bob", PASSWORD, code("bob"))
+    expect(page).to_have_url(home)
+    page.goto("/approvals")
     expect(page.locator("#approvals")).to_contain_text("alice")
+    expect(page.locator("#approvals")).to_contain_text("1.20")
     shot(page, "approvals")
-    page.click("#approvals button:has-text('Approve')")
-    expect(page.locator("#spend-state")).to_have_text("approved")
-    page.click("button:has-text('Make PSBT for signers')")
-    expect(page.locator("#spend-state")).to_have_text("signing")
+    page.locator("#approvals").get_by_role("button", name="Approve").click()
+    expect(state).to_have_text("approved")
+    page.get_by_role("button", name="Make PSBT for signers").click()
+    expect(state).to_have_text("signing")
+    expect(page.locator("#signature-count")).to_have_text("0 of 2")
     logout(page)
 
-    # carol and dave sign on their devices and upload; carol may not approve
-    for n, user in enumerate(("carol", "dave")):
-        login(page, base, user)
-        page.goto(spend_url)
-        assert page.locator("button:has-text('Approve')").count() == 0
+    # carol and dave each download the PSBT, sign it on their device and upload it
+    for n, user in enumerate(("carol", "dave"), start=1):
+        key = SIGNERS[user]
+        login(page, user, PASSWORD)
+        expect(page).to_have_url(home)
+        page.goto(spend_path)
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download PSBT").click()
+        unsigned = tmp_path / f"{user}-{download.value.suggested_filename}"
+        download.value.save_as(unsigned)
+        page.locator("#upload-form input[type=file]").set_input_files(str(sign_file(unsigned, key)))
+        page.get_by_role("button", name="Upload signatures").click()
+        expect(page.locator(".flash")).to_have_text(f"signature from {key.my_fingerprint.hex()} added")
+        expect(page.locator("#signature-count")).to_have_text(f"{n} of 2")
         if user == "carol":
-            forbidden = page.request.post(spend_url + "/approve", form={"csrf_token": page.locator(
-                "meta[name=csrf-token]").get_attribute("content")})
-            assert forbidden.status == 403
-        signed = sign_download(page, SEED + n, tmp_path)
-        page.set_input_files("#upload-form input[name=file]", str(signed))
-        page.click("#upload-form button[type=submit]")
-        expect(page.locator(".flash")).to_contain_text(f"signature from {device(SEED + n).my_fingerprint.hex()} added")
-        expect(page.locator("#signature-count")).to_have_text(f"{n + 1} of 2")
-        if user == "carol":
-            expect(page.locator("figure.qr img").first).to_be_visible()
+            expect(state).to_have_text("signing")
+            expect(page.locator("figure.qr img:visible")).to_have_count(1)       # the animated QR
             shot(page, "spend-signing")
+        else:
+            expect(state).to_have_text("signed")
         logout(page)
 
     # bob broadcasts; a block is mined and the open page shows the confirmation by itself
-    login(page, base, "bob", fresh_code(secrets_["bob"], used))
-    page.goto(spend_url)
-    expect(page.locator("#spend-state")).to_have_text("signed")
-    page.click("button:has-text('Broadcast')")
-    expect(page.locator("#spend-state")).to_have_text("broadcast")
-    txid = page.locator("#txid").inner_text()
-    assert txid in rpc.getrawmempool()
+    login(page, "bob", PASSWORD, code("bob"))
+    expect(page).to_have_url(home)
+    page.goto(spend_path)
+    expect(state).to_have_text("signed")
+    page.get_by_role("button", name="Broadcast").click()
+    expect(state).to_have_text("broadcast")
+    txid = page.locator("#txid").inner_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", txid) and txid in rpc.getrawmempool()
     rpc.generatetoaddress(1, other_address)
-    expect(page.locator("#spend-state")).to_have_text("confirmed", timeout=30_000)
-    expect(page.locator("#confirmations")).to_have_text("1 confirmation", timeout=30_000)
+    expect(state).to_have_text("confirmed", timeout=LIVE_TIMEOUT)
+    expect(page.locator("#confirmations")).to_have_text("1 confirmation", timeout=LIVE_TIMEOUT)
     expect(page.locator(".timeline")).to_contain_text("spend.confirmed")
+    expect(page.locator(".timeline")).to_contain_text(txid)
     shot(page, "spend-confirmed")
-    page.goto(base + "/policies/treasury")
+    page.goto("/policies/treasury")
     expect(page.locator("#exports")).to_contain_text("coldcard")
     shot(page, "policy")
     logout(page)
 
-    # the auditor sees the whole story in a verified log
-    login(page, base, "audrey")
-    page.goto(base + "/log")
+    # the auditor reads the whole story in a verified log
+    login(page, "audrey", PASSWORD)
+    expect(page).to_have_url(home)
+    page.goto("/log")
     expect(page.locator("#log-status")).to_contain_text("Integrity verified")
-    expect(page.locator("#log")).to_contain_text("spend.confirmed")
+    for kind in ("spend.requested", "spend.approved", "psbt.signed", "spend.broadcast", "spend.confirmed"):
+        expect(page.locator("#log")).to_contain_text(kind)
     shot(page, "audit-log")
-    page.close()
+    context.close()

@@ -9,10 +9,11 @@ function csrfToken() {
 // A spend's timeline refreshes itself until the spend reaches a final state.
 function followTimeline(box) {
   const url = box.dataset.live;
-  const finalStates = ["confirmed", "rejected", "cancelled", "replaced"];
+  const ended = ["rejected", "cancelled", "replaced"];
   async function poll() {
     const current = box.querySelector(".timeline");
-    if (current && finalStates.includes(current.dataset.state) && Number(current.dataset.confirmations) >= 6) return;
+    if (current && (ended.includes(current.dataset.state) ||
+        (current.dataset.state === "confirmed" && Number(current.dataset.confirmations) >= 6))) return;
     try {
       const response = await fetch(url, { credentials: "same-origin", headers: { "accept": "text/html" } });
       if (response.ok) {
@@ -24,8 +25,8 @@ function followTimeline(box) {
             fresh.querySelectorAll("li").length !== current.querySelectorAll("li").length)) {
           current.replaceWith(fresh);
           if (fresh.dataset.state !== current.dataset.state) {
-            // actions available depend on the state: show them
-            window.location.reload();
+            // the actions offered depend on the state: show them (without repeating an old message)
+            window.location.replace(window.location.pathname);
             return;
           }
         }
