@@ -320,6 +320,11 @@ def test_spend_lifecycle_over_the_api(service, vault, rpc, other_address):
     shown = service.call("GET", f"/api/spends/{sid}", "aude").json()
     assert [e["kind"] for e in shown["timeline"]] == ["spend.requested", "spend.approved", "psbt.created",
                                                       "psbt.signed", "psbt.signed", "spend.broadcast", "spend.confirmed"]
+    actors = {e["kind"]: e["actor"] for e in shown["timeline"]}     # the log names who acted
+    assert actors["spend.requested"] == "olga" and actors["spend.approved"] == "omar"
+    assert actors["psbt.created"] == "omar" and actors["spend.broadcast"] == "omar"
+    assert [(e["actor"], e["data"]["signers"]) for e in shown["timeline"] if e["kind"] == "psbt.signed"] == [
+        ("sina", [device(vault).my_fingerprint.hex()]), ("sam", [device(vault + 1).my_fingerprint.hex()])]
     assert service.call("GET", "/api/log/verify", "aude").json()["ok"] is True
     exported = service.call("GET", "/api/log/export", "aude").text
     checked = service.call("POST", "/api/log/verify", "aude", json={"jsonl": exported})
