@@ -96,6 +96,12 @@ def test_other_networks_use_their_own_addresses():
 
 
 # -- across the parallel/in-process threshold -----------------------------------------------------
+def _expected_method() -> str:
+    """fork when the test process runs one thread; earlier tests in the same run may leave idle worker
+    threads (anyio's thread pool, used by the web service's tests), and then forkserver is right."""
+    return "fork" if threading.active_count() == 1 else "forkserver"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("branch", [0, 1])
 def test_parallel_path_is_embits_derivation(kind, branch, monkeypatch, count_pools):
@@ -106,7 +112,7 @@ def test_parallel_path_is_embits_derivation(kind, branch, monkeypatch, count_poo
     for end, workers in ((118, 2), (119, 2), (120, 2), (160, 2), (160, 3)):   # 19, 20, 21 and 61 indexes
         assert derive_scripts(spec, branch, 100, end, workers=workers) == reference[:end - 99]
     assert derive_addresses(spec, branch, 100, 160, workers=2) == embit_addresses(spec, branch, range(100, 161))
-    assert count_pools == ["fork"] * 5      # 19 indexes stayed in this process
+    assert count_pools == [_expected_method()] * 5      # 19 indexes stayed in this process
 
 
 @pytest.mark.parametrize("size", [derive.PARALLEL_THRESHOLD - 1, derive.PARALLEL_THRESHOLD,
@@ -118,7 +124,7 @@ def test_at_the_real_threshold(size, count_pools):
     parallel = derive_addresses(spec, 0, start, end, workers=2)
     in_process = derive_addresses(spec, 0, start, end, workers=1)
     assert parallel == in_process and len(parallel) == size and len(set(parallel)) == size
-    assert count_pools == ([] if size < derive.PARALLEL_THRESHOLD else ["fork"])
+    assert count_pools == ([] if size < derive.PARALLEL_THRESHOLD else [_expected_method()])
     sample = sorted({0, 1, size // 2, size - 2, size - 1} | set(range(0, size, 97)))
     assert [parallel[i] for i in sample] == embit_addresses(spec, 0, [start + i for i in sample])
 
