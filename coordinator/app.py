@@ -91,6 +91,8 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         # times longer; a short FIFO queue serves them in order and keeps the slowest close to the median.
         import anyio.to_thread
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS_PER_PROCESS
+        from custody.db import refresh_statistics
+        refresh_statistics(sessions.kw["bind"])
         watcher = Watcher(sessions, node, sync_interval) if sync_interval > 0 else None
         if watcher:
             watcher.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from sqlalchemy import select
 
@@ -11,6 +12,9 @@ from custody import service
 from custody.spend_models import Spend
 
 log = logging.getLogger("coordinator.watcher")
+
+
+STATISTICS_EVERY = 600.0     # seconds between refreshes of the database's planner statistics
 
 
 class Watcher:
@@ -40,7 +44,15 @@ class Watcher:
                 service.spend_track(s, spend_id, client=client)
 
     def _loop(self) -> None:
+        from custody.db import refresh_statistics
+        statistics_due = time.monotonic() + STATISTICS_EVERY
         while not self.stop_event.is_set():
+            if time.monotonic() >= statistics_due:
+                statistics_due = time.monotonic() + STATISTICS_EVERY
+                try:
+                    refresh_statistics(self.sessions.kw["bind"])
+                except Exception as e:
+                    log.warning("statistics refresh failed: %s", e)
             try:
                 self.tick()
                 if self.last_error:

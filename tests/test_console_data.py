@@ -133,3 +133,19 @@ def test_balance_chart_and_amount_formatting():
     assert svg.count("<circle") == 3 and "block 101" in svg and "block 200" in svg and "3.00" in svg
     assert "no data yet" in charts.balance_line([]) and "no data yet" in charts.value_histogram([])
     assert "&lt;script&gt;" in charts.balance_line([], title="<script>")      # titles are escaped
+
+
+def test_a_rare_state_is_found_from_its_own_index(ledger_db, db_url):
+    """With statistics (the service refreshes them at start and every ten minutes), SQLite answers a
+    filter on frozen coins from their small partial index instead of scanning every unspent coin."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL keeps its own statistics (autovacuum)")
+    from sqlalchemy import text
+    from custody.db import refresh_statistics
+    from custody.ledger import _ORDER, _state_condition
+    refresh_statistics(ledger_db.kw["bind"])
+    with ledger_db() as s:
+        query = select(Utxo.id).where(_state_condition("frozen", TIP)).order_by(*_ORDER["height"]).limit(50)
+        sql = str(query.compile(s.bind, compile_kwargs={"literal_binds": True}))
+        plan = " ".join(row[-1] for row in s.execute(text("EXPLAIN QUERY PLAN " + sql)))
+        assert "ix_utxos_frozen" in plan, plan

@@ -64,7 +64,14 @@ def upgrade() -> None:
         for order, keys in (('value', ['value', 'id']), ('height', [height, 'id']), ('outpoint', ['txid', 'vout'])):
             op.create_index(f'ix_utxos_unspent_{prefix}{order}', 'utxos', columns + keys + state,
                             sqlite_where=unspent, postgresql_where=unspent)
-    # (no separate indexes on the state columns: SQLite, without statistics, would prefer them to these)
+    # The rare states get partial indexes of their own (a plain index on a state column would be
+    # preferred by SQLite, without statistics, even for the common states, and scanned in full).
+    op.create_index('ix_utxos_frozen', 'utxos', ['id'], sqlite_where=sa.text('frozen = 1'),
+                    postgresql_where=sa.text('frozen'))
+    op.create_index('ix_utxos_reserved', 'utxos', ['id'], sqlite_where=sa.text('reserved_by IS NOT NULL'),
+                    postgresql_where=sa.text('reserved_by IS NOT NULL'))
+    op.create_index('ix_utxos_unconfirmed', 'utxos', ['id'], sqlite_where=sa.text('height IS NULL'),
+                    postgresql_where=sa.text('height IS NULL'))
     op.create_index('ix_utxos_address_id', 'utxos', ['address_id'])        # searches by address
     op.create_index('ix_addresses_address', 'addresses', ['address'])
 
@@ -72,6 +79,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index('ix_addresses_address', table_name='addresses')
     op.drop_index('ix_utxos_address_id', table_name='utxos')
+    for name in ('ix_utxos_frozen', 'ix_utxos_reserved', 'ix_utxos_unconfirmed'):
+        op.drop_index(name, table_name='utxos')
     for prefix in ('', 'policy_'):
         for order in ('value', 'height', 'outpoint'):
             op.drop_index(f'ix_utxos_unspent_{prefix}{order}', table_name='utxos')
