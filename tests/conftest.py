@@ -56,6 +56,13 @@ def mine_coins(rpc, wallet: TestWallet, count: int, *, kind: str = "wpkh", matur
     return coins
 
 
+def fund_policy(rpc, wallet: TestWallet, coin: Utxo, spec, miner_address: str) -> None:
+    """Pay 1, 2 and 3 BTC from a matured coin to the policy's first three receive addresses; mine it."""
+    outputs = [(spec.embit(0).derive(i).script_pubkey().data, 100_000_000 * (i + 1)) for i in range(3)]
+    rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 600_002_000)]))
+    rpc.generatetoaddress(1, miner_address)
+
+
 def utxo_of(rpc, txid: str, vout: int) -> Utxo:
     out = rpc.getrawtransaction(txid, True)["vout"][vout]
     return Utxo(txid, vout, int(out["value"] * 100_000_000), bytes.fromhex(out["scriptPubKey"]["hex"]))

@@ -23,7 +23,7 @@ from custody.policies import build_policy
 from custody.sync import Syncer
 from regtest.testwallet import TestWallet
 
-from .conftest import hd_keys, mine_coins
+from .conftest import fund_policy, hd_keys, mine_coins
 from .test_custody_spends import device
 
 PASSWORD = "correct horse battery staple"
@@ -242,10 +242,7 @@ def vault(service, rpc, wallet, coins, other_address):
         registry.set_status(s, policy, "active")
     rule = service.call("PUT", "/api/policies/vault/approval-rule", "root", json={"approvals": 1, "daily": "5"})
     assert rule.status_code == 200, rule.text
-    coin = coins.pop()
-    outputs = [(spec.embit(0).derive(i).script_pubkey().data, 100_000_000 * (i + 1)) for i in range(3)]
-    rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 600_002_000)]))
-    rpc.generatetoaddress(1, other_address)
+    fund_policy(rpc, wallet, coins.pop(), spec, other_address)
     assert service.call("POST", "/api/sync", "olga").status_code == 200
     return seed
 

@@ -13,7 +13,7 @@ from custody.db import open_database
 from custody.policies import build_policy
 from regtest.testwallet import TestWallet
 
-from .conftest import hd_keys, mine_coins
+from .conftest import fund_policy, hd_keys, mine_coins
 
 PASSWORD = "correct horse battery staple"
 PAYEE = TestWallet("pages payee")
@@ -38,10 +38,7 @@ def console(db_url, node, rpc, wallet, coins, other_address):
         registry.set_status(s, policy, "active")
         from custody import spends
         spends.set_approval_rule(s, policy, required_approvals=1)
-    coin = coins.pop()
-    outputs = [(spec.embit(0).derive(i).script_pubkey().data, 100_000_000 * (i + 1)) for i in range(3)]
-    rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 600_002_000)]))
-    rpc.generatetoaddress(1, other_address)
+    fund_policy(rpc, wallet, coins.pop(), spec, other_address)
     app = create_app(sessions, node_factory(node.url, cookie_file=node.cookie_file), sync_interval=0)
     with TestClient(app) as client:
         from custody import service

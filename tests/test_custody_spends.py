@@ -20,7 +20,7 @@ from custody.sync import Syncer
 from sqlalchemy import select
 from regtest.testwallet import TestWallet
 
-from .conftest import hd_keys, mine_coins
+from .conftest import fund_policy, hd_keys, mine_coins
 
 OTHER = TestWallet("payee")
 _seeds = iter(range(1000, 1300, 3))
@@ -46,10 +46,7 @@ def vault(db_url, rpc, wallet, coins, other_address):
         policy = registry.create_policy(s, "vault", spec)
         registry.set_status(s, policy, "active")
         spends.set_approval_rule(s, policy, required_approvals=2)
-    coin = coins.pop()
-    outputs = [(spec.embit(0).derive(i).script_pubkey().data, 100_000_000 * (i + 1)) for i in range(3)]
-    rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 600_002_000)]))
-    rpc.generatetoaddress(1, other_address)
+    fund_policy(rpc, wallet, coins.pop(), spec, other_address)
     syncer = Syncer(sessions, rpc)
     syncer.sync_once()
     return sessions, syncer, seed
