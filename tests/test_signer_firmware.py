@@ -71,3 +71,67 @@ def test_a_production_release_with_production_keys():
     with pytest.raises(fw.FirmwareError, match=r"2 valid release signature\(s\) from distinct trusted keys; 3 needed"):
         fw.verify_image(built, trusted_keys=trusted, threshold=3, model="custody-ref-1",
                         installed_version=(1, 4, 0), epoch_counter=2, production=True)
+
+
+# -- installing: two slots, self-test fallback, power loss at every step ---------------------------
+from custody_signer.flash import Flash, PowerLoss                      # noqa: E402
+
+STEPS = ["verified", "slot half written", "slot written", "boot record written, not yet renamed", "pending recorded",
+         "pending verified at boot"]
+
+
+def device(tmp_path, crash_at=None) -> Flash:
+    return Flash(tmp_path / "flash", model="custody-ref-1", trusted_keys=TRUSTED, threshold=2, production=False,
+                 crash_at=crash_at)
+
+
+def test_install_then_boot_into_the_new_slot(tmp_path):
+    flash = device(tmp_path)
+    flash.provision(image(version="1.3.2", epoch=2))
+    flash.install(image(version="1.4.0", epoch=3))
+    assert flash.installed().version == (1, 3, 2)                   # staged, not yet running
+    assert flash.boot().version == (1, 4, 0)
+    assert flash.record() == {"active": "b", "pending": None, "epoch_counter": 3}
+    with pytest.raises(fw.FirmwareError, match="not newer"):
+        flash.install(image(version="1.3.9", epoch=3))               # no downgrade once running 1.4.0
+    assert flash.boot().version == (1, 4, 0)
+
+
+def test_failed_self_test_falls_back(tmp_path):
+    flash = device(tmp_path)
+    flash.provision(image(version="1.3.2", epoch=2))
+    flash.install(image(version="1.4.0", epoch=3))
+    assert flash.boot(self_test=lambda payload: False).version == (1, 3, 2)
+    assert flash.record() == {"active": "a", "pending": None, "epoch_counter": 2}   # the counter did not rise
+
+
+def test_a_refused_image_leaves_the_flash_as_it_was(tmp_path):
+    flash = device(tmp_path)
+    flash.provision(image(version="1.3.2", epoch=2))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "flash").iterdir()}
+    for bad in (image(signers=KEYS[:1]), image(model="other-hw"), image(version="1.0.0"), image()[:-1]):
+        with pytest.raises(fw.FirmwareError):
+            flash.install(bad)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "flash").iterdir()} == before
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_power_loss_at_every_step_leaves_a_device_that_boots(tmp_path, step):
+    def crash_at(where):
+        if where == step and armed[0]:
+            armed[0] = False
+            raise PowerLoss(where)
+    armed = [False]
+    flash = device(tmp_path, crash_at)
+    flash.provision(image(version="1.3.2", epoch=2))
+    armed[0] = True
+    try:
+        flash.install(image(version="1.4.0", epoch=3))
+        flash.boot()
+    except PowerLoss:
+        pass
+    assert not armed[0], f"the install never reached step {step!r}"
+    running = device(tmp_path).boot()                    # power back: the device boots a verified image
+    assert running.version in ((1, 3, 2), (1, 4, 0))
+    assert device(tmp_path).boot().version == running.version         # and keeps booting it
+    assert device(tmp_path).record()["pending"] is None
