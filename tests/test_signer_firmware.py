@@ -135,3 +135,36 @@ def test_power_loss_at_every_step_leaves_a_device_that_boots(tmp_path, step):
     assert running.version in ((1, 3, 2), (1, 4, 0))
     assert device(tmp_path).boot().version == running.version         # and keeps booting it
     assert device(tmp_path).record()["pending"] is None
+
+
+# -- the command line --------------------------------------------------------------------------------
+def signer(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "custody_signer.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_build_sign_and_verify_from_the_command_line(tmp_path):
+    payload = tmp_path / "firmware.bin"
+    payload.write_bytes(PAYLOAD)
+    release = tmp_path / "release-1.key"
+    release.write_text(hashlib.sha256(b"release manager one").hexdigest())
+    releases_public = nacl.signing.SigningKey(bytes.fromhex(release.read_text())).verify_key.encode().hex()
+    first, second = tmp_path / "one.img", tmp_path / "two.img"
+    for out in (first, second):
+        built = signer("build-image", str(payload), "--model", "custody-ref-1", "--firmware-version", "1.4.0",
+                       "--epoch", "2", "--test-keys", "1", "--out", str(out))
+        assert built.returncode == 0, built.stderr
+    assert first.read_bytes() == second.read_bytes()                        # reproducible
+    verify = ["verify-image", str(first), "--threshold", "2", "--model", "custody-ref-1", "--installed-version",
+              "1.3.0", "--epoch-counter", "2"] + sum((["--trusted", k] for k in sorted(TRUSTED | {releases_public})), [])
+    refused = signer(*verify)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "custody-signer: error: 1 valid release signature(s) from distinct trusted keys; 2 needed")
+    assert signer("sign-image", str(first), "--key-file", str(release)).returncode == 0
+    accepted = signer(*verify)
+    assert accepted.returncode == 0 and '"version":"1.4.0"' in accepted.stdout
+    production = signer(*verify, "--production")
+    assert production.returncode == 1 and "refuses images built for test keys" in production.stderr
+    keys = signer("test-keys", "--count", "3").stdout.split()
+    assert set(keys) == TRUSTED
