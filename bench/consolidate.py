@@ -25,7 +25,7 @@ from embit.networks import NETWORKS  # noqa: E402
 from embit.psbt import PSBT  # noqa: E402
 
 from custody.derive import derive_scripts  # noqa: E402
-from custody.node_client import NodeClient  # noqa: E402
+from custody.node_client import NodeClient, btc_to_sats  # noqa: E402
 from custody.policies import build_policy  # noqa: E402
 from custody.psbt_builder import Coin, build_spend  # noqa: E402
 from custody.signatures import decode_psbt, finalize, is_complete, merge_upload  # noqa: E402
@@ -76,7 +76,7 @@ def core_consolidation(bitcoind: str, spec, tmp: str) -> dict[str, float]:
         block = rpc.generatetoaddress(1, miner.address())[0]
         rpc.generatetoaddress(100, TestWallet("miner").address())
         cb = rpc.getblock(block, 2)["tx"][0]
-        coin = Utxo(cb["txid"], 0, int(cb["vout"][0]["value"] * 100_000_000), miner.wpkh)
+        coin = Utxo(cb["txid"], 0, btc_to_sats(cb["vout"][0]["value"]), miner.wpkh)
         scripts = derive_scripts(spec, 0, 0, INPUTS - 1)
         rpc.sendrawtransaction(miner.sign([coin], [(spk, 100_000) for spk in scripts]
                                           + [(miner.wpkh, coin.value - 100_000 * INPUTS - 100_000)]), 0)
@@ -111,7 +111,7 @@ def main() -> None:
             block = rpc.generatetoaddress(1, wallet.address())[0]
             rpc.generatetoaddress(100, TestWallet("miner").address())
             cb = rpc.getblock(block, 2)["tx"][0]
-            coin = Utxo(cb["txid"], 0, int(cb["vout"][0]["value"] * 100_000_000), wallet.wpkh)
+            coin = Utxo(cb["txid"], 0, btc_to_sats(cb["vout"][0]["value"]), wallet.wpkh)
             outputs = [(spk, 100_000) for spk in scripts]
             funding = rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, coin.value - 100_000 * INPUTS - 100_000)]), 0)
             rpc.generatetoaddress(1, TestWallet("miner").address())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from custody.node_client import NodeClient  # noqa: E402
+from custody.node_client import NodeClient, btc_to_sats  # noqa: E402
 from regtest.launcher import start_node  # noqa: E402
 from regtest.testwallet import TestWallet, Utxo  # noqa: E402
 
@@ -43,7 +43,7 @@ def measure(kind: str, bitcoind: str | None) -> dict[str, float]:
             coins = []
             for h in hashes:
                 cb = rpc.getblock(h, 2)["tx"][0]
-                coins.append(Utxo(cb["txid"], 0, int(cb["vout"][0]["value"] * 100_000_000), wallet.wpkh))
+                coins.append(Utxo(cb["txid"], 0, btc_to_sats(cb["vout"][0]["value"]), wallet.wpkh))
 
             independent = [wallet.sign([c], [(sink.wpkh, c.value - 1_000)]) for c in coins[:N]]
             t0 = time.perf_counter()

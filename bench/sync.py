@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from custody import ledger, registry  # noqa: E402
 from custody.db import open_database  # noqa: E402
 from custody.derive import derive_scripts  # noqa: E402
-from custody.node_client import NodeClient  # noqa: E402
+from custody.node_client import NodeClient, btc_to_sats  # noqa: E402
 from custody.policies import build_policy  # noqa: E402
 from custody.sync import Syncer  # noqa: E402
 from regtest.launcher import start_node  # noqa: E402
@@ -43,7 +43,7 @@ def build_chain(rpc: NodeClient, spec) -> None:
     rpc.generatetoaddress(100, TestWallet("bench miner").address())
     for block_hash, batch in zip(hashes, batches):
         cb = rpc.getblock(block_hash, 2)["tx"][0]
-        coin = Utxo(cb["txid"], 0, int(cb["vout"][0]["value"] * 100_000_000), wallet.wpkh)
+        coin = Utxo(cb["txid"], 0, btc_to_sats(cb["vout"][0]["value"]), wallet.wpkh)
         outputs = [(spk, 10_000 + i) for i, spk in enumerate(batch)]
         change = coin.value - sum(v for _, v in outputs) - 100_000
         rpc.sendrawtransaction(wallet.sign([coin], outputs + [(wallet.wpkh, change)]), 0)

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from custody import eventlog, ledger, registry, spends
 from custody.models import EventLogEntry
 from custody.db import open_database
-from custody.node_client import NodeClient
+from custody.node_client import NodeClient, btc_to_sats
 from custody.policies import build_policy
 from custody.sync import Syncer
 from regtest.launcher import start_node
@@ -73,11 +73,11 @@ def main() -> int:
             syncer.sync_once()
             with sessions() as s:
                 receive = [a["address"] for a in _addresses(s)]
-            miner, client = TestWallet("demo miner"), TestWallet("demo client")
+            miner = TestWallet("demo miner")
             rpc.generatetoaddress(1, receive[0])                       # a coinbase straight into custody
             hashes = rpc.generatetoaddress(101, miner.address())
             coinbase = rpc.getblock(hashes[0], 2)["tx"][0]
-            coin = Utxo(coinbase["txid"], 0, int(coinbase["vout"][0]["value"] * 100_000_000), miner.wpkh)
+            coin = Utxo(coinbase["txid"], 0, btc_to_sats(coinbase["vout"][0]["value"]), miner.wpkh)
             spk = [bytes.fromhex(rpc.validateaddress(a)["scriptPubKey"]) for a in receive[1:3]]
             txid = rpc.sendrawtransaction(miner.sign([coin], [(spk[0], 1_250_000_000), (spk[1], 300_000_000),
                                                               (miner.wpkh, coin.value - 1_550_000_000 - 2_000)]))

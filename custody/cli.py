@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 
-from . import ledger, registry, service
+from . import ledger, service
 from .db import default_url, open_database
 from .errors import CustodyError
 from .jsonlog import setup_json_logging

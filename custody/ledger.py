@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import and_, case, false, func, literal_column, not_, or_, select, true
+from sqlalchemy import String, and_, case, cast, false, func, literal_column, not_, or_, select, true
 from sqlalchemy.orm import Session
 
 from .errors import CustodyError, NotFound
@@ -55,9 +55,7 @@ class Balance:
 def balances(session: Session, policy: Policy | None = None) -> list[Balance]:
     """Sums per policy and coin state, added up by the database (a ledger may hold 100,000 coins)."""
     tip = tip_height(session)
-    young = Utxo.height > (tip if tip is not None else 0) - COINBASE_MATURITY + 1
-    state = case((Utxo.frozen == true(), "frozen"), (Utxo.reserved_by.is_not(None), "reserved"),
-                 (Utxo.height.is_(None), "unconfirmed"), (and_(Utxo.coinbase == true(), young), "immature"),
+    state = case(*((_state_condition(st, tip), st) for st in ("frozen", "reserved", "unconfirmed", "immature")),
                  else_="confirmed")
     query = select(Policy).order_by(Policy.id) if policy is None else select(Policy).where(Policy.id == policy.id)
     policies = list(session.scalars(query))
@@ -191,16 +189,13 @@ def _search_condition(session: Session, text: str):
 
 
 def value_distribution(session: Session, policy: Policy | None = None) -> list[dict]:
-    """Unspent coins per power-of-ten value bucket: [{"from", "to", "count", "value"}]."""
-    query = select(Utxo.value).where(Utxo.spent_txid.is_(None))
+    """Unspent coins per power-of-ten value bucket: [{"from", "to", "count", "value"}], counted by the
+    database (a value's digit count is its bucket)."""
+    digits = func.length(cast(Utxo.value, String))
+    query = select(digits, func.count(), func.sum(Utxo.value)).where(Utxo.spent_txid.is_(None))
     if policy is not None:
         query = query.where(Utxo.policy_id == policy.id)
-    buckets: dict[int, list[int]] = {}
-    for (value,) in session.execute(query):
-        exponent = max(len(str(value)) - 1, 0)
-        bucket = buckets.setdefault(exponent, [0, 0])
-        bucket[0] += 1
-        bucket[1] += value
+    buckets = {max(n - 1, 0): (count, int(total)) for n, count, total in session.execute(query.group_by(digits))}
     return [{"from": 10 ** e, "to": 10 ** (e + 1) - 1, "count": c, "value": v} for e, (c, v) in sorted(buckets.items())]
 
 
@@ -249,12 +244,17 @@ def history(session: Session, policy: Policy) -> list[dict]:
 
 
 def balance_history(session: Session, policy: Policy) -> list[dict]:
-    """Confirmed balance after each block where it changed: [{height, time, balance}]."""
+    """Confirmed balance after each block where it changed: [{height, time, balance}]. Summed per
+    block by the database: the dashboard draws it for every policy."""
     changes: dict[int, int] = {}
-    for utxo in session.scalars(select(Utxo).where(Utxo.policy_id == policy.id, Utxo.height.is_not(None))):
-        changes[utxo.height] = changes.get(utxo.height, 0) + utxo.value
-        if utxo.spent_height is not None:
-            changes[utxo.spent_height] = changes.get(utxo.spent_height, 0) - utxo.value
+    confirmed = (Utxo.policy_id == policy.id, Utxo.height.is_not(None))
+    for height, total in session.execute(select(Utxo.height, func.sum(Utxo.value)).where(*confirmed)
+                                         .group_by(Utxo.height)):
+        changes[height] = changes.get(height, 0) + int(total)
+    for height, total in session.execute(select(Utxo.spent_height, func.sum(Utxo.value))
+                                         .where(*confirmed, Utxo.spent_height.is_not(None))
+                                         .group_by(Utxo.spent_height)):
+        changes[height] = changes.get(height, 0) - int(total)
     times = dict(session.execute(select(Block.height, Block.time).where(Block.height.in_(list(changes)))).all()) \
         if changes else {}
     running, out = 0, []

@@ -152,8 +152,8 @@ def parse_policy(descriptor: str, *, network: str = "regtest") -> PolicySpec:
     import re
     key_re = r"(\[[0-9a-fA-F]{8}(?:/[0-9]+h?)*\][A-Za-z0-9]+)(?:/<0;1>/\*|/0/\*|/1/\*)"
     patterns = [
-        ("wsh-sortedmulti", rf"^wsh\(sortedmulti\((\d+),(.+)\)\)$"),
-        ("wsh-multi", rf"^wsh\(multi\((\d+),(.+)\)\)$"),
+        ("wsh-sortedmulti", r"^wsh\(sortedmulti\((\d+),(.+)\)\)$"),
+        ("wsh-multi", r"^wsh\(multi\((\d+),(.+)\)\)$"),
         ("tr-sortedmulti_a", rf"^tr\({NUMS_KEY},sortedmulti_a\((\d+),(.+)\)\)$"),
     ]
     for kind, pattern in patterns:

@@ -698,7 +698,7 @@ def _script_for_output(output: str) -> bytes:
     try:
         return _script_for_descriptor(output)
     except RPCError:
-        raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, f"Error: Invalid address or descriptor") from None
+        raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Error: Invalid address or descriptor") from None
 
 
 def _script_for_descriptor(descriptor: str) -> bytes:

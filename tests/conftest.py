@@ -137,7 +137,7 @@ def sign_multisig_spend(seed_bases: list[int], inputs: list[tuple], outputs: lis
     """Spend wsh(sortedmulti(2, …)) coins made from hd_keys(seed_base=…) test devices, signing with the
     first two devices. inputs: (txid, vout, value, branch, index); outputs: (scriptPubKey, value)."""
     import hashlib
-    from embit import bip32, ec, script
+    from embit import bip32, script
     from embit.networks import NETWORKS
     from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
     roots = [bip32.HDKey.from_seed(hashlib.sha256(f"test device {n}".encode()).digest(),

@@ -15,12 +15,11 @@ from sqlalchemy import func, select
 
 from coordinator.app import create_app, node_factory
 from coordinator.auth import PERMISSIONS, ROUTE_TABLE, SESSION_COOKIE
-from custody import accounts, registry, spends
+from custody import accounts, registry
 from custody.account_models import ApiToken
 from custody.db import open_database
 from custody.models import EventLogEntry
 from custody.policies import build_policy
-from custody.sync import Syncer
 from regtest.testwallet import TestWallet
 
 from .conftest import fund_policy, hd_keys, mine_coins

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from custody.node_client import btc_to_sats
 
 from .conftest import hd_keys, mine_coins
 

@@ -280,7 +280,6 @@ def test_a_replaced_broadcast_is_detected(vault, rpc, wallet, other_address):
         stored = PSBT.from_string(spends.get_spend(s, spend_id).psbt)
     from custody.signatures import finalize
     from custody.psbt_builder import Coin, build_spend
-    from custody.policies import parse_policy
     with sessions() as s:
         policy = registry.get_policy(s, "vault")
         spec = registry.spec_of(policy)

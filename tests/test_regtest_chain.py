@@ -7,7 +7,7 @@ import pytest
 
 from custody.node_client import NodeClient, NodeUnreachable
 from regtest.launcher import start_node
-from regtest.testwallet import TestWallet, Utxo
+from regtest.testwallet import TestWallet
 
 from .conftest import embedded_only, mine_coins
 

@@ -8,7 +8,7 @@ import pytest
 from custody.node_client import RPCError
 from regtest.testwallet import TestWallet
 
-from .conftest import embedded_only, mine_coins, utxo_of
+from .conftest import embedded_only, mine_coins
 
 REGTEST_GENESIS = "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206"
 
