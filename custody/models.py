@@ -47,6 +47,7 @@ class SigningDevice(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(8))
     firmware_version: Mapped[str | None] = mapped_column(String(50))
     status: Mapped[str] = mapped_column(String(20), default="issued")   # issued, active, suspended, revoked
+    hwi_type: Mapped[str | None] = mapped_column(String(40))            # HWI's device type, once connected
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -15,6 +15,7 @@ from embit.script import address_to_scriptpubkey
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from .device_models import Rotation
 from .errors import CustodyError, NotFound
 from .eventlog import record
 from .ledger import tip_height, utxo_state
@@ -177,6 +178,9 @@ def decide(session: Session, spend: Spend, officer: str, approve: bool) -> Spend
 
 
 def _check_rule(session: Session, spend: Spend, rule: ApprovalRule) -> None:
+    if session.scalar(select(Rotation.id).where(Rotation.migration_spend_id == spend.id)) is not None:
+        # a rotation's sweep to its successor: approvals and allow-list, no amount limits
+        return _check_allow_list(spend, rule)
     if rule.per_request_limit is not None and spend.amount > rule.per_request_limit:
         raise CustodyError(f"spend of {spend.amount} sat exceeds the per-request limit of {rule.per_request_limit} sat")
     if rule.daily_limit is not None:
@@ -189,6 +193,10 @@ def _check_rule(session: Session, spend: Spend, rule: ApprovalRule) -> None:
         if total > rule.daily_limit:
             raise CustodyError(f"spend would bring the last 24 hours to {total} sat, over the daily limit of "
                                f"{rule.daily_limit} sat")
+    _check_allow_list(spend, rule)
+
+
+def _check_allow_list(spend: Spend, rule: ApprovalRule) -> None:
     if rule.allow_list is not None:
         allowed = set(json.loads(rule.allow_list))
         for d in json.loads(spend.destinations):

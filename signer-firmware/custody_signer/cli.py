@@ -1,5 +1,6 @@
-"""`custody-signer`: the reference signer's command line. Firmware images so far; the simulator and
-its device commands arrive with the rest of issue 6. Refusals print one line and exit 1."""
+"""`custody-signer`: the reference signer's command line: run a simulated device, approve its signing
+policy on the device, read its decision log, and build, sign and verify firmware images.
+Refusals print one line and exit 1."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +11,15 @@ from pathlib import Path
 
 import nacl.signing
 
-from . import firmware
+from . import firmware, hsm
+from .device import Device, DeviceError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.handler(args)
-    except (firmware.FirmwareError, ValueError, OSError) as e:
+    except (firmware.FirmwareError, DeviceError, ValueError, OSError) as e:
         print(f"custody-signer: error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -27,6 +29,19 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="custody-signer", description="the reference signer")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("simulate", help="run a simulated device on a local socket (made on first start)")
+    c.add_argument("--state", required=True, help="the device's state directory (its flash)")
+    c.set_defaults(handler=lambda args: _simulate(args.state))
+
+    c = sub.add_parser("hsm-policy", help="approve a signing policy on the device (stands in for its screen)")
+    c.add_argument("--state", required=True)
+    c.add_argument("policy", help="the policy, JSON")
+    c.set_defaults(handler=_install_policy)
+
+    c = sub.add_parser("hsm-log", help="print the device's decision log and check its hash chain")
+    c.add_argument("--state", required=True)
+    c.set_defaults(handler=_print_log)
 
     c = sub.add_parser("build-image", help="build a reproducible firmware image and sign it")
     c.add_argument("payload", help="the firmware payload file")
@@ -59,6 +74,31 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(handler=lambda args: print("\n".join(k.verify_key.encode().hex()
                                                         for k in firmware.test_release_keys(args.count))))
     return p
+
+
+def _simulate(state: str) -> None:
+    from .simulator import serve
+    serve(Path(state))
+
+
+def _install_policy(args) -> None:
+    import json
+    try:
+        policy = json.loads(Path(args.policy).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{args.policy}: not JSON ({e})") from None
+    Device(Path(args.state)).hsm.install(policy)
+    print(f"policy installed: {len(policy['rules'])} rule(s), {len(policy.get('approvers', {}))} approver(s)")
+
+
+def _print_log(args) -> None:
+    import json
+    entries = Device(Path(args.state)).hsm.log()
+    for entry in entries:
+        print(json.dumps(entry, sort_keys=True))
+    broken = hsm.verify_log(entries)
+    if broken:
+        raise ValueError(f"the decision log is broken: {broken}")
 
 
 def _key(path: str) -> nacl.signing.SigningKey:

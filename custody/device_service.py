@@ -1,0 +1,137 @@
+"""Device lifecycle operations as the CLI and the API both call them (see `service` for the conventions:
+the caller owns the transaction; refusals raise CustodyError and leave the database as it was)."""
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import ceremony, device_signing, devices, rotation, spends
+from .device_models import Ceremony, Rotation
+from .hwi_devices import enumerate_devices
+from .service import spend_show
+
+
+def connected() -> list[dict]:
+    """What HWI sees right now."""
+    return [{"type": d.hwi_type, "model": d.model, "fingerprint": d.fingerprint, "label": d.label, "path": d.path}
+            for d in enumerate_devices()]
+
+
+def device_list(s: Session) -> list[dict]:
+    return devices.inventory(s)
+
+
+def device_show(s: Session, serial: str) -> dict:
+    devices.get(s, serial)
+    return next(d for d in devices.inventory(s) if d["serial"] == serial)
+
+
+def device_issue(s: Session, *, model: str, serial: str, to: str, actor: str) -> dict:
+    devices.issue(s, model=model, serial=serial, to=to, actor=actor)
+    return device_show(s, serial)
+
+
+def device_connect(s: Session, serial: str, *, network: str, actor: str) -> dict:
+    devices.connect(s, devices.get(s, serial), network, actor=actor)
+    return device_show(s, serial)
+
+
+def device_status(s: Session, serial: str, status: str, *, actor: str, reason: str = "") -> dict:
+    devices.set_status(s, devices.get(s, serial), status, actor=actor, reason=reason)
+    return device_show(s, serial)
+
+
+def device_sign(s: Session, spend_id: int, serial: str, *, actor: str) -> dict:
+    signers = device_signing.sign_on_device(s, spends.get_spend(s, spend_id), devices.get(s, serial), actor=actor)
+    return {**spend_show(s, spend_id), "new_signers": signers}
+
+
+def approver_signature(s: Session, spend_id: int, *, public_key: str, signature: str, actor: str) -> dict:
+    device_signing.add_approver_signature(s, spends.get_spend(s, spend_id), public_key, signature, actor=actor)
+    return spend_show(s, spend_id)
+
+
+# -- firmware ----------------------------------------------------------------------------------------------
+def firmware_trust(s: Session, model: str, *, keys: list[str], threshold: int, production: bool, actor: str) -> dict:
+    row = devices.trust_model(s, model, keys=keys, threshold=threshold, production=production, actor=actor)
+    return {"model": row.model, "threshold": row.threshold, "keys": keys, "production": row.production,
+            "min_version": row.min_version}
+
+
+def firmware_add(s: Session, image: bytes, *, actor: str) -> dict:
+    release = devices.add_release(s, image, actor=actor)
+    return next(r for r in devices.releases(s) if r["id"] == release.id)
+
+
+def firmware_list(s: Session) -> list[dict]:
+    return devices.releases(s)
+
+
+def firmware_minimum(s: Session, model: str, version: str, *, actor: str) -> dict:
+    row = devices.set_min_version(s, model, version, actor=actor)
+    return {"model": row.model, "min_version": row.min_version}
+
+
+def firmware_upgrade(s: Session, serial: str, release_id: int, *, network: str, actor: str) -> dict:
+    return devices.upgrade(s, devices.get(s, serial), release_id, network, actor=actor)
+
+
+# -- ceremonies --------------------------------------------------------------------------------------------
+def ceremony_start(s: Session, name: str, *, threshold: int, devices_: list[str], actor: str) -> dict:
+    return ceremony.status(s, ceremony.start(s, name, threshold, devices_, actor=actor))
+
+
+def ceremony_show(s: Session, ceremony_id: int) -> dict:
+    return ceremony.status(s, ceremony.get(s, ceremony_id))
+
+
+def ceremony_list(s: Session) -> list[dict]:
+    return [ceremony.status(s, c) for c in s.scalars(select(Ceremony).order_by(Ceremony.id))]
+
+
+def ceremony_collect(s: Session, ceremony_id: int, serial: str, *, network: str, actor: str) -> dict:
+    ceremony.collect_key(s, ceremony.get(s, ceremony_id), serial, network, actor=actor)
+    return ceremony_show(s, ceremony_id)
+
+
+def ceremony_key(s: Session, ceremony_id: int, serial: str, *, key: str, proof: str, network: str, actor: str) -> dict:
+    ceremony.accept_key(s, ceremony.get(s, ceremony_id), serial, key, proof, network, actor=actor)
+    return ceremony_show(s, ceremony_id)
+
+
+def ceremony_register(s: Session, ceremony_id: int, *, network: str, actor: str) -> dict:
+    ceremony.register(s, ceremony.get(s, ceremony_id), network, actor=actor)
+    return ceremony_show(s, ceremony_id)
+
+
+def ceremony_confirm(s: Session, ceremony_id: int, serial: str, *, address: str, by: str) -> dict:
+    ceremony.confirm(s, ceremony.get(s, ceremony_id), serial, address, by=by)
+    return ceremony_show(s, ceremony_id)
+
+
+# -- rotations ---------------------------------------------------------------------------------------------
+def rotation_start(s: Session, policy: str, *, successor: str, replace: dict[str, str], actor: str) -> dict:
+    from .registry import get_policy
+    return rotation.summary(s, rotation.start(s, get_policy(s, policy), successor, replace, actor=actor))
+
+
+def rotation_list(s: Session) -> list[dict]:
+    return [rotation.summary(s, r) for r in s.scalars(select(Rotation).order_by(Rotation.id))]
+
+
+def rotation_show(s: Session, rotation_id: int) -> dict:
+    return rotation.summary(s, rotation.get(s, rotation_id))
+
+
+def rotation_test(s: Session, rotation_id: int, *, amount: int, requester: str, fee_rate: float) -> dict:
+    rotation.send_test(s, rotation.get(s, rotation_id), amount, requester=requester, fee_rate=fee_rate)
+    return rotation_show(s, rotation_id)
+
+
+def rotation_migrate(s: Session, rotation_id: int, *, requester: str, fee_rate: float) -> dict:
+    rotation.migrate(s, rotation.get(s, rotation_id), requester=requester, fee_rate=fee_rate)
+    return rotation_show(s, rotation_id)
+
+
+def rotation_complete(s: Session, rotation_id: int, *, actor: str) -> dict:
+    return rotation.complete(s, rotation.get(s, rotation_id), actor=actor)

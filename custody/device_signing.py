@@ -1,0 +1,58 @@
+"""Signing a spend on a device through HWI, with the approvals the device's own policy may ask for.
+
+The coordinator sends a PSBT to a device only if the device is active, runs at least the minimum
+firmware for its model and has the spend's policy registered and confirmed by its holder. Approvers'
+ed25519 signatures over the unsigned transaction (the device's `min_approvers` rules) travel in the
+PSBT as BIP-174 proprietary global fields; each is checked here before it is added. What comes back
+from the device is merged like any upload: every new signature verified, nothing else taken.
+"""
+from __future__ import annotations
+
+import nacl.exceptions
+import nacl.signing
+from embit.psbt import PSBT
+from sqlalchemy.orm import Session
+
+from custody_signer.hsm import approval_key, approval_message
+
+from . import devices, spends
+from .device_models import DeviceRegistration
+from .errors import CustodyError
+from .eventlog import record
+from .hwi_devices import DeviceSession
+from .models import Policy, SigningDevice
+from .spend_models import Spend
+
+
+def add_approver_signature(session: Session, spend: Spend, public_key: str, signature: str, *, actor: str) -> None:
+    """Attach an approver's ed25519 signature (hex) over the spend's unsigned transaction."""
+    if spend.state not in ("signing", "signed") or spend.psbt is None:
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; approver signatures go on a PSBT being signed")
+    try:
+        key, sig = bytes.fromhex(public_key), bytes.fromhex(signature)
+        psbt = PSBT.from_string(spend.psbt)
+        nacl.signing.VerifyKey(key).verify(approval_message(psbt.tx.txid().hex()), sig)
+    except (ValueError, nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError):
+        raise CustodyError("the approver signature does not verify for this spend's transaction: refused") from None
+    psbt.unknown[approval_key(key)] = sig
+    spend.psbt = psbt.to_string()
+    record(session, "spend.approver_signature", actor, f"spend:{spend.id}", {"public_key": public_key})
+
+
+def sign_on_device(session: Session, spend: Spend, device: SigningDevice, *, actor: str) -> list[str]:
+    """Have the device sign the spend's PSBT; returns the fingerprints that newly signed."""
+    if device.status != "active":
+        raise CustodyError(f"device {device.serial} is {device.status}; only active devices sign")
+    devices.require_current_firmware(session, device)
+    registration = session.get(DeviceRegistration, (device.id, spend.policy_id))
+    if registration is None or registration.state != "confirmed":
+        raise CustodyError(f"device {device.serial} has no confirmed registration of this spend's policy")
+    if spend.state != "signing":
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; it is not collecting signatures")
+    policy = session.get(Policy, spend.policy_id)
+    with DeviceSession(device.hwi_type, device.fingerprint, policy.network, label=device.serial) as d:
+        signed = d.sign_psbt(spend.psbt)
+    signers = spends.add_signatures(session, spend, signed, actor=f"{actor} on device {device.serial}")
+    if device.fingerprint not in signers:
+        raise CustodyError(f"device {device.serial} returned no new signature")
+    return signers

@@ -1,0 +1,257 @@
+"""The reference signer: one device whose state directory stands in for its flash.
+
+The seed is made here from the operating system's randomness the first time the device starts and is
+never exported: there is no command that returns it or any private key. Everything the coordinator
+can ask for is below: identity, extended public keys, registration of a multisig wallet (with a proof
+signed by the device's key), showing an address, BIP-322 message signatures, PSBT signatures after the
+device's own checks and its policy, and firmware installs. What the device "shows" its holder is
+appended to `screen.log`.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+from embit import bip32, script
+from embit.descriptor import Descriptor
+from embit.networks import NETWORKS
+from embit.psbt import PSBT
+from embit.transaction import SIGHASH
+
+from custody import bip322
+
+from . import firmware
+from .flash import Flash
+from .hsm import Hsm, approvals_in
+from .inspection import FeeCaps, SigningRefused, inspect
+from .wallets import RegistrationError, Wallet, check_wallet
+
+MODEL = "custody-signer-sim"
+RELEASE_THRESHOLD = 2                      # of the three release keys
+SELF_TEST_MAGIC = b"custody-signer firmware\n"
+NETWORK = "regtest"
+
+
+class DeviceError(ValueError):
+    """A request the device refuses; the message is what its screen would say."""
+
+
+def factory_image(version: str = "1.0.0", epoch: int = 1, model: str = MODEL) -> bytes:
+    """The image a simulated device leaves the factory with (public test keys, as Jade's fakeprod)."""
+    payload = SELF_TEST_MAGIC + f"reference signer {version}\n".encode()
+    return firmware.build_image(payload, model=model, version=version, epoch=epoch,
+                                signers=firmware.test_release_keys(3)[:RELEASE_THRESHOLD])
+
+
+def self_test(payload: bytes) -> bool:
+    return payload.startswith(SELF_TEST_MAGIC)
+
+
+def coin_type(network: str) -> int:
+    return 0 if network == "main" else 1
+
+
+class Device:
+    def __init__(self, state: Path, clock=time.time):
+        self.state = Path(state)
+        self.config = json.loads((self.state / "device.json").read_text())
+        self.flash = Flash(self.state / "flash", model=self.config["model"],
+                           trusted_keys=firmware.test_release_public_keys(3), threshold=RELEASE_THRESHOLD,
+                           production=False)
+        self.running = self.flash.boot(self_test)
+        self.hsm = Hsm(self.state, clock)
+        self._root = bip32.HDKey.from_seed(bytes.fromhex((self.state / "seed.hex").read_text()),
+                                           version=NETWORKS[self.network]["xprv"])
+
+    @classmethod
+    def create(cls, state: Path, *, model: str = MODEL, network: str = NETWORK, image: bytes | None = None,
+               clock=time.time) -> Device:
+        """First start: make the seed on the device and flash the factory image."""
+        state = Path(state)
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if (state / "device.json").exists():
+            raise DeviceError(f"{state} already holds a device")
+        seed = state / "seed.hex"
+        with os.fdopen(os.open(seed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_bytes(32).hex())
+        Flash(state / "flash", model=model, trusted_keys=firmware.test_release_public_keys(3),
+              threshold=RELEASE_THRESHOLD, production=False).provision(image or factory_image(model=model))
+        (state / "device.json").write_text(json.dumps({"model": model, "network": network,
+                                                        "serial": "RS-" + secrets.token_hex(4).upper(),
+                                                        "fee_caps": vars(FeeCaps())}))
+        return cls(state, clock)
+
+    @classmethod
+    def open_or_create(cls, state: Path, **kwargs) -> Device:
+        return cls(state, kwargs.get("clock", time.time)) if (Path(state) / "device.json").exists() \
+            else cls.create(state, **kwargs)
+
+    # -- identity ------------------------------------------------------------------------------------------
+    @property
+    def network(self) -> str:
+        return self.config["network"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self._root.my_fingerprint.hex()
+
+    def account_path(self, account: int = 0) -> str:
+        """BIP-48 multisig, native segwit: m/48'/coin'/account'/2'."""
+        return f"m/48h/{coin_type(self.network)}h/{account}h/2h"
+
+    def info(self) -> dict:
+        record = self.flash.record()
+        return {"model": self.config["model"], "serial": self.config["serial"], "fingerprint": self.fingerprint,
+                "network": self.network, "firmware": {"version": ".".join(map(str, self.running.version)),
+                                                      "epoch": self.running.epoch, "key_set": self.running.key_set,
+                                                      "epoch_counter": record["epoch_counter"]},
+                "wallets": [w.name for w in self.wallets()], "hsm_policy": self.hsm.policy is not None}
+
+    def xpub(self, path: str) -> str:
+        node = self._derive(path)
+        return node.to_public().to_string(NETWORKS[self.network]["xpub"])
+
+    def _derive(self, path: str) -> bip32.HDKey:
+        try:
+            indexes = bip32.parse_path(path.replace("'", "h"))
+        except Exception:
+            raise DeviceError(f"{path!r} is not a derivation path") from None
+        if len(indexes) > 8:
+            raise DeviceError("derivation paths are at most 8 levels deep")
+        return self._root.derive(indexes)
+
+    def _show(self, *lines: str) -> None:
+        with open(self.state / "screen.log", "a") as f:
+            f.write("\n".join(lines) + "\n--\n")
+
+    # -- messages ------------------------------------------------------------------------------------------
+    def sign_message(self, message: bytes, path: str) -> dict:
+        """BIP-322 simple signature by the key at `path`, for that key's P2WPKH address."""
+        key = self._derive(path)
+        address = script.p2wpkh(key.to_public().key).address(NETWORKS[self.network])
+        self._show("Sign message?", message.decode(errors="replace")[:200], f"as {address}")
+        return {"address": address, "signature": bip322.sign_p2wpkh(key.key, message)}
+
+    # -- wallets -------------------------------------------------------------------------------------------
+    def wallets(self) -> list[Wallet]:
+        path = self.state / "wallets.json"
+        return [Wallet.from_json(w) for w in json.loads(path.read_text())] if path.exists() else []
+
+    def register(self, name: str, descriptor: str) -> dict:
+        """Register a multisig wallet after the device's own checks; returns what the device showed and a
+        proof: a BIP-322 signature by the device's key in the wallet over the policy id."""
+        try:
+            wallet = check_wallet(name, descriptor, self._root, self.network)
+        except RegistrationError as e:
+            raise DeviceError(str(e)) from None
+        existing = {w.name: w for w in self.wallets()}
+        if name in existing and existing[name].descriptor != wallet.descriptor:
+            raise DeviceError(f"a different wallet is already registered as {name!r}")
+        first = wallet.address_at(0, 0, self.network)
+        self._show(f"Register {name}?", f"{wallet.threshold} of {wallet.keys}, this device is key {wallet.position}",
+                   f"first address {first}")
+        if name not in existing:
+            _write_json(self.state / "wallets.json", [w.to_json() for w in [*existing.values(), wallet]])
+        proof = self.sign_message(registration_message(wallet.policy_id), _path_text(wallet.own_origin))
+        return {"name": name, "policy_id": wallet.policy_id, "threshold": wallet.threshold, "keys": wallet.keys,
+                "position": wallet.position, "first_address": first, "proof": proof["signature"],
+                "proof_address": proof["address"]}
+
+    def wallet(self, name: str) -> Wallet:
+        for w in self.wallets():
+            if w.name == name:
+                return w
+        raise DeviceError(f"no wallet named {name!r} is registered on this device")
+
+    def wallet_for(self, descriptor: str) -> Wallet:
+        """The registered wallet this descriptor names: the same M, the same kind of multisig and the same
+        keys with the same origins (in any order for sortedmulti), however the text is written."""
+        wanted = wallet_shape(descriptor)
+        for w in self.wallets():
+            if wallet_shape(w.descriptor) == wanted:
+                return w
+        raise DeviceError("that policy is not registered on this device")
+
+    def display_address(self, name: str, branch: int, index: int) -> str:
+        wallet = self.wallet(name)
+        if branch not in (0, 1) or not 0 <= index <= 10_000:
+            raise DeviceError("only receive (0) or change (1) addresses up to index 10000 are shown")
+        address = wallet.address_at(branch, index, self.network)
+        self._show(f"{name} {'change' if branch else 'receive'} #{index}", address)
+        return address
+
+    # -- transactions --------------------------------------------------------------------------------------
+    def sign_psbt(self, psbt_b64: str) -> str:
+        """Sign every input after the checks and the policy; the PSBT comes back with partial signatures."""
+        try:
+            psbt = PSBT.from_string(psbt_b64)
+        except Exception as e:
+            raise DeviceError(f"not a PSBT ({e})") from None
+        try:
+            facts, paths = inspect(psbt, self.wallets(), self._root, self.network, FeeCaps(**self.config["fee_caps"]))
+        except SigningRefused as e:
+            raise DeviceError(str(e)) from None
+        decision = self.hsm.decide(facts, approvals_in(psbt.unknown))
+        if not decision.allowed:
+            raise DeviceError("the signing policy refuses: " + "; ".join(decision.reasons))
+        self._show(f"Signed {facts.spent} sat from {facts.wallet.name}", *facts.destinations, f"fee {facts.fee} sat")
+        for n, (branch, index) in enumerate(paths):
+            key = self._root.derive([*facts.wallet.own_origin, branch, index])
+            inp = psbt.inputs[n]
+            inp.witness_script = script.Script(facts.wallet.witness_script_at(branch, index))
+            signature = key.key.sign(psbt.sighash(n, SIGHASH.ALL))
+            inp.partial_sigs[key.to_public().key] = signature.serialize() + bytes([SIGHASH.ALL])
+        return psbt.to_string()
+
+    # -- firmware ------------------------------------------------------------------------------------------
+    def install_firmware(self, image: bytes) -> dict:
+        """Verify and stage the image, then restart into it (falling back if its self-test fails)."""
+        try:
+            staged = self.flash.install(image)
+        except firmware.FirmwareError as e:
+            raise DeviceError(str(e)) from None
+        self.running = self.flash.boot(self_test)
+        if self.running.version != staged.version:
+            raise DeviceError(f"firmware {'.'.join(map(str, staged.version))} failed its self-test; "
+                              f"still running {'.'.join(map(str, self.running.version))}")
+        return self.info()["firmware"]
+
+
+def wallet_shape(descriptor: str) -> tuple:
+    try:
+        parsed = Descriptor.from_string(descriptor.strip().split("#")[0].replace("'", "h"))
+        keys = [(k.origin.fingerprint, tuple(k.origin.derivation), k.key.key.sec(), k.key.chain_code)
+                for k in parsed.keys]
+    except Exception:
+        raise DeviceError("not a descriptor this device reads") from None
+    kind = type(parsed.miniscript).__name__
+    return kind, parsed.miniscript.args[0].num, tuple(sorted(keys) if kind == "Sortedmulti" else keys)
+
+
+def registration_message(policy_id: str) -> bytes:
+    return f"custody-signer registration\n{policy_id}\n".encode()
+
+
+def possession_message(challenge: str) -> bytes:
+    return f"custody proof of possession\n{challenge}\n".encode()
+
+
+def _path_text(indexes) -> str:
+    return "m/" + "/".join(f"{i - 0x80000000}h" if i >= 0x80000000 else str(i) for i in indexes)
+
+
+def _write_json(path: Path, data) -> None:
+    temporary = path.with_suffix(".new")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
+
+
+def decode_b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise DeviceError("not base64") from None

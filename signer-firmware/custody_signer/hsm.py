@@ -1,0 +1,211 @@
+"""The device's signing policy, after Coldcard's HSM mode: unattended signing under rules.
+
+A policy is approved on the device itself (`custody-signer hsm-policy`), never over the coordinator's
+connection. It holds approvers (name -> ed25519 public key) and rules; each rule may set
+- `wallet`: the registered wallet it applies to;
+- `max_amount`: satoshis leaving the wallet in one transaction (change excluded);
+- `per_period`: {"minutes", "max_amount"}: velocity, counted over a sliding window and kept on the device;
+- `whitelist`: addresses every non-change output must pay;
+- `min_approvers` of `approvers`: distinct ed25519 signatures over `approval_message(txid)`, carried in
+  the PSBT as proprietary fields (BIP-174 type 0xFC, identifier "custody").
+The first rule every condition of which holds decides; no matching rule, no signature. Each decision,
+either way, is appended to a hash-chained log on the device.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.signing
+
+from .inspection import Facts
+
+PROPRIETARY = b"\xfc\x07custody"          # 0xFC, compact-size length 7, identifier
+APPROVAL_SUBTYPE = b"\x01"                 # keydata: the approver's 32-byte ed25519 key; value: signature
+GENESIS = "0" * 64
+RULE_FIELDS = {"wallet", "max_amount", "per_period", "whitelist", "min_approvers", "approvers"}
+
+
+class PolicyError(ValueError):
+    """A policy the device will not install."""
+
+
+def approval_message(txid: str) -> bytes:
+    return f"custody-signer approval\n{txid}\n".encode()
+
+
+def approval_key(public_key: bytes) -> bytes:
+    """The PSBT global key that carries an approver's signature."""
+    return PROPRIETARY + APPROVAL_SUBTYPE + public_key
+
+
+def approvals_in(unknown: dict) -> dict[bytes, bytes]:
+    """Approver public key -> signature, read from a PSBT's global unknown fields."""
+    prefix = PROPRIETARY + APPROVAL_SUBTYPE
+    return {k[len(prefix):]: v for k, v in unknown.items() if k.startswith(prefix) and len(k) == len(prefix) + 32}
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    rule: int | None                      # index of the rule that allowed it
+    reasons: list[str]                    # why each rule did not match (when refused)
+
+
+def check_policy(policy: dict) -> dict:
+    """Validate a policy document before it is installed; returns it normalised."""
+    approvers = policy.get("approvers", {})
+    rules = policy.get("rules")
+    if not isinstance(approvers, dict) or not isinstance(rules, list):
+        raise PolicyError("a policy holds 'approvers' (name -> ed25519 key, hex) and a list of 'rules'")
+    for name, key in approvers.items():
+        try:
+            nacl.signing.VerifyKey(bytes.fromhex(key))
+        except (ValueError, TypeError, nacl.exceptions.CryptoError):
+            raise PolicyError(f"approver {name!r}: not an ed25519 public key in hex") from None
+    for n, rule in enumerate(rules):
+        if not isinstance(rule, dict) or set(rule) - RULE_FIELDS:
+            raise PolicyError(f"rule {n}: unknown fields {sorted(set(rule) - RULE_FIELDS) if isinstance(rule, dict) else rule}")
+        for field in ("max_amount", "min_approvers"):
+            if field in rule and (type(rule[field]) is not int or rule[field] < 0):
+                raise PolicyError(f"rule {n}: {field} is a whole number of satoshis/approvers")
+        period = rule.get("per_period")
+        if period is not None and not (isinstance(period, dict) and type(period.get("minutes")) is int
+                                       and period["minutes"] > 0 and type(period.get("max_amount")) is int):
+            raise PolicyError(f"rule {n}: per_period is {{\"minutes\": N, \"max_amount\": SATS}}")
+        unknown = set(rule.get("approvers", [])) - set(approvers)
+        if unknown:
+            raise PolicyError(f"rule {n}: approvers {sorted(unknown)} are not registered")
+        if rule.get("min_approvers", 0) > len(rule.get("approvers", approvers)):
+            raise PolicyError(f"rule {n}: min_approvers exceeds the approvers it may count")
+    return {"approvers": dict(approvers), "rules": list(rules)}
+
+
+class Hsm:
+    """The installed policy, its velocity counters and its decision log, in the device's state directory."""
+
+    def __init__(self, state: Path, clock=time.time):
+        self.state, self.clock = Path(state), clock
+
+    @property
+    def policy(self) -> dict | None:
+        path = self.state / "hsm_policy.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def install(self, policy: dict) -> None:
+        _atomic_write(self.state / "hsm_policy.json", json.dumps(check_policy(policy), sort_keys=True, indent=1))
+        self._log({"event": "policy installed", "policy_sha256":
+                   hashlib.sha256(json.dumps(policy, sort_keys=True).encode()).hexdigest()})
+
+    def decide(self, facts: Facts, approvals: dict[bytes, bytes]) -> Decision:
+        """Apply the rules; an allowed spend is counted against its rule's velocity before returning."""
+        policy = self.policy
+        if policy is None:
+            decision = Decision(False, None, ["no policy is installed: nothing is signed"])
+        else:
+            approved_by = self._valid_approvers(policy["approvers"], approvals, facts.txid)
+            reasons, decision = [], None
+            for n, rule in enumerate(policy["rules"]):
+                why = self._mismatch(n, rule, facts, approved_by, policy["approvers"])
+                if why is None:
+                    decision = Decision(True, n, [])
+                    break
+                reasons.append(f"rule {n}: {why}")
+            decision = decision or Decision(False, None, reasons or ["the policy has no rules"])
+        if decision.allowed:
+            self._count(decision.rule, facts.spent)
+        self._log({"event": "sign" if decision.allowed else "refuse", "txid": facts.txid,
+                   "wallet": facts.wallet.name, "amount": facts.spent, "fee": facts.fee,
+                   "destinations": facts.destinations, "rule": decision.rule, "reasons": decision.reasons})
+        return decision
+
+    # -- rules ---------------------------------------------------------------------------------------------
+    def _mismatch(self, n: int, rule: dict, facts: Facts, approved_by: set[str], approvers: dict) -> str | None:
+        if "wallet" in rule and rule["wallet"] != facts.wallet.name:
+            return f"for wallet {rule['wallet']!r}, not {facts.wallet.name!r}"
+        if "max_amount" in rule and facts.spent > rule["max_amount"]:
+            return f"{facts.spent} sat is over its maximum of {rule['max_amount']} sat"
+        if "whitelist" in rule:
+            outside = [a for a in facts.destinations if a not in rule["whitelist"]]
+            if outside:
+                return f"{outside[0]} is not on its allow-list"
+        if "per_period" in rule:
+            used = self._used(n, rule["per_period"]["minutes"])
+            if used + facts.spent > rule["per_period"]["max_amount"]:
+                return (f"{used} sat already spent in the last {rule['per_period']['minutes']} min; "
+                        f"{facts.spent} more exceeds its {rule['per_period']['max_amount']} sat")
+        needed = rule.get("min_approvers", 0)
+        counted = approved_by & set(rule.get("approvers", approvers))
+        if len(counted) < needed:
+            return f"{len(counted)} valid approver signature(s), {needed} needed"
+        return None
+
+    @staticmethod
+    def _valid_approvers(approvers: dict, approvals: dict[bytes, bytes], txid: str) -> set[str]:
+        by_key = {bytes.fromhex(key): name for name, key in approvers.items()}
+        valid = set()
+        for key, signature in approvals.items():
+            if key not in by_key:
+                continue
+            try:
+                nacl.signing.VerifyKey(key).verify(approval_message(txid), signature)
+            except nacl.exceptions.BadSignatureError:
+                continue
+            valid.add(by_key[key])
+        return valid
+
+    # -- velocity counters ---------------------------------------------------------------------------------
+    def _spends(self) -> list[dict]:
+        path = self.state / "hsm_velocity.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def _used(self, rule: int, minutes: int) -> int:
+        since = self.clock() - minutes * 60
+        return sum(s["amount"] for s in self._spends() if s["rule"] == rule and s["time"] > since)
+
+    def _count(self, rule: int, amount: int) -> None:
+        horizon = self.clock() - 366 * 86400           # periods are at most a year
+        spends = [s for s in self._spends() if s["time"] > horizon] + [
+            {"time": self.clock(), "rule": rule, "amount": amount}]
+        _atomic_write(self.state / "hsm_velocity.json", json.dumps(spends))
+
+    # -- the decision log ----------------------------------------------------------------------------------
+    def log(self) -> list[dict]:
+        path = self.state / "hsm_log.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def _log(self, entry: dict) -> None:
+        entries = self.log()
+        body = {"seq": len(entries), "time": int(self.clock()), **entry,
+                "prev": entries[-1]["hash"] if entries else GENESIS}
+        body["hash"] = entry_hash(body)
+        with open(self.state / "hsm_log.jsonl", "a") as f:
+            f.write(json.dumps(body, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def entry_hash(entry: dict) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in entry.items() if k != "hash"}, sort_keys=True)
+                          .encode()).hexdigest()
+
+
+def verify_log(entries: list[dict]) -> str | None:
+    """None when the chain is whole; else the first broken entry."""
+    prev = GENESIS
+    for n, entry in enumerate(entries):
+        if entry.get("seq") != n or entry.get("prev") != prev or entry.get("hash") != entry_hash(entry):
+            return f"entry {n} is altered or out of place"
+        prev = entry["hash"]
+    return None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".new")
+    temporary.write_text(text)
+    os.replace(temporary, path)

@@ -1,0 +1,137 @@
+"""What the device verifies in a PSBT before it will sign, kept apart from what the PSBT claims.
+
+The coordinator's PSBT is a set of claims: amounts, scripts, which outputs are change. The device
+trusts none of it. It proves each fact itself and returns only proven facts (`Facts`):
+- every input spends a coin of one registered wallet, at a path it re-derives within a bounded index;
+- every input carries its full previous transaction (`non_witness_utxo`), whose txid matches the
+  outpoint and whose output agrees with `witness_utxo` in amount and script (a segwit v0 signature
+  commits only to the amount it is told, so a lying amount would turn change into fee);
+- only SIGHASH_ALL (or unset, meaning ALL) is signed;
+- an output is change only if it re-derives from the same wallet within the bound; an output that
+  claims to be change and does not is refused, not paid;
+- the fee is within the device's caps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embit import bip32
+from embit.networks import NETWORKS
+from embit.psbt import PSBT
+from embit.transaction import SIGHASH
+
+from .wallets import MAX_INDEX, Wallet, derivation_in
+
+
+class SigningRefused(ValueError):
+    """The device will not sign; the message names the check."""
+
+
+@dataclass(frozen=True)
+class Output:
+    address: str
+    value: int
+    change: bool
+
+
+@dataclass(frozen=True)
+class Facts:
+    wallet: Wallet
+    txid: str                          # the unsigned transaction's id: what approvers sign
+    inputs_total: int
+    outputs: tuple[Output, ...]
+    fee: int
+    vsize: int                          # of the finished transaction, estimated for the wallet's M-of-N
+
+    @property
+    def spent(self) -> int:
+        """What leaves the wallet: every output that is not proven change."""
+        return sum(o.value for o in self.outputs if not o.change)
+
+    @property
+    def destinations(self) -> list[str]:
+        return [o.address for o in self.outputs if not o.change]
+
+
+@dataclass(frozen=True)
+class FeeCaps:
+    max_fee: int = 5_000_000            # 0.05 BTC
+    max_fee_rate: int = 1_000           # sat/vB
+
+
+def inspect(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey, network: str, caps: FeeCaps) -> tuple[Facts, list]:
+    """Prove the facts, or raise SigningRefused. Returns the facts and, per input, the (branch, index)
+    of this device's key that signs it."""
+    fingerprint = root.my_fingerprint
+    if not psbt.inputs:
+        raise SigningRefused("the PSBT has no inputs")
+    wallet, paths, total = None, [], 0
+    for n, inp in enumerate(psbt.inputs):
+        if inp.sighash_type not in (None, SIGHASH.ALL):
+            raise SigningRefused(f"input {n} asks for sighash {inp.sighash_type}; this device signs SIGHASH_ALL only")
+        prev = inp.non_witness_utxo
+        if prev is None:
+            raise SigningRefused(f"input {n} has no non_witness_utxo (its previous transaction is required)")
+        if prev.txid() != inp.txid:
+            raise SigningRefused(f"input {n}: the previous transaction's txid does not match the outpoint")
+        if inp.vout >= len(prev.vout):
+            raise SigningRefused(f"input {n}: the previous transaction has no output {inp.vout}")
+        spent = prev.vout[inp.vout]
+        if inp.witness_utxo is not None and (inp.witness_utxo.value != spent.value or
+                                             inp.witness_utxo.script_pubkey != spent.script_pubkey):
+            raise SigningRefused(f"input {n}: witness_utxo says {inp.witness_utxo.value} sat, the previous "
+                                 f"transaction says {spent.value} sat (a lying amount)")
+        owner, where = _find_owner(inp.bip32_derivations, wallets, fingerprint, spent.script_pubkey.data)
+        if owner is None:
+            raise SigningRefused(f"input {n} is not a coin of a wallet registered on this device (a foreign input)")
+        if wallet is not None and owner.name != wallet.name:
+            raise SigningRefused("the inputs come from more than one registered wallet")
+        if inp.witness_script is not None and inp.witness_script.data != owner.witness_script_at(*where):
+            raise SigningRefused(f"input {n}: the witness script is not the wallet's")
+        wallet = owner
+        paths.append(where)
+        total += spent.value
+
+    outputs = []
+    for n, (out, meta) in enumerate(zip(psbt.tx.vout, psbt.outputs)):
+        claims_change = any(d.fingerprint == fingerprint for d in meta.bip32_derivations.values())
+        change = False
+        if claims_change:
+            owner, _where = _find_owner(meta.bip32_derivations, [wallet], fingerprint, out.script_pubkey.data)
+            if owner is None:
+                raise SigningRefused(f"output {n} claims to be change but does not derive from wallet "
+                                     f"{wallet.name!r} within index {MAX_INDEX} (change substitution?)")
+            change = True
+        outputs.append(Output(out.script_pubkey.address(NETWORKS[network]), out.value, change))
+    paid = sum(o.value for o in outputs)
+    if paid > total:
+        raise SigningRefused(f"the outputs ({paid} sat) exceed the inputs ({total} sat)")
+    fee = total - paid
+    vsize = _estimate_vsize(psbt, wallet)
+    if fee > caps.max_fee:
+        raise SigningRefused(f"fee {fee} sat is above this device's cap of {caps.max_fee} sat")
+    if fee > caps.max_fee_rate * vsize:
+        raise SigningRefused(f"fee rate {fee / vsize:.1f} sat/vB is above this device's cap of {caps.max_fee_rate}")
+    facts = Facts(wallet, psbt.tx.txid().hex(), total, tuple(outputs), fee, vsize)
+    return facts, paths
+
+
+def _find_owner(derivations: dict, wallets: list[Wallet], fingerprint: bytes, script_pubkey: bytes):
+    """The wallet and (branch, index) whose script this is, proven by re-deriving it."""
+    for derivation in derivations.values():
+        if derivation.fingerprint != fingerprint:
+            continue
+        for wallet in wallets:
+            where = derivation_in(wallet, list(derivation.derivation))
+            if where is not None and wallet.script_at(*where) == script_pubkey:
+                return wallet, where
+    return None, None
+
+
+def _estimate_vsize(psbt: PSBT, wallet: Wallet) -> int:
+    """vsize once finalised: M signatures (72 bytes each, at most) and the witness script per input."""
+    base = len(psbt.tx.serialize())              # the unsigned transaction: no witness yet
+    witness_script = 3 + 34 * wallet.keys + 1
+    per_input = 1 + 1 + wallet.threshold * 73 + 1 + witness_script
+    weight = base * 4 + 2 + per_input * len(psbt.inputs)
+    return (weight + 3) // 4

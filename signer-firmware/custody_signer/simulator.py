@@ -1,0 +1,140 @@
+"""`custody-signer simulate --state DIR`: the reference signer as a process on a local socket.
+
+The device listens on `DIR/device.sock` (a Unix socket: only local processes reach it, with the file's
+permissions) and announces itself with a link in the discovery directory, which the HWI plugin lists
+(`discovery_dirs`). Each connection carries one JSON request line and gets one JSON reply line:
+{"op": ..., ...} -> {"ok": true, "result": ...} or {"ok": false, "error": "..."}. Requests are served
+one at a time, as a device with one screen would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import socketserver
+import tempfile
+from pathlib import Path
+
+from .device import Device, DeviceError, decode_b64
+
+SOCKET_NAME = "device.sock"
+MAX_REQUEST = 8 * 1024 * 1024
+
+
+def discovery_dirs() -> list[Path]:
+    """Where simulators announce themselves: $CUSTODY_SIGNER_DISCOVERY (os.pathsep-separated), else a
+    per-user directory under the system's temporary folder."""
+    configured = os.environ.get("CUSTODY_SIGNER_DISCOVERY")
+    if configured:
+        return [Path(p) for p in configured.split(os.pathsep) if p]
+    return [Path(tempfile.gettempdir()) / f"custody-signer-{os.getuid()}"]
+
+
+def handle(device: Device, request: dict):
+    """One request to the device; DeviceError carries the refusal."""
+    op = request.get("op")
+    if op == "info":
+        return device.info()
+    if op == "xpub":
+        return device.xpub(_text(request, "path"))
+    if op == "sign_message":
+        return device.sign_message(_text(request, "message").encode(), _text(request, "path"))
+    if op == "register":
+        return device.register(_text(request, "name"), _text(request, "descriptor"))
+    if op == "display_address":
+        name = request.get("name") or device.wallet_for(_text(request, "descriptor")).name
+        return device.display_address(name, _int(request, "branch"), _int(request, "index"))
+    if op == "sign_psbt":
+        return device.sign_psbt(_text(request, "psbt"))
+    if op == "install_firmware":
+        return device.install_firmware(decode_b64(_text(request, "image")))
+    if op == "hsm_log":
+        return device.hsm.log()
+    raise DeviceError(f"unknown request {op!r}")
+
+
+def _text(request: dict, field: str) -> str:
+    value = request.get(field)
+    if not isinstance(value, str):
+        raise DeviceError(f"the request needs {field!r} as text")
+    return value
+
+
+def _int(request: dict, field: str) -> int:
+    value = request.get(field)
+    if type(value) is not int:
+        raise DeviceError(f"the request needs {field!r} as a whole number")
+    return value
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        line = self.rfile.readline(MAX_REQUEST)
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise DeviceError("a request is a JSON object")
+            reply = {"ok": True, "result": handle(self.server.device, request)}
+        except (DeviceError, json.JSONDecodeError) as e:
+            reply = {"ok": False, "error": str(e)}
+        except Exception as e:                                 # a bug must not stop the device
+            reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class _Server(socketserver.UnixStreamServer):
+    def __init__(self, path: str, device: Device):
+        self.device = device
+        super().__init__(path, _Handler)
+
+
+def serve(state: Path, *, ready=None) -> None:
+    """Run the device until SIGTERM/SIGINT. Creates it (seed, factory firmware) on first start."""
+    device = Device.open_or_create(Path(state))
+    path = Path(state) / SOCKET_NAME
+    path.unlink(missing_ok=True)
+    server = _Server(str(path), device)
+    os.chmod(path, 0o600)
+    announce = discovery_dirs()[0]
+    announce.mkdir(mode=0o700, parents=True, exist_ok=True)
+    link = announce / f"{device.config['serial']}.sock"
+    link.unlink(missing_ok=True)
+    link.symlink_to(path.resolve())
+    signal.signal(signal.SIGTERM, _stop)
+    print(json.dumps({"socket": str(path), **device.info()}), flush=True)
+    if ready:
+        ready()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        link.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+
+def _stop(*_):
+    raise KeyboardInterrupt
+
+
+def call(path: str, request: dict, timeout: float = 60.0):
+    """Send one request to a device socket; raises DeviceError with the device's message."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except OSError as e:
+            raise ConnectionError(f"no device answers at {path} ({e.strerror or e})") from None
+        s.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        raise DeviceError(reply.get("error", "the device refused"))
+    return reply["result"]

@@ -1,0 +1,421 @@
+"""The device lifecycle end to end, on the embedded node with simulated reference signers driven through
+HWI: issuing devices, the key ceremony (proof of possession, registration with proofs, each holder
+confirming the address their device shows), a spend signed on the devices under their own policy, a
+firmware upgrade campaign with a minimum version, and a rotation that migrates every coin to the
+successor policy before the old one retires and the leaving device is revoked. The attacks a
+coordinator must refuse on its own are checked at each step."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nacl.signing
+import pytest
+from embit.psbt import PSBT
+from embit.script import address_to_scriptpubkey
+from sqlalchemy import func, select
+
+from custody import ceremony, device_signing, devices, ledger, registry, rotation, spends
+from custody.db import open_database
+from custody.device_models import DeviceRegistration
+from custody.errors import CustodyError
+from custody.hwi_devices import DeviceSession, DeviceUnavailable
+from custody.models import Address
+from custody.models import EventLogEntry
+from custody.sync import Syncer
+from custody_signer import firmware
+from custody_signer.device import MODEL, SELF_TEST_MAGIC, possession_message
+from custody_signer.hsm import approval_message
+from regtest.testwallet import TestWallet
+
+from .conftest import mine_coins
+
+APPROVERS = {name: nacl.signing.SigningKey.generate() for name in ("olga", "omar")}
+PAYEE = TestWallet("lifecycle payee")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """Four simulated signers, each its own process on its own socket, found by HWI."""
+    root = tmp_path_factory.mktemp("fleet")
+    discovery = root / "discovery"
+    previous = os.environ.get("CUSTODY_SIGNER_DISCOVERY")
+    os.environ["CUSTODY_SIGNER_DISCOVERY"] = str(discovery)
+    procs, found = [], {}
+    try:
+        for name in "ABCD":
+            state = root / name
+            proc = subprocess.Popen([sys.executable, "-m", "custody_signer.cli", "simulate", "--state", str(state)],
+                                    stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+            procs.append(proc)
+            info = json.loads(proc.stdout.readline())
+            found[name] = {"state": state, **info}
+        yield found
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+        if previous is None:
+            os.environ.pop("CUSTODY_SIGNER_DISCOVERY", None)
+        else:
+            os.environ["CUSTODY_SIGNER_DISCOVERY"] = previous
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, rpc, wallet, fleet):
+    coins = mine_coins(rpc, wallet, 4)
+    sessions = open_database(f"sqlite:///{tmp_path_factory.mktemp('db') / 'custody.db'}")
+    return {"sessions": sessions, "coins": coins, "syncer": Syncer(sessions, rpc)}
+
+
+def shown_first_address(state: Path) -> str:
+    """What the device's screen showed last as a first address: what its holder reads."""
+    lines = (state / "screen.log").read_text().splitlines()
+    return [line for line in lines if line.startswith("first address ")][-1].removeprefix("first address ")
+
+
+def install_device_policy(state: Path, rules: list[dict]) -> None:
+    """The holder approves a signing policy on the device itself (not through the coordinator)."""
+    path = state / "policy-request.json"
+    path.write_text(json.dumps({"approvers": {n: k.verify_key.encode().hex() for n, k in APPROVERS.items()},
+                                "rules": rules}))
+    subprocess.run([sys.executable, "-m", "custody_signer.cli", "hsm-policy", "--state", str(state), str(path)],
+                   check=True, capture_output=True)
+
+
+def events(sessions) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(EventLogEntry))
+
+
+def onboard(sessions, name, serials, network="regtest"):
+    with sessions.begin() as s:
+        cid = ceremony.start(s, name, 2, serials, actor="ada").id
+    for serial in serials:
+        with sessions.begin() as s:
+            ceremony.collect_key(s, ceremony.get(s, cid), serial, network, actor="ada")
+    with sessions.begin() as s:
+        ceremony.register(s, ceremony.get(s, cid), network, actor="ada")
+    return cid
+
+
+def confirm_all(sessions, cid, fleet, serials):
+    by_serial = {f["serial"]: f for f in fleet.values()}
+    for serial in serials:
+        seen = shown_first_address(by_serial[serial]["state"])
+        with sessions.begin() as s:
+            ceremony.confirm(s, ceremony.get(s, cid), serial, seen, by=f"holder of {serial}")
+
+
+def approve_and_build(sessions, rpc, policy_name, destinations, **kw) -> int:
+    with sessions.begin() as s:
+        spend = spends.request_spend(s, registry.get_policy(s, policy_name), "ray", destinations, fee_rate=2.0, **kw)
+        sid = spend.id
+    for officer in ("olga", "omar"):
+        with sessions.begin() as s:
+            spends.decide(s, spends.get_spend(s, sid), officer, True)
+    with sessions.begin() as s:
+        spends.create_psbt(s, spends.get_spend(s, sid), rpc)
+    return sid
+
+
+def approver_signs(sessions, sid, names):
+    for name in names:
+        with sessions() as s:
+            txid = PSBT.from_string(spends.get_spend(s, sid).psbt).tx.txid().hex()
+        key = APPROVERS[name]
+        with sessions.begin() as s:
+            device_signing.add_approver_signature(s, spends.get_spend(s, sid), key.verify_key.encode().hex(),
+                                                  key.sign(approval_message(txid)).signature.hex(), actor=name)
+
+
+def sign_on(sessions, sid, serial):
+    with sessions.begin() as s:
+        return device_signing.sign_on_device(s, spends.get_spend(s, sid), devices.get(s, serial), actor="ray")
+
+
+def broadcast_and_confirm(sessions, rpc, world, sid):
+    with sessions.begin() as s:
+        spends.broadcast(s, spends.get_spend(s, sid), rpc, actor="ray")
+    rpc.generatetoaddress(1, PAYEE.address())
+    with sessions.begin() as s:
+        spends.track(s, spends.get_spend(s, sid), rpc)
+    world["syncer"].sync_once()
+    with sessions() as s:
+        return spends.get_spend(s, sid).state
+
+
+# -- the ceremony ------------------------------------------------------------------------------------------
+def test_devices_are_issued_and_connected_through_hwi(world, fleet):
+    sessions = world["sessions"]
+    with sessions.begin() as s:
+        for name, holder in zip("ABC", ("alice", "bob", "carol")):
+            devices.issue(s, model=MODEL, serial=fleet[name]["serial"], to=holder, actor="ada")
+    with sessions.begin() as s:
+        with pytest.raises(CustodyError, match="already in the inventory"):
+            devices.issue(s, model=MODEL, serial=fleet["A"]["serial"], to="mallory", actor="ada")
+    for name in "ABC":
+        with sessions.begin() as s:
+            devices.connect(s, devices.get(s, fleet[name]["serial"]), "regtest", actor="ada")
+    with sessions() as s:
+        inventory = {d["serial"]: d for d in devices.inventory(s)}
+    a = inventory[fleet["A"]["serial"]]
+    assert (a["model"], a["fingerprint"], a["firmware_version"], a["status"], a["signatory"]) == \
+        (MODEL, fleet["A"]["fingerprint"], "1.0.0", "issued", "alice")
+
+
+def test_ceremony_refuses_a_swapped_xpub(world, fleet):
+    """An xpub handed in for device A that A did not prove it holds (B's key, or A's key with a proof made
+    for another challenge) is refused, and nothing is stored."""
+    sessions = world["sessions"]
+    serials = [fleet[n]["serial"] for n in "ABC"]
+    with sessions.begin() as s:
+        cid = ceremony.start(s, "swap-attempt", 2, serials, actor="ada").id
+    with DeviceSession("custodysigner", fleet["B"]["fingerprint"], "regtest") as b:
+        b_key = f"[{fleet['B']['fingerprint']}/48h/1h/0h/2h]{b.xpub('m/48h/1h/0h/2h')}"
+        b_proof = b.sign_message(possession_message("not the challenge"), "m/48h/1h/0h/2h")
+    before = events(sessions)
+    with sessions.begin() as s:
+        with pytest.raises(CustodyError, match="origin fingerprint .* is not device"):
+            ceremony.accept_key(s, ceremony.get(s, cid), fleet["A"]["serial"], b_key, b_proof, "regtest", actor="ada")
+    with sessions.begin() as s:
+        with pytest.raises(CustodyError, match="proof of possession does not verify"):
+            ceremony.accept_key(s, ceremony.get(s, cid), fleet["B"]["serial"], b_key, b_proof, "regtest", actor="ada")
+    assert events(sessions) == before
+
+
+def test_ceremony_activates_the_policy_once_every_holder_confirms(world, fleet):
+    sessions = world["sessions"]
+    serials = [fleet[n]["serial"] for n in "ABC"]
+    cid = onboard(sessions, "vault", serials)
+    with sessions() as s:
+        state = ceremony.status(s, ceremony.get(s, cid))
+        assert state["state"] == "confirming"
+        assert registry.get_policy(s, "vault").status == "draft"
+    # every device derived and showed the coordinator's first address, and proved its registration
+    for name in "ABC":
+        assert shown_first_address(fleet[name]["state"]) == state["first_address"]
+    with sessions.begin() as s:
+        with pytest.raises(CustodyError, match="is not the policy's first address"):
+            ceremony.confirm(s, ceremony.get(s, cid), serials[0], PAYEE.address(), by="alice")
+    confirm_all(sessions, cid, fleet, serials[:2])
+    with sessions() as s:
+        assert registry.get_policy(s, "vault").status == "draft"       # not until the last holder confirms
+    confirm_all(sessions, cid, fleet, serials[2:])
+    with sessions() as s:
+        assert registry.get_policy(s, "vault").status == "active"
+        assert {d["status"] for d in devices.inventory(s) if d["serial"] in serials} == {"active"}
+        registrations = s.scalars(select(DeviceRegistration)).all()
+        assert len(registrations) == 3 and {r.state for r in registrations} == {"confirmed"}
+        assert all(r.proof for r in registrations)
+        spends.set_approval_rule(s, registry.get_policy(s, "vault"), required_approvals=2,
+                                 per_request_limit=5 * 100_000_000)
+        s.commit()
+
+
+# -- spending on the devices ---------------------------------------------------------------------------------
+def test_a_spend_is_signed_on_two_devices_under_their_policy(world, fleet, rpc, wallet):
+    sessions = world["sessions"]
+    with sessions() as s:
+        policy = registry.get_policy(s, "vault")
+        address = ledger_first_address(s, policy)
+    coin = world["coins"].pop()
+    rpc.sendrawtransaction(wallet.sign([coin], [(address_to_scriptpubkey(address).data, 10 * 100_000_000),
+                                                (wallet.wpkh, coin.value - 10 * 100_000_000 - 2_000)]))
+    rpc.generatetoaddress(1, PAYEE.address())
+    world["syncer"].sync_once()
+    for name in "ABC":
+        install_device_policy(fleet[name]["state"], [{"wallet": "vault", "max_amount": 2 * 100_000_000,
+                                                      "min_approvers": 1}])
+    sid = approve_and_build(sessions, rpc, "vault", [(PAYEE.address(), 100_000_000)])
+    with sessions.begin() as s:                     # no approver signature yet: the device's policy refuses
+        with pytest.raises(DeviceUnavailable, match="1 needed"):
+            device_signing.sign_on_device(s, spends.get_spend(s, sid), devices.get(s, fleet["A"]["serial"]),
+                                          actor="ray")
+    approver_signs(sessions, sid, ["olga"])
+    assert sign_on(sessions, sid, fleet["A"]["serial"]) == [fleet["A"]["fingerprint"]]
+    assert sign_on(sessions, sid, fleet["B"]["serial"]) == [fleet["B"]["fingerprint"]]
+    assert broadcast_and_confirm(sessions, rpc, world, sid) == "confirmed"
+
+
+def ledger_first_address(session, policy) -> str:
+    return session.scalar(select(Address.address).where(Address.policy_id == policy.id, Address.branch == 0,
+                                                        Address.index == 0))
+
+
+def test_over_the_limits_refused_by_the_device_and_by_the_coordinator(world, fleet, rpc):
+    sessions = world["sessions"]
+    sid = approve_and_build(sessions, rpc, "vault", [(PAYEE.address(), 3 * 100_000_000)])   # coordinator: <= 5 BTC
+    approver_signs(sessions, sid, ["olga", "omar"])
+    with sessions() as s:
+        psbt_before = spends.get_spend(s, sid).psbt
+    with sessions.begin() as s:
+        with pytest.raises(DeviceUnavailable, match="over its maximum"):
+            device_signing.sign_on_device(s, spends.get_spend(s, sid), devices.get(s, fleet["A"]["serial"]),
+                                          actor="ray")
+    with sessions() as s:
+        assert spends.get_spend(s, sid).psbt == psbt_before
+    with sessions.begin() as s:
+        spends.cancel(s, spends.get_spend(s, sid), actor="ray")
+    with sessions.begin() as s:                    # coordinator: over its own per-request limit
+        big = spends.request_spend(s, registry.get_policy(s, "vault"), "ray", [(PAYEE.address(), 6 * 100_000_000)],
+                                   fee_rate=2.0).id
+    with sessions.begin() as s:
+        spends.decide(s, spends.get_spend(s, big), "olga", True)
+    with sessions.begin() as s:
+        with pytest.raises(CustodyError, match="per-request limit"):
+            spends.decide(s, spends.get_spend(s, big), "omar", True)
+
+
+def test_a_forged_approver_signature_is_refused_by_the_coordinator(world, rpc):
+    sessions = world["sessions"]
+    sid = approve_and_build(sessions, rpc, "vault", [(PAYEE.address(), 10_000_000)])
+    mallory = nacl.signing.SigningKey.generate()
+    with sessions.begin() as s:
+        with pytest.raises(CustodyError, match="does not verify"):
+            device_signing.add_approver_signature(s, spends.get_spend(s, sid), APPROVERS["olga"].verify_key.encode()
+                                                  .hex(), mallory.sign(b"anything").signature.hex(), actor="mallory")
+    with sessions.begin() as s:
+        spends.cancel(s, spends.get_spend(s, sid), actor="ray")
+
+
+# -- firmware ------------------------------------------------------------------------------------------------
+def image(version: str, *, epoch: int = 1, model: str = MODEL, signers: int = 2, payload: bytes | None = None):
+    return firmware.build_image(payload or SELF_TEST_MAGIC + f"reference signer {version}\n".encode(), model=model,
+                                version=version, epoch=epoch, signers=firmware.test_release_keys(3)[:signers])
+
+
+def test_firmware_releases_are_verified_before_the_registry_takes_them(world):
+    sessions = world["sessions"]
+    with sessions.begin() as s:
+        devices.trust_model(s, MODEL, keys=sorted(firmware.test_release_public_keys(3)), threshold=2,
+                            production=False, actor="ada")
+    good = image("1.1.0", epoch=2)
+    tampered = good[:-5] + b"EVIL\n"
+    attacks = {"does not match the signed hash": tampered,
+               "1 valid release signature": image("1.1.1", signers=1),
+               "no release keys are trusted for model 'other-hardware'": image("1.1.2", model="other-hardware")}
+    for message, bad in attacks.items():
+        with sessions.begin() as s:
+            with pytest.raises(CustodyError, match=message):
+                devices.add_release(s, bad, actor="ada")
+    with sessions.begin() as s:
+        assert devices.add_release(s, good, actor="ada").version == "1.1.0"
+        devices.add_release(s, image("1.0.5"), actor="ada")
+    with sessions() as s:
+        assert [r["version"] for r in devices.releases(s)] == ["1.1.0", "1.0.5"]
+
+
+def test_a_device_below_the_minimum_cannot_sign_until_upgraded(world, fleet, rpc):
+    sessions = world["sessions"]
+    with sessions.begin() as s:
+        devices.set_min_version(s, MODEL, "1.1.0", actor="ada")
+    with sessions() as s:
+        standing = {d["serial"]: d["firmware"] for d in devices.inventory(s)}
+    assert standing[fleet["A"]["serial"]] == "upgrade required (below 1.1.0)"
+    sid = approve_and_build(sessions, rpc, "vault", [(PAYEE.address(), 20_000_000)])
+    approver_signs(sessions, sid, ["olga"])
+    with sessions.begin() as s:
+        with pytest.raises(CustodyError, match="cannot sign until upgraded"):
+            device_signing.sign_on_device(s, spends.get_spend(s, sid), devices.get(s, fleet["A"]["serial"]),
+                                          actor="ray")
+    with sessions() as s:
+        release = {r["version"]: r["id"] for r in devices.releases(s)}
+    for name in "ABC":
+        with sessions.begin() as s:
+            result = devices.upgrade(s, devices.get(s, fleet[name]["serial"]), release["1.1.0"], "regtest", actor="ada")
+        assert result["to"] == "1.1.0"
+    with sessions.begin() as s:                     # a downgrade is refused by the coordinator
+        with pytest.raises(CustodyError, match="not newer"):
+            devices.upgrade(s, devices.get(s, fleet["A"]["serial"]), release["1.0.5"], "regtest", actor="ada")
+    with DeviceSession("custodysigner", fleet["A"]["fingerprint"], "regtest") as d:   # ...and by the device
+        with pytest.raises(DeviceUnavailable, match="not newer"):
+            d.install_firmware(image("1.0.5"))
+        assert d.info()["firmware"]["version"] == "1.1.0"
+    sign_on(sessions, sid, fleet["A"]["serial"])
+    sign_on(sessions, sid, fleet["C"]["serial"])
+    assert broadcast_and_confirm(sessions, rpc, world, sid) == "confirmed"
+
+
+# -- rotation ------------------------------------------------------------------------------------------------
+def test_rotation_migrates_every_coin_then_retires_the_old_policy(world, fleet, rpc):
+    sessions = world["sessions"]
+    a, b, c, d = (fleet[n]["serial"] for n in "ABCD")
+    with sessions.begin() as s:
+        devices.issue(s, model=MODEL, serial=d, to="dave", actor="ada")
+    with sessions.begin() as s:
+        devices.connect(s, devices.get(s, d), "regtest", actor="ada")
+        release = {r["version"]: r["id"] for r in devices.releases(s)}
+    with sessions.begin() as s:
+        devices.upgrade(s, devices.get(s, d), release["1.1.0"], "regtest", actor="ada")
+    with sessions.begin() as s:
+        rid = rotation.start(s, registry.get_policy(s, "vault"), "vault-2", {c: d}, actor="ada").id
+        cid = rotation.get(s, rid).ceremony_id
+    for serial in (a, b, d):
+        with sessions.begin() as s:
+            ceremony.collect_key(s, ceremony.get(s, cid), serial, "regtest", actor="ada")
+    with sessions.begin() as s:
+        ceremony.register(s, ceremony.get(s, cid), "regtest", actor="ada")
+    with sessions.begin() as s:                     # no test spend before the successor is confirmed
+        with pytest.raises(CustodyError, match="finish it first"):
+            rotation.send_test(s, rotation.get(s, rid), 100_000, requester="ray", fee_rate=2.0)
+    confirm_all(sessions, cid, fleet, [a, b, d])
+    with sessions.begin() as s:
+        test_id = rotation.send_test(s, rotation.get(s, rid), 100_000, requester="ray", fee_rate=2.0).id
+    with sessions.begin() as s:                     # no migration before the test coin has arrived
+        with pytest.raises(CustodyError, match="has not reached"):
+            rotation.migrate(s, rotation.get(s, rid), requester="ray", fee_rate=2.0)
+    for officer in ("olga", "omar"):
+        with sessions.begin() as s:
+            spends.decide(s, spends.get_spend(s, test_id), officer, True)
+    with sessions.begin() as s:
+        spends.create_psbt(s, spends.get_spend(s, test_id), rpc)
+    approver_signs(sessions, test_id, ["olga"])
+    sign_on(sessions, test_id, a)
+    sign_on(sessions, test_id, b)
+    assert broadcast_and_confirm(sessions, rpc, world, test_id) == "confirmed"
+
+    with sessions() as s:
+        held = sum(b.total for n in ("vault", "vault-2") for b in ledger.balances(s, registry.get_policy(s, n)))
+    with sessions.begin() as s:
+        mid = rotation.migrate(s, rotation.get(s, rid), requester="ray", fee_rate=2.0).id
+    with sessions.begin() as s:
+        assert registry.get_policy(s, "vault").status == "retiring"
+        with pytest.raises(CustodyError, match="completes after the migration|only once it confirms"):
+            rotation.complete(s, rotation.get(s, rid), actor="ada")
+    for officer in ("olga", "omar"):             # the sweep is over the 5 BTC limit: exempt as a migration
+        with sessions.begin() as s:
+            spends.decide(s, spends.get_spend(s, mid), officer, True)
+    with sessions.begin() as s:
+        spends.create_psbt(s, spends.get_spend(s, mid), rpc)
+        migration_to = json.loads(spends.get_spend(s, mid).destinations)[0]["address"]
+    # the holders allow their devices to move everything to the successor, with both approvers
+    for name in "AB":
+        install_device_policy(fleet[name]["state"], [
+            {"wallet": "vault", "max_amount": 2 * 100_000_000, "min_approvers": 1},
+            {"wallet": "vault", "whitelist": [migration_to], "min_approvers": 2}])
+    approver_signs(sessions, mid, ["olga", "omar"])
+    sign_on(sessions, mid, a)
+    sign_on(sessions, mid, b)
+    assert broadcast_and_confirm(sessions, rpc, world, mid) == "confirmed"
+    with sessions.begin() as s:
+        done = rotation.complete(s, rotation.get(s, rid), actor="ada")
+    assert done["state"] == "complete" and done["retiring_devices"] == [c]
+    with sessions() as s:
+        assert registry.get_policy(s, "vault").status == "retired"
+        assert devices.get(s, c).status == "revoked"
+        old, new = (sum(b.total for b in ledger.balances(s, registry.get_policy(s, n))) for n in ("vault", "vault-2"))
+        fee = spends.get_spend(s, mid).fee
+    assert old == 0 and new == held - fee
+
+
+def test_the_log_holds_every_lifecycle_step(world):
+    with world["sessions"]() as s:
+        kinds = set(s.scalars(select(EventLogEntry.kind)))
+    assert {"device.issued", "device.connected", "ceremony.started", "ceremony.key", "device.registered",
+            "device.confirmed", "ceremony.complete", "firmware.trust", "firmware.release", "firmware.minimum",
+            "firmware.upgraded", "rotation.started", "rotation.test", "rotation.migration", "rotation.complete",
+            "device.status", "spend.approver_signature"} <= kinds
