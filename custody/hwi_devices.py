@@ -15,7 +15,8 @@ from hwilib.errors import HWWError
 
 from .errors import CustodyError
 
-CHAINS = {"main": Chain.MAIN, "test": Chain.TEST, "signet": Chain.SIGNET, "regtest": Chain.REGTEST}
+CHAINS = {"main": Chain.MAIN, "test": Chain.TEST, "testnet4": Chain.TEST, "signet": Chain.SIGNET,
+          "regtest": Chain.REGTEST}
 
 
 class DeviceUnavailable(CustodyError):

@@ -67,8 +67,9 @@ def fleet(tmp_path_factory):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, rpc, wallet, fleet):
     coins = mine_coins(rpc, wallet, 4)
-    sessions = open_database(f"sqlite:///{tmp_path_factory.mktemp('db') / 'custody.db'}")
-    return {"sessions": sessions, "coins": coins, "syncer": Syncer(sessions, rpc)}
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'custody.db'}"
+    sessions = open_database(url)
+    return {"sessions": sessions, "coins": coins, "syncer": Syncer(sessions, rpc), "url": url}
 
 
 def shown_first_address(state: Path) -> str:
@@ -419,3 +420,21 @@ def test_the_log_holds_every_lifecycle_step(world):
             "device.confirmed", "ceremony.complete", "firmware.trust", "firmware.release", "firmware.minimum",
             "firmware.upgraded", "rotation.started", "rotation.test", "rotation.migration", "rotation.complete",
             "device.status", "spend.approver_signature"} <= kinds
+
+
+def test_the_cli_lists_devices_and_refuses_in_one_line(world, fleet):
+    def custody(*argv):
+        return subprocess.run([sys.executable, "-m", "custody.cli", "--db", world["url"], "--json", *argv],
+                              capture_output=True, text=True, env=os.environ.copy())
+    seen = json.loads(custody("device", "connected").stdout)
+    assert {d["fingerprint"] for d in seen} == {f["fingerprint"] for f in fleet.values()}
+    listed = {d["serial"]: d for d in json.loads(custody("device", "list").stdout)}
+    assert listed[fleet["C"]["serial"]]["status"] == "revoked"
+    assert listed[fleet["D"]["serial"]]["firmware_version"] == "1.1.0"
+    with world["sessions"]() as s:
+        old = {r["version"]: r["id"] for r in devices.releases(s)}["1.0.5"]
+        before = events(world["sessions"])
+    refused = custody("firmware", "upgrade", fleet["A"]["serial"], str(old))
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "not newer" in refused.stderr
+    assert events(world["sessions"]) == before
