@@ -46,6 +46,10 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "user.admin": ("admin",),
     "token.self": ALL,
     "metrics": ("admin", "officer", "auditor", "viewer"),
+    "device.read": ("admin", "officer", "signatory", "auditor"),
+    "device.admin": ("admin",),                  # issue, connect, ceremonies, firmware, rotations
+    "device.confirm": ("signatory",),            # the holder confirms what their device shows
+    "device.sign": ("signatory",),               # have one's device sign a spend
 }
 
 

@@ -31,7 +31,7 @@ from .errors import CustodyError, NotFound
 from .eventlog import record
 from .hwi_devices import DeviceSession
 from .keys import KeyImportError, parse_key
-from .models import Address, Key, Policy, SigningDevice, utcnow
+from .models import Address, Key, Policy, Signatory, SigningDevice, utcnow
 from .policies import PolicyError, build_policy
 from .registry import create_policy, set_status, store_key
 
@@ -200,6 +200,9 @@ def confirm(session: Session, ceremony: Ceremony, serial: str, address: str, *, 
     if ceremony.state != "confirming":
         raise CustodyError(f"ceremony #{ceremony.id} is {ceremony.state}; nothing to confirm")
     _member_row, device = _member(session, ceremony, serial)
+    holder = session.get(Signatory, device.signatory_id) if device.signatory_id else None
+    if holder is not None and holder.name != by:
+        raise CustodyError(f"only {holder.name}, who holds device {serial}, confirms what it shows")
     registration = session.get(DeviceRegistration, (device.id, ceremony.policy_id))
     first = _first_address(session, session.get(Policy, ceremony.policy_id))
     if address.strip() != first:

@@ -103,12 +103,16 @@ def onboard(sessions, name, serials, network="regtest"):
     return cid
 
 
+HOLDERS = dict(zip("ABCD", ("alice", "bob", "carol", "dave")))
+
+
 def confirm_all(sessions, cid, fleet, serials):
-    by_serial = {f["serial"]: f for f in fleet.values()}
+    by_serial = {f["serial"]: (name, f) for name, f in fleet.items()}
     for serial in serials:
-        seen = shown_first_address(by_serial[serial]["state"])
+        name, device = by_serial[serial]
+        seen = shown_first_address(device["state"])
         with sessions.begin() as s:
-            ceremony.confirm(s, ceremony.get(s, cid), serial, seen, by=f"holder of {serial}")
+            ceremony.confirm(s, ceremony.get(s, cid), serial, seen, by=HOLDERS[name])
 
 
 def approve_and_build(sessions, rpc, policy_name, destinations, **kw) -> int:
@@ -202,6 +206,8 @@ def test_ceremony_activates_the_policy_once_every_holder_confirms(world, fleet):
     with sessions.begin() as s:
         with pytest.raises(CustodyError, match="is not the policy's first address"):
             ceremony.confirm(s, ceremony.get(s, cid), serials[0], PAYEE.address(), by="alice")
+        with pytest.raises(CustodyError, match="only alice, who holds device"):
+            ceremony.confirm(s, ceremony.get(s, cid), serials[0], state["first_address"], by="bob")
     confirm_all(sessions, cid, fleet, serials[:2])
     with sessions() as s:
         assert registry.get_policy(s, "vault").status == "draft"       # not until the last holder confirms
@@ -438,3 +444,33 @@ def test_the_cli_lists_devices_and_refuses_in_one_line(world, fleet):
     assert refused.returncode == 1
     assert refused.stderr.count("\n") == 1 and "not newer" in refused.stderr
     assert events(world["sessions"]) == before
+
+
+def test_the_console_and_api_show_the_inventory_by_role(world, fleet, node):
+    from fastapi.testclient import TestClient
+
+    from coordinator.app import create_app, node_factory
+    from custody import accounts
+    sessions = world["sessions"]
+    tokens = {}
+    with sessions.begin() as s:
+        for name, role in (("root", "admin"), ("aud", "auditor"), ("view", "viewer"), ("carol", "signatory")):
+            user, _secret = accounts.create_user(s, name, role, "a long enough password 1")
+            tokens[role] = accounts.create_token(s, user, "t")[0]
+    app = create_app(sessions, node_factory(node.url, cookie_file=node.cookie_file), sync_interval=0)
+    with TestClient(app) as client:
+        def get(path, role):
+            return client.get(path, headers={"authorization": f"Bearer {tokens[role]}"})
+        listed = {d["serial"]: d for d in get("/api/devices", "auditor").json()}
+        a = listed[fleet["A"]["serial"]]
+        assert {r["policy"]: r["state"] for r in a["registrations"]} == {"vault": "confirmed", "vault-2": "confirmed"}
+        assert listed[fleet["C"]["serial"]]["status"] == "revoked"
+        assert get("/api/devices", "viewer").status_code == 403
+        assert [r["state"] for r in get("/api/rotations", "auditor").json()] == ["complete"]
+        refused = client.post("/api/devices", json={"serial": "X-1", "model": MODEL, "signatory": "eve"},
+                              headers={"authorization": f"Bearer {tokens['signatory']}"})
+        assert refused.status_code == 403
+        page = get("/devices", "admin")
+        assert page.status_code == 200
+        for expected in (fleet["D"]["serial"], "revoked", "vault-2", "1.1.0", "Rotations"):
+            assert expected in page.text
