@@ -1,48 +1,40 @@
 """`make demo`: the custody story so far, on the embedded regtest node.
 
-Three signatories bring their keys, a 2-of-3 policy is built from them, a miner and a client pay it,
-and the ledger, kept in step with the node, shows the balance and every coin. Then a treasury officer
-requests a payment, two other officers approve it, two signatories sign the PSBT on their own devices
-(embit stands in for the hardware), and the coordinator verifies, broadcasts and follows it.
+Three signatories are issued reference signers (simulated devices, each its own process, reached only
+through HWI). In the key ceremony each device proves it holds its key, the 2-of-3 policy is registered
+on every device with a proof, and each holder confirms the first address their device shows. A miner
+and a client pay the policy, and the ledger, kept in step with the node, shows the balance and every
+coin. Then a treasury officer requests a payment, two other officers approve it (one also signs it for
+the devices' own policy), two devices check and sign the PSBT, and the coordinator verifies,
+broadcasts and follows it.
 """
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from embit import bip32
-from embit.networks import NETWORKS
-
+import nacl.signing
 from embit.psbt import PSBT
-
 from sqlalchemy import select
 
-from custody import eventlog, ledger, registry, spends
+from custody import ceremony, device_signing, devices, eventlog, ledger, registry, spends
+from custody_signer.cli import main as signer_cli
+from custody_signer.device import MODEL
+from custody_signer.hsm import approval_message
+from custody_signer.simulator import spawn
 from custody.models import EventLogEntry
 from custody.db import open_database
 from custody.node_client import NodeClient, btc_to_sats
-from custody.policies import build_policy
 from custody.sync import Syncer
 from regtest.launcher import start_node
 from regtest.testwallet import TestWallet, Utxo
 
-SIGNATORIES = ("Alice (CFO)", "Bob (treasurer)", "Carol (board)")
-
-
-def device(name: str) -> bip32.HDKey:
-    """A signatory's device: its seed never leaves it."""
-    return bip32.HDKey.from_seed(hashlib.sha256(f"demo device of {name}".encode()).digest(),
-                                 version=NETWORKS["regtest"]["xprv"])
-
-
-def signatory_key(name: str) -> str:
-    """The coordinator only ever sees each device's account xpub with its origin."""
-    root = device(name)
-    account = root.derive("m/48h/1h/0h/2h").to_public()
-    return f"[{root.my_fingerprint.hex()}/48h/1h/0h/2h]{account.to_base58()}"
+SIGNATORIES = {"alice": "Alice (CFO)", "bob": "Bob (treasurer)", "carol": "Carol (board)"}
+SERIALS: dict[str, str] = {}                       # holder -> the serial their device reports
+APPROVERS = {name: nacl.signing.SigningKey.generate() for name in ("erin", "frank")}   # officers' approval keys
 
 
 def table(rows: list[dict], columns: list[str]) -> None:
@@ -60,14 +52,7 @@ def main() -> int:
         try:
             print(f"embedded regtest node (Bitcoin Core's consensus via libbitcoinkernel) on {node.url}\n")
             sessions = open_database(f"sqlite:///{tmp}/custody.db")
-            keys = [signatory_key(name) for name in SIGNATORIES]
-            for name, key in zip(SIGNATORIES, keys):
-                print(f"key ceremony: {name:16} {key[:40]}…")
-            spec = build_policy("wsh-sortedmulti", 2, keys)
-            with sessions.begin() as s:
-                policy = registry.create_policy(s, "treasury", spec)
-                registry.set_status(s, policy, "active")
-            print(f"\npolicy 'treasury': {spec.label}\n  {spec.descriptor()}\n")
+            signers = key_ceremony(sessions, Path(tmp))
 
             syncer = Syncer(sessions, rpc)
             syncer.sync_once()
@@ -98,6 +83,8 @@ def main() -> int:
             if os.environ.get("DEMO_SERVE", "1") != "0":
                 serve_console(tmp, node, accounts_)
         finally:
+            for process in locals().get("signers", []):
+                process.terminate()
             node.stop()
     print("\nnext: `custody --help` for keys, policies, sync, balances, UTXOs, freezing and BIP-329 labels")
     return 0
@@ -162,14 +149,19 @@ def spend_story(sessions, syncer, rpc) -> None:
     with sessions.begin() as s:
         spend = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
         print(f"  PSBT built: {len(PSBT.from_string(spend.psbt).inputs)} input(s), fee {spend.fee} sat, coins reserved")
-    for name in SIGNATORIES[:2]:
-        with sessions() as s:
-            psbt = PSBT.from_string(spends.get_spend(s, spend_id).psbt)
-        psbt.sign_with(device(name))                         # on the signatory's own device
+    with sessions.begin() as s:                               # erin signs for the devices' own policy
+        spend = spends.get_spend(s, spend_id)
+        key = APPROVERS["erin"]
+        txid = PSBT.from_string(spend.psbt).tx.txid().hex()
+        device_signing.add_approver_signature(s, spend, key.verify_key.encode().hex(),
+                                              key.sign(approval_message(txid)).signature.hex(), actor="erin")
+    print("  erin's approval signature attached (the devices' policy asks for one)")
+    for holder in ("alice", "bob"):
         with sessions.begin() as s:
-            state = spends.get_spend(s, spend_id)
-            spends.add_signatures(s, state, psbt.serialize())
-            print(f"  signed by {name:18} -> verified, {state.state}")
+            spend = spends.get_spend(s, spend_id)
+            device = devices.get(s, SERIALS[holder])
+            device_signing.sign_on_device(s, spend, device, actor=holder)
+            print(f"  {SIGNATORIES[holder]:18} device checked and signed through HWI -> verified, {spend.state}")
     with sessions.begin() as s:
         txid = spends.broadcast(s, spends.get_spend(s, spend_id), rpc)
     print(f"  broadcast {txid[:16]}… after the node's testmempoolaccept")
@@ -188,6 +180,45 @@ def spend_story(sessions, syncer, rpc) -> None:
     print(f"  custody log verify: {'OK' if result.ok else 'FAILED: ' + str(result.problem)} (head {result.head_hash[:16]}…)")
     if not result.ok:
         raise SystemExit(1)
+
+
+def key_ceremony(sessions, tmp: Path) -> list:
+    """Issue a simulated device to each signatory and run the ceremony; returns the device processes."""
+    os.environ["CUSTODY_SIGNER_DISCOVERY"] = str(tmp / "signers")
+    processes, states = [], {}
+    for holder in SIGNATORIES:
+        process, info = spawn(tmp / f"device-{holder}")
+        processes.append(process)
+        states[holder] = tmp / f"device-{holder}"
+        SERIALS[holder] = info["serial"]
+        with sessions.begin() as s:
+            device = devices.issue(s, model=MODEL, serial=info["serial"], to=holder, actor="admin")
+            devices.connect(s, device, "regtest", actor="admin")
+        print(f"device issued to {SIGNATORIES[holder]:16} fingerprint {info['fingerprint']}, "
+              f"firmware {info['firmware']['version']}")
+        # the holder approves the device's own signing policy on the device itself
+        policy = {"approvers": {n: k.verify_key.encode().hex() for n, k in APPROVERS.items()},
+                  "rules": [{"wallet": "treasury", "max_amount": 20 * 100_000_000, "min_approvers": 1}]}
+        (tmp / f"policy-{holder}.json").write_text(json.dumps(policy))
+        signer_cli(["hsm-policy", "--state", str(states[holder]), str(tmp / f"policy-{holder}.json")])
+    serials = [SERIALS[holder] for holder in SIGNATORIES]
+    with sessions.begin() as s:
+        cid = ceremony.start(s, "treasury", 2, serials, actor="admin").id
+    for serial in serials:
+        with sessions.begin() as s:
+            key = ceremony.collect_key(s, ceremony.get(s, cid), serial, "regtest", actor="admin")
+            print(f"key ceremony: {serial:14} [{key.fingerprint}{key.path[1:]}]{key.xpub[:24]}… proof of possession OK")
+    with sessions.begin() as s:
+        policy = ceremony.register(s, ceremony.get(s, cid), "regtest", actor="admin")
+        print(f"\npolicy 'treasury' registered on every device, each proof verified:\n  {policy.descriptor}")
+    for holder, serial in zip(SIGNATORIES, serials):
+        shown = [line for line in (states[holder] / "screen.log").read_text().splitlines()
+                 if line.startswith("first address ")][-1].removeprefix("first address ")
+        with sessions.begin() as s:
+            state = ceremony.confirm(s, ceremony.get(s, cid), serial, shown, by=holder).state
+        print(f"  {SIGNATORIES[holder]:16} confirms the device shows {shown[:24]}… -> ceremony {state}")
+    print()
+    return processes
 
 
 def _addresses(session) -> list[dict]:

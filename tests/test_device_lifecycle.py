@@ -29,6 +29,7 @@ from custody.sync import Syncer
 from custody_signer import firmware
 from custody_signer.device import MODEL, SELF_TEST_MAGIC, possession_message
 from custody_signer.hsm import approval_message
+from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
 
 from .conftest import mine_coins
@@ -47,12 +48,9 @@ def fleet(tmp_path_factory):
     procs, found = [], {}
     try:
         for name in "ABCD":
-            state = root / name
-            proc = subprocess.Popen([sys.executable, "-m", "custody_signer.cli", "simulate", "--state", str(state)],
-                                    stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+            proc, info = spawn(root / name)
             procs.append(proc)
-            info = json.loads(proc.stdout.readline())
-            found[name] = {"state": state, **info}
+            found[name] = {"state": root / name, **info}
         yield found
     finally:
         for proc in procs:

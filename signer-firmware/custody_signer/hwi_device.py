@@ -122,12 +122,12 @@ def enumerate(password: str | None = None, expert: bool = False, chain: Chain = 
     for directory in discovery_dirs():
         if not directory.is_dir():
             continue
-        for link in sorted(directory.glob("*.sock")):
+        for socket_path in sorted(directory.glob("*.sock")):
             try:
-                info = call(str(link), {"op": "info"}, timeout=2)
+                info = call(str(socket_path), {"op": "info"}, timeout=2)
             except (ConnectionError, DeviceError, OSError, ValueError):
                 continue                              # a stale announcement: that simulator has stopped
             found.append({"type": DEVICE_TYPE, "model": info["model"], "label": info["serial"],
-                          "path": str(link), "fingerprint": info["fingerprint"], "needs_pin_sent": False,
+                          "path": str(socket_path), "fingerprint": info["fingerprint"], "needs_pin_sent": False,
                           "needs_passphrase_sent": False})
     return found

@@ -1,8 +1,8 @@
 """`custody-signer simulate --state DIR`: the reference signer as a process on a local socket.
 
-The device listens on `DIR/device.sock` (a Unix socket: only local processes reach it, with the file's
-permissions) and announces itself with a link in the discovery directory, which the HWI plugin lists
-(`discovery_dirs`). Each connection carries one JSON request line and gets one JSON reply line:
+The device listens on a Unix socket named after its serial in the discovery directory (only local
+processes reach it, and only its owner, by the file's permissions), where the HWI plugin looks for
+devices (`discovery_dirs`). Each connection carries one JSON request line and gets one JSON reply line:
 {"op": ..., ...} -> {"ok": true, "result": ...} or {"ok": false, "error": "..."}. Requests are served
 one at a time, as a device with one screen would.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .device import Device, DeviceError, decode_b64
 
-SOCKET_NAME = "device.sock"
+MAX_SOCKET_PATH = 100                  # sun_path holds 108 bytes on Linux, fewer elsewhere
 MAX_REQUEST = 8 * 1024 * 1024
 
 
@@ -92,15 +92,15 @@ class _Server(socketserver.UnixStreamServer):
 def serve(state: Path, *, ready=None) -> None:
     """Run the device until SIGTERM/SIGINT. Creates it (seed, factory firmware) on first start."""
     device = Device.open_or_create(Path(state))
-    path = Path(state) / SOCKET_NAME
+    directory = discovery_dirs()[0]
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"{device.config['serial']}.sock"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise DeviceError(f"socket path {path} is too long for a Unix socket; set CUSTODY_SIGNER_DISCOVERY "
+                          "to a shorter directory")
     path.unlink(missing_ok=True)
     server = _Server(str(path), device)
     os.chmod(path, 0o600)
-    announce = discovery_dirs()[0]
-    announce.mkdir(mode=0o700, parents=True, exist_ok=True)
-    link = announce / f"{device.config['serial']}.sock"
-    link.unlink(missing_ok=True)
-    link.symlink_to(path.resolve())
     signal.signal(signal.SIGTERM, _stop)
     print(json.dumps({"socket": str(path), **device.info()}), flush=True)
     if ready:
@@ -111,8 +111,21 @@ def serve(state: Path, *, ready=None) -> None:
         pass
     finally:
         server.server_close()
-        link.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
+
+
+def spawn(state: Path, env: dict | None = None):
+    """Start `custody-signer simulate --state STATE` as its own process; returns (process, device info)
+    once the device listens. Stop it with `process.terminate()`."""
+    import subprocess
+    import sys
+    process = subprocess.Popen([sys.executable, "-m", "custody_signer.cli", "simulate", "--state", str(state)],
+                               stdout=subprocess.PIPE, text=True, env=env)
+    line = process.stdout.readline()
+    if not line:
+        process.wait(timeout=10)
+        raise RuntimeError(f"the simulator for {state} exited with status {process.returncode}")
+    return process, json.loads(line)
 
 
 def _stop(*_):
