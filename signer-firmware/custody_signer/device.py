@@ -199,8 +199,9 @@ class Device:
         if not decision.allowed:
             raise DeviceError("the signing policy refuses: " + "; ".join(decision.reasons))
         self._show(f"Signed {facts.spent} sat from {facts.wallet.name}", *facts.destinations, f"fee {facts.fee} sat")
+        account = self._root.derive(list(facts.wallet.own_origin))
         for n, (branch, index) in enumerate(paths):
-            key = self._root.derive([*facts.wallet.own_origin, branch, index])
+            key = account.child(branch).child(index)
             inp = psbt.inputs[n]
             inp.witness_script = script.Script(facts.wallet.witness_script_at(branch, index))
             signature = key.key.sign(psbt.sighash(n, SIGHASH.ALL))

@@ -179,10 +179,25 @@ class Hsm:
         path = self.state / "hsm_log.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
+    def _last(self) -> dict | None:
+        """The log's last entry, read from the end of the file (the log only grows)."""
+        path = self.state / "hsm_log.jsonl"
+        if not path.exists() or path.stat().st_size == 0:
+            return None
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            position, tail = f.tell(), b""
+            while position > 0 and tail.count(b"\n") < 2:
+                step = min(4096, position)
+                position -= step
+                f.seek(position)
+                tail = f.read(step) + tail
+        return json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+
     def _log(self, entry: dict) -> None:
-        entries = self.log()
-        body = {"seq": len(entries), "time": int(self.clock()), **entry,
-                "prev": entries[-1]["hash"] if entries else GENESIS}
+        last = self._last()
+        body = {"seq": last["seq"] + 1 if last else 0, "time": int(self.clock()), **entry,
+                "prev": last["hash"] if last else GENESIS}
         body["hash"] = entry_hash(body)
         with open(self.state / "hsm_log.jsonl", "a") as f:
             f.write(json.dumps(body, sort_keys=True) + "\n")

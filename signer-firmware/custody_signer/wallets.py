@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 from embit import bip32
 from embit.descriptor import Descriptor
 from embit.descriptor.miniscript import Multi, Sortedmulti
 from embit.networks import NETWORKS
+from embit.script import Script
 
 MAX_INDEX = 10_000            # receive/change indexes above this are never trusted (change-to-huge-index attack)
 MAX_KEYS = 15                 # P2WSH CHECKMULTISIG standardness
@@ -40,17 +42,14 @@ class Wallet:
         """What the registration proof commits to: the descriptor and the name."""
         return hashlib.sha256(f"{self.name}\n{self.descriptor}".encode()).hexdigest()
 
-    def parsed(self) -> Descriptor:
-        return Descriptor.from_string(self.descriptor)
-
     def script_at(self, branch: int, index: int) -> bytes:
-        return self.parsed().derive(index, branch_index=branch).script_pubkey().data
+        return _scripts(self.descriptor, branch, index)[0]
 
     def witness_script_at(self, branch: int, index: int) -> bytes:
-        return self.parsed().derive(index, branch_index=branch).witness_script().data
+        return _scripts(self.descriptor, branch, index)[1]
 
     def address_at(self, branch: int, index: int, network: str) -> str:
-        return self.parsed().derive(index, branch_index=branch).script_pubkey().address(NETWORKS[network])
+        return Script(self.script_at(branch, index)).address(NETWORKS[network])
 
     def to_json(self) -> dict:
         return {"name": self.name, "descriptor": self.descriptor, "threshold": self.threshold, "keys": self.keys,
@@ -101,6 +100,18 @@ def check_wallet(name: str, descriptor: str, root: bip32.HDKey, network: str) ->
     if position is None:
         raise RegistrationError("this device's key is not in the policy (a swapped xpub?)")
     return Wallet(name, text, threshold, len(keys), position, own_origin)
+
+
+@lru_cache(maxsize=64)
+def _parsed(descriptor: str) -> Descriptor:
+    return Descriptor.from_string(descriptor)
+
+
+@lru_cache(maxsize=4096)
+def _scripts(descriptor: str, branch: int, index: int) -> tuple[bytes, bytes]:
+    """(scriptPubKey, witness script) at branch/index: parsing and deriving are most of a signature's cost."""
+    derived = _parsed(descriptor).derive(index, branch_index=branch)
+    return derived.script_pubkey().data, derived.witness_script().data
 
 
 def derivation_in(wallet: Wallet, path: list[int]) -> tuple[int, int] | None:
