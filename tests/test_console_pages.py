@@ -159,3 +159,29 @@ def test_logging_in_wrongly_and_out(console):
                                              "login_csrf": console.client.cookies.get("custody_login_csrf"),
                                              "next": "https://evil.example/"}, follow_redirects=False)
     assert ok.headers["location"] == "/"                               # never off-site after a login
+
+
+def test_devices_page_forms_for_the_admin(console):
+    from custody_signer import firmware
+    from custody_signer.device import MODEL, factory_image
+    console.login("root")
+    issued = console.post("/devices/issue", {"serial": "RS-0001", "model": MODEL, "signatory": "sina"})
+    assert issued.status_code == 303
+    page = console.client.get("/devices")
+    assert 'data-serial="RS-0001"' in page.text and "issued" in page.text
+    keys = " ".join(sorted(firmware.test_release_public_keys(3)))
+    assert console.post("/firmware/trust", {"model": MODEL, "keys": keys, "threshold": "2",
+                                            "test_keys": "true"}).status_code == 303
+    image = factory_image("1.2.0", epoch=2)
+    tampered = image[:-3] + b"XX\n"
+    refused = console.post("/firmware/add", files={"image": ("fw.bin", tampered)})
+    assert refused.status_code == 400 and "does not match the signed hash" in refused.text
+    assert console.post("/firmware/add", files={"image": ("fw.bin", image)}).status_code == 303
+    assert console.post("/firmware/minimum", {"model": MODEL, "version": "1.2.0"}).status_code == 303
+    page = console.client.get("/devices")
+    assert "1.2.0" in page.text and "No releases in the registry" not in page.text
+    unknown = console.post("/ceremonies/new", {"policy": "v2", "threshold": "2", "devices": "RS-0001 RS-9999"})
+    assert unknown.status_code == 404 and "no device RS-9999" in unknown.text
+    console.login("sina")                          # a signatory sees the page but may not issue devices
+    assert console.client.get("/devices").status_code == 200
+    assert console.post("/devices/issue", {"serial": "RS-0002", "model": MODEL, "signatory": "sina"}).status_code == 403

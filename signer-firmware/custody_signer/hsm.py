@@ -76,8 +76,9 @@ def check_policy(policy: dict) -> dict:
                 raise PolicyError(f"rule {n}: {field} is a whole number of satoshis/approvers")
         period = rule.get("per_period")
         if period is not None and not (isinstance(period, dict) and type(period.get("minutes")) is int
-                                       and period["minutes"] > 0 and type(period.get("max_amount")) is int):
-            raise PolicyError(f"rule {n}: per_period is {{\"minutes\": N, \"max_amount\": SATS}}")
+                                       and 0 < period["minutes"] <= 366 * 24 * 60
+                                       and type(period.get("max_amount")) is int):
+            raise PolicyError(f"rule {n}: per_period is {{\"minutes\": N (at most a year), \"max_amount\": SATS}}")
         unknown = set(rule.get("approvers", [])) - set(approvers)
         if unknown:
             raise PolicyError(f"rule {n}: approvers {sorted(unknown)} are not registered")
