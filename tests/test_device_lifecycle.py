@@ -38,8 +38,20 @@ APPROVERS = {name: nacl.signing.SigningKey.generate() for name in ("olga", "omar
 PAYEE = TestWallet("lifecycle payee")
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request, tmp_path_factory):
+    """The whole story once per database (a fresh fleet each time)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'custody.db'}"
+    import psycopg
+    server = request.getfixturevalue("postgres_server")
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE custody_device_lifecycle")
+    return f"{server}/custody_device_lifecycle"
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+def fleet(backend, tmp_path_factory):
     """Four simulated signers, each its own process on its own socket, found by HWI."""
     root = tmp_path_factory.mktemp("fleet")
     discovery = root / "discovery"
@@ -63,11 +75,10 @@ def fleet(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, rpc, wallet, fleet):
+def world(backend, rpc, wallet, fleet):
     coins = mine_coins(rpc, wallet, 4)
-    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'custody.db'}"
-    sessions = open_database(url)
-    return {"sessions": sessions, "coins": coins, "syncer": Syncer(sessions, rpc), "url": url}
+    sessions = open_database(backend)
+    return {"sessions": sessions, "coins": coins, "syncer": Syncer(sessions, rpc), "url": backend}
 
 
 def shown_first_address(state: Path) -> str:
