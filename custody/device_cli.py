@@ -27,9 +27,11 @@ def add_commands(sub, command, sessions) -> None:
     c.add_argument("serial")
     c.add_argument("--model", required=True)
     c.add_argument("--to", required=True, help="the signatory")
-    c = command("connect", tx(lambda s, a: ds.device_connect(s, a.serial, network=a.network, actor=a.actor)),
+    c = command("connect", tx(lambda s, a: ds.device_connect(s, a.serial, network=a.network, actor=a.actor,
+                                                             fingerprint=a.fingerprint)),
                 "find the device through HWI and record its fingerprint and firmware", dev)
     c.add_argument("serial")
+    c.add_argument("--fingerprint", help="for a device HWI lists without a serial: its fingerprint (`device connected`)")
     for status in ("suspend", "resume", "revoke"):
         target = {"suspend": "suspended", "resume": "active", "revoke": "revoked"}[status]
         c = command(status, tx(lambda s, a, target=target: ds.device_status(s, a.serial, target, actor=a.actor,

@@ -31,8 +31,8 @@ def device_issue(s: Session, *, model: str, serial: str, to: str, actor: str) ->
     return device_show(s, serial)
 
 
-def device_connect(s: Session, serial: str, *, network: str, actor: str) -> dict:
-    devices.connect(s, devices.get(s, serial), network, actor=actor)
+def device_connect(s: Session, serial: str, *, network: str, actor: str, fingerprint: str | None = None) -> dict:
+    devices.connect(s, devices.get(s, serial), network, actor=actor, fingerprint=fingerprint)
     return device_show(s, serial)
 
 

@@ -64,17 +64,24 @@ def get(session: Session, serial: str) -> SigningDevice:
     return device
 
 
-def connect(session: Session, device: SigningDevice, network: str, *, actor: str) -> SigningDevice:
-    """Find the device through HWI (by fingerprint once known, else by its label = serial) and record
-    what it reports: fingerprint, HWI type, firmware."""
+def connect(session: Session, device: SigningDevice, network: str, *, actor: str,
+            fingerprint: str | None = None) -> SigningDevice:
+    """Find the device through HWI (by its fingerprint: on record, or as HWI lists it for a device that
+    reports no serial; else by its label = serial) and record what it reports: fingerprint, HWI type,
+    firmware."""
     if device.status == "revoked":
         raise CustodyError(f"device {device.serial} is revoked")
-    with DeviceSession(device.hwi_type, device.fingerprint, network, label=device.serial) as d:
+    with DeviceSession(device.hwi_type, device.fingerprint or fingerprint, network, label=device.serial) as d:
         info = d.info()
         fingerprint = d.fingerprint()
     if device.fingerprint is not None and device.fingerprint != fingerprint:
         raise CustodyError(f"device {device.serial} now reports fingerprint {fingerprint}, not {device.fingerprint} "
                            f"(reset or swapped?): suspend it and investigate")
+    other = session.scalar(select(SigningDevice).where(SigningDevice.fingerprint == fingerprint,
+                                                       SigningDevice.id != device.id))
+    if other is not None:
+        raise CustodyError(f"the connected device (fingerprint {fingerprint}) is already in the inventory as "
+                           f"{other.serial}")
     if info.get("model") != device.model:
         raise CustodyError(f"the connected device is a {info.get('model')}, the inventory says {device.model}")
     device.fingerprint, device.hwi_type = fingerprint, d.found.hwi_type

@@ -100,5 +100,9 @@ class DeviceSession:
         return self._do("install the firmware", lambda: install(image))
 
     def info(self) -> dict:
-        describe = self._extension("device_info", "describe itself")
+        """Model and firmware as the device reports them; a device HWI cannot ask gives its HWI model and
+        no firmware version (its standing is then "unknown")."""
+        describe = getattr(self.client, "device_info", None)
+        if describe is None:
+            return {"model": self.found.model, "firmware": {"version": None}}
         return self._do("describe itself", describe)

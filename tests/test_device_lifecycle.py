@@ -453,6 +453,11 @@ def test_the_cli_lists_devices_and_refuses_in_one_line(world, fleet):
     assert refused.returncode == 1
     assert refused.stderr.count("\n") == 1 and "not newer" in refused.stderr
     assert events(world["sessions"]) == before
+    # a device HWI lists without our serial is connected by its fingerprint, but one physical device
+    # cannot stand behind two inventory entries
+    assert custody("device", "issue", "HW-777", "--model", MODEL, "--to", "erin").returncode == 0
+    twice = custody("device", "connect", "HW-777", "--fingerprint", fleet["A"]["fingerprint"])
+    assert twice.returncode == 1 and f"already in the inventory as {fleet['A']['serial']}" in twice.stderr
 
 
 def test_the_console_and_api_show_the_inventory_by_role(world, fleet, node):
