@@ -68,9 +68,20 @@ def check_policy(policy: dict) -> dict:
             nacl.signing.VerifyKey(bytes.fromhex(key))
         except (ValueError, TypeError, nacl.exceptions.CryptoError):
             raise PolicyError(f"approver {name!r}: not an ed25519 public key in hex") from None
+    holders: dict[str, str] = {}
+    for name, key in approvers.items():
+        if key.lower() in holders:                  # one key under two names would be counted as either
+            raise PolicyError(f"approvers {holders[key.lower()]!r} and {name!r} share one key")
+        holders[key.lower()] = name
     for n, rule in enumerate(rules):
         if not isinstance(rule, dict) or set(rule) - RULE_FIELDS:
             raise PolicyError(f"rule {n}: unknown fields {sorted(set(rule) - RULE_FIELDS) if isinstance(rule, dict) else rule}")
+        if "wallet" in rule and not isinstance(rule["wallet"], str):
+            raise PolicyError(f"rule {n}: wallet is the name of a registered wallet")
+        # a bare string would be tested with `in` as a substring, a dict by its keys: lists of text only
+        for field in ("whitelist", "approvers"):
+            if field in rule and not (isinstance(rule[field], list) and all(isinstance(a, str) for a in rule[field])):
+                raise PolicyError(f"rule {n}: {field} is a list of {'addresses' if field == 'whitelist' else 'names'}")
         for field in ("max_amount", "min_approvers"):
             if field in rule and (type(rule[field]) is not int or rule[field] < 0):
                 raise PolicyError(f"rule {n}: {field} is a whole number of satoshis/approvers")

@@ -2,7 +2,7 @@
 
 The coordinator's PSBT is a set of claims: amounts, scripts, which outputs are change. The device
 trusts none of it. It proves each fact itself and returns only proven facts (`Facts`):
-- every input spends a coin of one registered wallet, at a path it re-derives within a bounded index;
+- every input spends a distinct coin of one registered wallet, at a path it re-derives within a bounded index;
 - every input carries its full previous transaction (`non_witness_utxo`), whose txid matches the
   outpoint and whose output agrees with `witness_utxo` in amount and script (a segwit v0 signature
   commits only to the amount it is told, so a lying amount would turn change into fee);
@@ -66,7 +66,12 @@ def inspect(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey, network: str, 
     if not psbt.inputs:
         raise SigningRefused("the PSBT has no inputs")
     wallet, paths, total = None, [], 0
+    outpoints: dict[tuple[bytes, int], int] = {}
     for n, inp in enumerate(psbt.inputs):
+        outpoint = (inp.txid, inp.vout)
+        if outpoint in outpoints:                 # counted twice, it would inflate the inputs and hide a fee
+            raise SigningRefused(f"input {n} spends the same coin as input {outpoints[outpoint]}")
+        outpoints[outpoint] = n
         if inp.sighash_type not in (None, SIGHASH.ALL):
             raise SigningRefused(f"input {n} asks for sighash {inp.sighash_type}; this device signs SIGHASH_ALL only")
         prev = inp.non_witness_utxo
@@ -102,7 +107,7 @@ def inspect(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey, network: str, 
                 raise SigningRefused(f"output {n} claims to be change but does not derive from wallet "
                                      f"{wallet.name!r} within index {MAX_INDEX} (change substitution?)")
             change = True
-        outputs.append(Output(out.script_pubkey.address(NETWORKS[network]), out.value, change))
+        outputs.append(Output(_describe(out.script_pubkey, network), out.value, change))
     paid = sum(o.value for o in outputs)
     if paid > total:
         raise SigningRefused(f"the outputs ({paid} sat) exceed the inputs ({total} sat)")
@@ -114,6 +119,15 @@ def inspect(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey, network: str, 
         raise SigningRefused(f"fee rate {fee / vsize:.1f} sat/vB is above this device's cap of {caps.max_fee_rate}")
     facts = Facts(wallet, psbt.tx.txid().hex(), total, tuple(outputs), fee, vsize)
     return facts, paths
+
+
+def _describe(script_pubkey, network: str) -> str:
+    """The output's address; a script with none (OP_RETURN, bare or non-standard scripts) is shown as its
+    hex, so it is still a destination the policy sees (and no allow-list of addresses matches it)."""
+    try:
+        return script_pubkey.address(NETWORKS[network])
+    except Exception:                              # embit raises ValueError/EmbitError for scripts without one
+        return "script:" + script_pubkey.data.hex()
 
 
 def _find_owner(derivations: dict, wallets: list[Wallet], fingerprint: bytes, script_pubkey: bytes):
