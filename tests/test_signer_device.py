@@ -32,11 +32,15 @@ from embit.networks import NETWORKS
 from embit.psbt import PSBT, DerivationPath
 from embit.script import Script, Witness, p2wpkh
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
+from hwilib import commands
+from hwilib.common import Chain
+from hwilib.errors import DeviceFailureError
 
 from custody import bip322, signatures
 from custody_signer import cli, firmware
 from custody_signer.device import MODEL, SELF_TEST_MAGIC, Device, DeviceError, registration_message
-from custody_signer.hsm import PolicyError, approval_key, approval_message, check_policy, verify_log
+from custody_signer.hsm import PolicyError, approval_key, approval_message, check_policy, entry_hash, verify_log
+from custody_signer.simulator import call, spawn
 from custody_signer.wallets import MAX_INDEX
 from regtest.testwallet import TestWallet
 
@@ -75,7 +79,8 @@ def node_addresses(rpc, descriptor: str, index_range: list[int]) -> list[list[st
 class Coin:
     prev: Transaction          # the funding transaction, as mined
     vout: int
-    index: int                 # the wallet's receive index holding it
+    index: int                 # the wallet's index holding it
+    branch: int = 0            # 0 receive, 1 change
 
     @property
     def value(self) -> int:
@@ -87,7 +92,7 @@ class Vault:
     devices: list[Device]
     descriptor: str
     unspent: list[Coin]        # coins a test may spend on chain (each at most once: `take`)
-    idle: list[Coin]           # coins never spent on chain: for PSBTs that are refused or only test-accepted
+    idle: list[Coin]           # never spent on chain, for PSBTs refused or only test-accepted; idle[3] is at index 5
     funding: Transaction
     change_vout: int           # the funder's change in `funding`: a real coin that is not the vault's
     registrations: list[dict] = field(default_factory=list)
@@ -123,7 +128,7 @@ def vault(tmp_path_factory, rpc, wallet, mined):
     rpc.generatetoaddress(1, TestWallet("miner").address())
     funding = Transaction.parse(bytes.fromhex(rpc.getrawtransaction(txid)))
     coins = [Coin(funding, n, 0) for n in range(10)] + [Coin(funding, 10, 5)]
-    return Vault(devices, descriptor, unspent=coins[:7] + coins[10:], idle=coins[7:10], funding=funding,
+    return Vault(devices, descriptor, unspent=coins[:7], idle=coins[7:], funding=funding,
                  change_vout=11, registrations=registrations)
 
 
@@ -141,7 +146,7 @@ def spend(vault: Vault, *coins: Coin, pay: int = PAY, to: bytes = PAYEE.wpkh, fe
                            TransactionOutput(sum(c.value for c in coins) - pay - fee, change.script_pubkey())])
     psbt = PSBT(tx, {})                  # embit's default for the global fields is one shared dict
     for scope, coin in zip(psbt.inputs, coins):
-        derived = vault.derive(0, coin.index)
+        derived = vault.derive(coin.branch, coin.index)
         scope.non_witness_utxo = coin.prev
         scope.witness_utxo = coin.prev.vout[coin.vout]
         scope.witness_script = derived.witness_script()
@@ -201,14 +206,26 @@ def test_two_devices_sign_and_the_node_mines_the_spend(rpc, vault):
     assert len(psbt.inputs[0].partial_sigs) == 2
     txid = rpc.sendrawtransaction(signatures.finalize(psbt, 2).hex())
     rpc.generatetoaddress(1, TestWallet("miner").address())
-    mined = rpc.getrawtransaction(txid, True)
-    assert mined["confirmations"] == 1
-    assert [round(o["value"] * BTC) for o in mined["vout"]] == [PAY, BTC - PAY - FEE]
+    confirmed = rpc.getrawtransaction(txid, True)
+    assert confirmed["confirmations"] == 1
+    assert [round(o["value"] * BTC) for o in confirmed["vout"]] == [PAY, BTC - PAY - FEE]
     assert rpc.gettxout(coin.prev.txid().hex(), coin.vout) is None          # the vault's coin is spent
 
 
+def test_the_change_comes_back_as_a_coin_the_devices_spend(rpc, vault):
+    first = cosign(spend(vault, vault.take(), change_index=7), vault.devices[1], vault.devices[2])
+    txid = rpc.sendrawtransaction(signatures.finalize(first, 2).hex())
+    rpc.generatetoaddress(1, TestWallet("miner").address())
+    change = Coin(Transaction.parse(bytes.fromhex(rpc.getrawtransaction(txid))), 1, 7, branch=1)
+    assert address(change.prev.vout[1].script_pubkey.data) == vault.devices[0].display_address("vault", 1, 7)
+    second = cosign(spend(vault, change, pay=10_000_000, change_index=8), vault.devices[0], vault.devices[1])
+    rpc.sendrawtransaction(signatures.finalize(second, 2).hex())
+    rpc.generatetoaddress(1, TestWallet("miner").address())
+    assert rpc.gettxout(txid, 1) is None and rpc.gettxout(second.tx.txid().hex(), 1)["confirmations"] == 1
+
+
 def test_a_spend_of_coins_at_two_indexes_is_accepted(rpc, vault):
-    psbt = cosign(spend(vault, vault.idle[0], vault.unspent[-1], pay=2 * BTC), vault.devices[1], vault.devices[2])
+    psbt = cosign(spend(vault, vault.idle[0], vault.idle[3], pay=2 * BTC), vault.devices[1], vault.devices[2])
     assert accepted(rpc, psbt)["allowed"]
 
 
@@ -300,6 +317,8 @@ def keys(vault):
         me_elsewhere=f"[{me.fingerprint}/48h/1h/1h/2h]{me.xpub(ACCOUNT)}/<0;1>/*",
         stranger=f"[{fingerprint}/48h/1h/0h/2h]{stranger.to_string(NETWORKS['regtest']['xpub'])}/<0;1>/*",
         mainnet=f"[{fingerprint}/48h/1h/0h/2h]{stranger.to_string(NETWORKS['main']['xpub'])}/<0;1>/*",
+        me_mainnet=key_expression(me).replace(me.xpub(ACCOUNT), bip32.HDKey.from_string(me.xpub(ACCOUNT))
+                                              .to_string(NETWORKS["main"]["xpub"])),
         three_bare=f"{three.xpub(ACCOUNT)}/<0;1>/*")
 
 
@@ -317,6 +336,8 @@ NOT_WSH_MULTI = r"this device registers wsh\(sortedmulti\(\.\.\.\)\) or wsh\(mul
     pytest.param(lambda k: f"wsh(sortedmulti(2,{k.me},{k.me},{k.three}))", "key 2 appears twice", id="itself twice"),
     pytest.param(lambda k: f"wsh(sortedmulti(2,{k.me},{k.two},{k.mainnet}))", "key 3 is not for regtest",
                  id="mainnet key"),
+    pytest.param(lambda k: f"wsh(sortedmulti(2,{k.me_mainnet},{k.two},{k.three}))", "key 1 is not for regtest",
+                 id="own key as mainnet xpub"),
     pytest.param(lambda k: f"tr({k.two},sortedmulti_a(2,{k.me},{k.three}))", NOT_WSH_MULTI, id="taproot"),
     pytest.param(lambda k: f"wsh(pk({k.me}))", NOT_WSH_MULTI, id="wsh single key"),
     pytest.param(lambda k: f"wpkh({k.me})", NOT_WSH_MULTI, id="wpkh"),
@@ -333,6 +354,18 @@ def test_registration_refusals(vault, keys, make, message):
     with pytest.raises(DeviceError, match=message):
         device.register("bad", make(keys))
     assert [w.name for w in device.wallets()] == ["vault"]
+
+
+def test_an_unsorted_multi_wallet_is_registered_too(rpc, vault, device):
+    """wsh(multi(...)) keeps the keys in the order written: another wallet, with its own addresses."""
+    multi = vault.descriptor.replace("sortedmulti(", "multi(")
+    result = device.register("vault-multi", multi)
+    receive = node_addresses(rpc, multi, [0, 19])[0]
+    assert result["first_address"] == receive[0]
+    assert [device.display_address("vault-multi", 0, i) for i in range(20)] == receive
+    # at any one index the written order may happen to be the sorted one; over twenty it is not
+    assert receive != [device.display_address("vault", 0, i) for i in range(20)]
+    assert [w.name for w in device.wallets()] == ["vault", "vault-multi"]
 
 
 def test_a_wallet_name_must_be_printable(vault):
@@ -492,6 +525,24 @@ def test_a_refusal_through_the_device_leaves_no_signature(vault):
 
 
 # -- deterministic signatures -------------------------------------------------------------------------------
+def _bip143_digest(tx: Transaction, n: int, witness_script: bytes, value: int) -> bytes:
+    """BIP-143's signature hash for SIGHASH_ALL, written out with hashlib (not the signer's library)."""
+    def dsha(data: bytes) -> bytes:
+        return hashlib.sha256(hashlib.sha256(data).digest()).digest()
+
+    def push(data: bytes) -> bytes:
+        assert len(data) < 0xFD
+        return bytes([len(data)]) + data
+
+    outpoints = [vin.txid[::-1] + vin.vout.to_bytes(4, "little") for vin in tx.vin]
+    sequences = [vin.sequence.to_bytes(4, "little") for vin in tx.vin]
+    outputs = b"".join(out.value.to_bytes(8, "little") + push(out.script_pubkey.data) for out in tx.vout)
+    preimage = (tx.version.to_bytes(4, "little") + dsha(b"".join(outpoints)) + dsha(b"".join(sequences))
+                + outpoints[n] + push(witness_script) + value.to_bytes(8, "little") + sequences[n]
+                + dsha(outputs) + tx.locktime.to_bytes(4, "little") + SIGHASH.ALL.to_bytes(4, "little"))
+    return dsha(preimage)
+
+
 def _reference_signature(secret: bytes, digest: bytes) -> tuple[bytes, int]:
     """RFC 6979 ECDSA over a ready digest by an independent implementation, in Bitcoin's low-S form."""
     key = cec.derive_private_key(int.from_bytes(secret, "big"), cec.SECP256K1())
@@ -501,7 +552,7 @@ def _reference_signature(secret: bytes, digest: bytes) -> tuple[bytes, int]:
 
 def test_signatures_are_rfc6979_deterministic_and_match_an_independent_signer(rpc, vault):
     """Signing the same PSBT twice gives the same signature, equal to cryptography's RFC 6979 signature of
-    the BIP-143 digest. Like Bitcoin Core, the signer then retries with extra nonce data while r >= 2^255
+    the BIP-143 digest (computed here by hand); the node accepts it. Like Bitcoin Core, the signer then retries with extra nonce data while r >= 2^255
     (low R), which cryptography cannot reproduce: those signatures must at least be low R and valid."""
     device = vault.devices[0]
     seed = bytes.fromhex((device.state / "seed.hex").read_text())
@@ -518,7 +569,7 @@ def test_signatures_are_rfc6979_deterministic_and_match_an_independent_signer(rp
         path = next(d.derivation for p, d in psbt.inputs[0].bip32_derivations.items() if p.sec() == pub.sec())
         child = root.derive(path)
         assert child.key.get_public_key().sec() == pub.sec()
-        digest = psbt.tx.sighash_segwit(0, psbt.inputs[0].witness_script, coin.value, SIGHASH.ALL)
+        digest = _bip143_digest(psbt.tx, 0, psbt.inputs[0].witness_script.data, coin.value)
         reference, r = _reference_signature(child.key.secret, digest)
         if r < 2**255:
             assert sig[:-1] == reference
@@ -680,11 +731,19 @@ def test_the_first_matching_rule_decides(vault, device):
     ({"approvers": {**approver_keys("alice"), "alias": approver_keys("alice")["alice"]}, "rules": []},
      "approvers 'alice' and 'alias' share one key"),
     ({"approvers": {}}, "a list of 'rules'"),
+    ([{"wallet": "vault"}], "a policy is a JSON object"),
 ])
-def test_a_malformed_policy_is_not_installed(vault, device, policy, message):
+def test_a_malformed_policy_is_not_installed(device, policy, message):
     with pytest.raises(PolicyError, match=message):
         device.hsm.install(policy)
     assert device.hsm.policy is None and device.hsm.log() == []
+
+
+def test_a_policy_file_that_is_not_an_object_is_refused_in_one_line(device, tmp_path, capsys):
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text("[]")
+    assert cli.main(["hsm-policy", "--state", str(device.state), str(policy_file)]) == 1
+    assert capsys.readouterr().err == "custody-signer: error: a policy is a JSON object with 'approvers' and 'rules'\n"
 
 
 def test_the_policy_is_approved_with_the_command_line(vault, device, tmp_path, capsys):
@@ -725,7 +784,6 @@ def test_an_altered_entry_is_detected(vault, device):
 
 
 def test_an_altered_entry_with_a_recomputed_hash_breaks_the_next_link(vault, device):
-    from custody_signer.hsm import entry_hash
     log = _decisions(vault, device)
     altered = [dict(e) for e in log]
     altered[1]["destinations"] = [address(THIEF.wpkh)]
@@ -831,6 +889,7 @@ class Fleet:
     discovery: Path
     env: dict
     descriptor: str = ""
+    registrations: list[dict] = field(default_factory=list)
     coin: Coin | None = None
 
 
@@ -846,9 +905,6 @@ def fleet(tmp_path_factory, rpc, wallet, mined):
     """Three `custody-signer simulate` processes announced in a private discovery directory. The wallet is
     built from the xpubs HWI reads, registered through the HWI client, its policy (one approver) approved
     with `custody-signer hsm-policy`, and its first address funded on the node."""
-    from hwilib import commands
-    from hwilib.common import Chain
-    from custody_signer.simulator import spawn
 
     root = tmp_path_factory.mktemp("fleet")
     discovery = root / "discovery"
@@ -862,24 +918,24 @@ def fleet(tmp_path_factory, rpc, wallet, mined):
             process, info = spawn(states[-1], env=env)
             processes.append(process)
             infos.append(info)
-        fleet = Fleet(processes, infos, states, discovery, env)
+        running = Fleet(processes, infos, states, discovery, env)
         clients = [commands.find_device(fingerprint=info["fingerprint"], chain=Chain.REGTEST) for info in infos]
         keys = [f"[{info['fingerprint']}/48h/1h/0h/2h]{commands.getxpub(client, ACCOUNT)['xpub']}/<0;1>/*"
                 for info, client in zip(infos, clients)]
-        fleet.descriptor = f"wsh(sortedmulti(2,{','.join(keys)}))"
+        running.descriptor = f"wsh(sortedmulti(2,{','.join(keys)}))"
         policy = root / "policy.json"
         policy.write_text(json.dumps({"approvers": approver_keys("alice"),
                                       "rules": [{"wallet": "fleet", "max_amount": 2 * BTC, "min_approvers": 1}]}))
         for client, state in zip(clients, states):
-            client.register_policy("fleet", fleet.descriptor)
+            running.registrations.append(client.register_policy("fleet", running.descriptor))
             subprocess.run([str(BIN / "custody-signer"), "hsm-policy", "--state", str(state), str(policy)],
                            check=True, capture_output=True, env=env)
-        first = Descriptor.from_string(fleet.descriptor).derive(0, branch_index=0).script_pubkey().data
+        first = Descriptor.from_string(running.descriptor).derive(0, branch_index=0).script_pubkey().data
         coin = mined[1]
         txid = rpc.sendrawtransaction(wallet.sign([coin], [(first, 3 * BTC), (wallet.wpkh, coin.value - 3 * BTC - 5_000)]))
         rpc.generatetoaddress(1, TestWallet("miner").address())
-        fleet.coin = Coin(Transaction.parse(bytes.fromhex(rpc.getrawtransaction(txid))), 0, 0)
-        yield fleet
+        running.coin = Coin(Transaction.parse(bytes.fromhex(rpc.getrawtransaction(txid))), 0, 0)
+        yield running
     finally:
         for process in processes:
             process.terminate()
@@ -888,8 +944,6 @@ def fleet(tmp_path_factory, rpc, wallet, mined):
 
 
 def client_for(fleet: Fleet, n: int):
-    from hwilib import commands
-    from hwilib.common import Chain
     return commands.get_client("custodysigner", fleet.infos[n]["socket"], chain=Chain.REGTEST)
 
 
@@ -900,7 +954,6 @@ def fleet_spend(fleet: Fleet, **kwargs) -> PSBT:
 
 def test_the_simulator_answers_only_the_requests_it_knows(fleet):
     """One JSON line in, one out; there is no request that returns the seed or a private key."""
-    from custody_signer.simulator import call
     socket = fleet.infos[0]["socket"]
     assert call(socket, {"op": "info"})["fingerprint"] == fleet.infos[0]["fingerprint"]
     for request, message in [({"op": "seed"}, "unknown request 'seed'"), ({"op": "xprv", "path": "m"}, "unknown"),
@@ -912,9 +965,15 @@ def test_the_simulator_answers_only_the_requests_it_knows(fleet):
     assert oct(Path(socket).stat().st_mode & 0o777) == "0o600"
 
 
+def test_registration_through_hwi_returns_a_proof_by_each_devices_key(fleet):
+    for n, result in enumerate(fleet.registrations):
+        account = bip32.HDKey.from_string(commands.getxpub(client_for(fleet, n), ACCOUNT)["xpub"])
+        assert (result["threshold"], result["keys"]) == (2, 3)
+        assert bip322.verify_simple(p2wpkh(account.key).data, registration_message(result["policy_id"]), result["proof"])
+    assert len({r["policy_id"] for r in fleet.registrations}) == 1
+
+
 def test_hwi_enumerates_the_running_simulators(fleet):
-    from hwilib import commands
-    from hwilib.common import Chain
     (fleet.discovery / "RS-STALE.sock").write_text("")                   # a simulator that is gone
     found = commands.enumerate(chain=Chain.REGTEST)
     ours = sorted((d["fingerprint"], d["label"], d["path"]) for d in found if d["type"] == "custodysigner")
@@ -927,10 +986,10 @@ def test_the_hwi_command_line_enumerates_and_reads_xpubs(fleet):
     listed = hwi(fleet, "enumerate")
     assert sorted(d["fingerprint"] for d in listed if d["type"] == "custodysigner") == \
         sorted(i["fingerprint"] for i in fleet.infos)
-    for info, state in zip(fleet.infos, fleet.states):
+    for info in fleet.infos:
         xpub = hwi(fleet, "-f", info["fingerprint"], "getxpub", ACCOUNT)["xpub"]
+        assert xpub == call(info["socket"], {"op": "xpub", "path": ACCOUNT})
         assert f"[{info['fingerprint']}/48h/1h/0h/2h]{xpub}/<0;1>/*" in fleet.descriptor
-        assert xpub == Device(state).xpub(ACCOUNT)
 
 
 def test_hwi_getxpub_on_the_wrong_chain_finds_no_device(fleet):
@@ -940,8 +999,6 @@ def test_hwi_getxpub_on_the_wrong_chain_finds_no_device(fleet):
 
 
 def test_hwi_displayaddress_shows_the_policys_address(rpc, fleet):
-    from hwilib import commands
-    from hwilib.errors import DeviceFailureError
     receive, change = node_addresses(rpc, fleet.descriptor, [0, 4])
     for n in range(3):
         client = client_for(fleet, n)
@@ -957,7 +1014,6 @@ def test_hwi_displayaddress_shows_the_policys_address(rpc, fleet):
 
 
 def test_hwi_signmessage_gives_a_bip322_signature(fleet):
-    from hwilib import commands
     client = client_for(fleet, 2)
     message = "proof of control, fleet signer 2"
     signature = commands.signmessage(client, message, ACCOUNT)["signature"]
@@ -968,8 +1024,6 @@ def test_hwi_signmessage_gives_a_bip322_signature(fleet):
 
 
 def test_hwi_refuses_what_the_device_refuses(fleet):
-    from hwilib import commands
-    from hwilib.errors import DeviceFailureError
     psbt = approve(fleet_spend(fleet), "alice")
     psbt.outputs[1].script_pubkey = Script(THIEF.wpkh)
     with pytest.raises(DeviceFailureError, match="claims to be change but does not derive"):
@@ -982,7 +1036,6 @@ def test_hwi_refuses_what_the_device_refuses(fleet):
 
 def test_two_simulators_sign_through_hwi_and_the_node_mines_it(rpc, fleet):
     """One signs through hwilib, one through the `hwi` command line; the approval travels in the PSBT."""
-    from hwilib import commands
     psbt = approve(fleet_spend(fleet, pay=BTC), "alice")
     first = commands.signtx(client_for(fleet, 0), psbt.to_string())
     assert first["signed"]
@@ -1003,7 +1056,6 @@ def test_two_simulators_sign_through_hwi_and_the_node_mines_it(rpc, fleet):
 
 
 def test_firmware_is_installed_through_the_hwi_client(fleet):
-    from hwilib.errors import DeviceFailureError
     client = client_for(fleet, 1)
     assert client.device_info()["firmware"]["version"] == "1.0.0"
     with pytest.raises(DeviceFailureError, match="1 valid release signature"):

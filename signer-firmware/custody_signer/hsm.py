@@ -59,6 +59,8 @@ class Decision:
 
 def check_policy(policy: dict) -> dict:
     """Validate a policy document before it is installed; returns it normalised."""
+    if not isinstance(policy, dict):
+        raise PolicyError("a policy is a JSON object with 'approvers' and 'rules'")
     approvers = policy.get("approvers", {})
     rules = policy.get("rules")
     if not isinstance(approvers, dict) or not isinstance(rules, list):
