@@ -543,17 +543,19 @@ def _bip143_digest(tx: Transaction, n: int, witness_script: bytes, value: int) -
     return dsha(preimage)
 
 
-def _reference_signature(secret: bytes, digest: bytes) -> tuple[bytes, int]:
+def _reference_signature(secret: bytes, digest: bytes) -> bytes:
     """RFC 6979 ECDSA over a ready digest by an independent implementation, in Bitcoin's low-S form."""
     key = cec.derive_private_key(int.from_bytes(secret, "big"), cec.SECP256K1())
     r, s = decode_dss_signature(key.sign(digest, cec.ECDSA(Prehashed(hashes.SHA256()), deterministic_signing=True)))
-    return encode_dss_signature(r, min(s, CURVE_ORDER - s)), r
+    return encode_dss_signature(r, min(s, CURVE_ORDER - s))
 
 
 def test_signatures_are_rfc6979_deterministic_and_match_an_independent_signer(rpc, vault):
-    """Signing the same PSBT twice gives the same signature, equal to cryptography's RFC 6979 signature of
-    the BIP-143 digest (computed here by hand); the node accepts it. Like Bitcoin Core, the signer then retries with extra nonce data while r >= 2^255
-    (low R), which cryptography cannot reproduce: those signatures must at least be low R and valid."""
+    """Signing the same PSBT twice gives the same signature: cryptography's RFC 6979 signature of the
+    BIP-143 digest (computed here by hand), in low-S form; the node accepts it. When that signature's DER
+    is longer than 70 bytes (a high R, in practice), the signer (libsecp256k1 through embit) retries with
+    extra nonce data, which cryptography cannot reproduce: such signatures must be shorter and valid.
+    (The length rule, not R alone, decides: a high R with a short S is kept, about 1 signature in 500.)"""
     device = vault.devices[0]
     seed = bytes.fromhex((device.state / "seed.hex").read_text())
     root = bip32.HDKey.from_seed(seed, version=NETWORKS["regtest"]["xprv"])
@@ -564,20 +566,18 @@ def test_signatures_are_rfc6979_deterministic_and_match_an_independent_signer(rp
         first = PSBT.from_string(device.sign_psbt(psbt.to_string()))
         second = PSBT.from_string(device.sign_psbt(psbt.to_string()))
         [(pub, sig)] = first.inputs[0].partial_sigs.items()
-        assert second.inputs[0].partial_sigs[pub] == sig
-        assert sig[-1] == SIGHASH.ALL
+        assert second.inputs[0].partial_sigs[pub] == sig and sig[-1] == SIGHASH.ALL
         path = next(d.derivation for p, d in psbt.inputs[0].bip32_derivations.items() if p.sec() == pub.sec())
-        child = root.derive(path)
-        assert child.key.get_public_key().sec() == pub.sec()
+        secret = root.derive(path).key.secret
         digest = _bip143_digest(psbt.tx, 0, psbt.inputs[0].witness_script.data, coin.value)
-        reference, r = _reference_signature(child.key.secret, digest)
-        if r < 2**255:
+        reference = _reference_signature(secret, digest)
+        if len(reference) <= 70:
             assert sig[:-1] == reference
             equal.append(psbt)
         else:
             ground += 1
-            assert sig[:-1] != reference and len(sig[:-1]) <= 70          # ground to a low R
-            public = cec.derive_private_key(int.from_bytes(child.key.secret, "big"), cec.SECP256K1()).public_key()
+            assert len(sig[:-1]) <= 70
+            public = cec.derive_private_key(int.from_bytes(secret, "big"), cec.SECP256K1()).public_key()
             public.verify(sig[:-1], digest, cec.ECDSA(Prehashed(hashes.SHA256())))
         if len(equal) >= 4 and ground >= 1:
             break
@@ -724,6 +724,7 @@ def test_the_first_matching_rule_decides(vault, device):
     ({"rules": [{"max_amount": -1}]}, "max_amount is a whole number"),
     ({"rules": [{"max_amount": 1.5}]}, "max_amount is a whole number"),
     ({"rules": [{"per_period": {"minutes": 0, "max_amount": 1}}]}, "per_period is"),
+    ({"rules": [{"per_period": {"minutes": 366 * 24 * 60 + 1, "max_amount": 1}}]}, "at most a year"),
     ({"rules": [{"whitelist": "bcrt1qexample"}]}, "whitelist is a list of addresses"),
     ({"approvers": approver_keys("alice"), "rules": [{"min_approvers": 1, "approvers": "alice"}]},
      "approvers is a list of names"),
