@@ -55,7 +55,7 @@ def psbt_for(descriptor: str, inputs: int) -> str:
     change = desc.derive(0, branch_index=1)
     tx.vout = [TransactionOutput(inputs * 400_000, Descriptor.from_string(descriptor).derive(999, branch_index=0)
                                  .script_pubkey()), TransactionOutput(inputs * 590_000, change.script_pubkey())]
-    psbt = PSBT(tx)
+    psbt = PSBT(tx, unknown={})
     for scope, (prev, derived) in zip(psbt.inputs, prevs):
         scope.non_witness_utxo = prev
         scope.witness_utxo = prev.vout[0]

@@ -150,7 +150,7 @@ def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, 
     tx = Transaction(version=2, locktime=locktime,
                      vin=[TransactionInput(bytes.fromhex(c.txid), c.vout, sequence=RBF_SEQUENCE) for c in chosen],
                      vout=vout)
-    psbt = PSBT(tx, version=2 if version == 2 else None)
+    psbt = PSBT(tx, unknown={}, version=2 if version == 2 else None)   # embit defaults to one shared dict
     if version == 2:
         psbt.tx_version, psbt.locktime = 2, locktime
     _describe_inputs(psbt, spec, chosen, previous_txs)

@@ -72,6 +72,14 @@ def test_built_psbt_carries_what_signers_need(rpc, spec, funded):
     assert built.fee == sum(c.value for c in built.coins) - 25_000_000 - built.change
 
 
+def test_built_psbts_share_no_global_fields(rpc, spec, funded):
+    """embit's PSBT() shares one default dict for unknown global fields: a field set on one PSBT (an
+    approver's signature) must not appear in the next one built."""
+    first = build(rpc, spec, funded).psbt
+    first.unknown[b"\xfc\x07custody\x01" + b"\x00" * 32] = b"approval"
+    assert build(rpc, spec, funded, amount=3_000_000).psbt.unknown == {}
+
+
 def test_two_signatures_in_any_order_and_encoding_then_broadcast(rpc, spec, funded):
     built = build(rpc, spec, funded)
     stored = built.psbt

@@ -56,7 +56,7 @@ def spend(descriptor: str, *, values=(1_000_000,), pay=400_000, change=590_000, 
         tx.vin.append(TransactionInput(prev.txid(), 0))
     own_change = desc.derive(change_index, branch_index=1)
     tx.vout = [TransactionOutput(pay, Script(PAYEE.wpkh)), TransactionOutput(change, own_change.script_pubkey())]
-    psbt = PSBT(tx)
+    psbt = PSBT(tx, unknown={})                       # embit shares one default dict between PSBTs
     for scope, (prev, derived) in zip(psbt.inputs, prevs):
         scope.non_witness_utxo, scope.witness_utxo = prev, prev.vout[0]
         scope.witness_script = derived.witness_script()
