@@ -56,8 +56,8 @@ def _build(args) -> None:
     tree = liabilities.build(balances, bytes.fromhex(secret_file.read_text().strip()))
     (out / "root.json").write_text(json.dumps(tree.published(), indent=1))
     (out / "tree.json").write_text(json.dumps(liabilities.export_levels(tree)))
-    for n, (client, _) in enumerate(balances):
-        (out / "proofs" / f"{n:06d}.json").write_text(json.dumps(tree.proof(client), indent=1))
+    for n in range(len(balances)):
+        (out / "proofs" / f"{n:06d}.json").write_text(json.dumps(tree.proof_at(n), indent=1))
     published = tree.published()
     print(f"{published['leaves']} clients, total {published['total']} sat, root {published['root']}")
 

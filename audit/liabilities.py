@@ -91,18 +91,20 @@ class Tree:
     def proof(self, client: str) -> dict:
         """What one client is given: their salt, balance and the siblings up to the root."""
         try:
-            index = self.clients.index(client)
+            return self.proof_at(self.clients.index(client))
         except ValueError:
             raise LiabilityError(f"no client {client!r} in this tree") from None
-        balance = self.levels[0][index][1]
+
+    def proof_at(self, index: int) -> dict:
+        """The proof for the client at `index` (in the order the tree was built)."""
+        client, salt, balance = self.clients[index], self.salts[index], self.levels[0][index][1]
         path = []
         for level in self.levels[:-1]:
             sibling = index ^ 1
             digest, value = level[sibling] if sibling < len(level) else (PAD, 0)
             path.append({"side": "left" if sibling < index else "right", "hash": digest.hex(), "sum": value})
             index //= 2
-        return {"client": client, "salt": self.salts[self.clients.index(client)].hex(), "balance": balance,
-                "path": path, **self.published()}
+        return {"client": client, "salt": salt.hex(), "balance": balance, "path": path, **self.published()}
 
 
 def build(balances: list[tuple[str, int]], secret: bytes) -> Tree:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from custody import ceremony, device_signing, devices, eventlog, ledger, registry, spends
 from custody_signer.cli import main as signer_cli
-from custody_signer.device import MODEL
+from custody_signer.device import MODEL, shown_first_address
 from custody_signer.hsm import approval_message
 from custody_signer.simulator import spawn
 from custody.models import EventLogEntry
@@ -49,10 +49,11 @@ def main() -> int:
         os.environ["CUSTODY_HOME"] = tmp                  # the demo coordinator's own key, thrown away after
         node = start_node(Path(tmp) / "node")
         rpc = NodeClient(node.url, cookie_file=node.cookie_file)
+        signers: list = []
         try:
             print(f"embedded regtest node (Bitcoin Core's consensus via libbitcoinkernel) on {node.url}\n")
             sessions = open_database(f"sqlite:///{tmp}/custody.db")
-            signers = key_ceremony(sessions, Path(tmp))
+            key_ceremony(sessions, Path(tmp), signers)
 
             syncer = Syncer(sessions, rpc)
             syncer.sync_once()
@@ -83,7 +84,7 @@ def main() -> int:
             if os.environ.get("DEMO_SERVE", "1") != "0":
                 serve_console(tmp, node, accounts_)
         finally:
-            for process in locals().get("signers", []):
+            for process in signers:
                 process.terminate()
             node.stop()
     print("\nnext: `custody --help` for keys, policies, sync, balances, UTXOs, freezing and BIP-329 labels")
@@ -182,10 +183,11 @@ def spend_story(sessions, syncer, rpc) -> None:
         raise SystemExit(1)
 
 
-def key_ceremony(sessions, tmp: Path) -> list:
-    """Issue a simulated device to each signatory and run the ceremony; returns the device processes."""
+def key_ceremony(sessions, tmp: Path, processes: list) -> None:
+    """Issue a simulated device to each signatory and run the ceremony; each device's process is added to
+    `processes` as soon as it starts, for the caller to stop."""
     os.environ["CUSTODY_SIGNER_DISCOVERY"] = str(tmp / "signers")
-    processes, states = [], {}
+    states = {}
     for holder in SIGNATORIES:
         process, info = spawn(tmp / f"device-{holder}")
         processes.append(process)
@@ -212,13 +214,11 @@ def key_ceremony(sessions, tmp: Path) -> list:
         policy = ceremony.register(s, ceremony.get(s, cid), "regtest", actor="admin")
         print(f"\npolicy 'treasury' registered on every device, each proof verified:\n  {policy.descriptor}")
     for holder, serial in zip(SIGNATORIES, serials):
-        shown = [line for line in (states[holder] / "screen.log").read_text().splitlines()
-                 if line.startswith("first address ")][-1].removeprefix("first address ")
+        shown = shown_first_address(states[holder])
         with sessions.begin() as s:
             state = ceremony.confirm(s, ceremony.get(s, cid), serial, shown, by=holder).state
         print(f"  {SIGNATORIES[holder]:16} confirms the device shows {shown[:24]}… -> ceremony {state}")
     print()
-    return processes
 
 
 def _addresses(session) -> list[dict]:

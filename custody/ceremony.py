@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 from embit import bip32
@@ -24,16 +23,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from custody_signer.device import possession_message, registration_message
+from custody_signer.wallets import policy_id
 
 from . import bip322
 from .device_models import Ceremony, CeremonyMember, DeviceRegistration
 from .errors import CustodyError, NotFound
 from .eventlog import record
-from .hwi_devices import DeviceSession
+from .hwi_devices import open_device
 from .keys import KeyImportError, parse_key
-from .models import Address, Key, Policy, Signatory, SigningDevice, utcnow
+from .models import Key, Policy, Signatory, SigningDevice, utcnow
 from .policies import PolicyError, build_policy
-from .registry import create_policy, set_status, store_key
+from .registry import create_policy, receive_address, set_status, store_key
 
 ACCOUNT_PATH = {"main": "m/48h/0h/0h/2h"}          # BIP-48 native segwit multisig, account 0
 TEST_ACCOUNT_PATH = "m/48h/1h/0h/2h"
@@ -41,12 +41,6 @@ TEST_ACCOUNT_PATH = "m/48h/1h/0h/2h"
 
 def account_path(network: str) -> str:
     return ACCOUNT_PATH.get(network, TEST_ACCOUNT_PATH)
-
-
-def policy_hash(name: str, descriptor: str) -> str:
-    """What a device's registration proof commits to: the name and the descriptor without checksum."""
-    text = descriptor.strip().split("#")[0].replace("'", "h")
-    return hashlib.sha256(f"{name}\n{text}".encode()).hexdigest()
 
 
 def key_address(xpub: str, network: str) -> str:
@@ -111,7 +105,7 @@ def collect_key(session: Session, ceremony: Ceremony, serial: str, network: str,
     """Ask the device (through HWI) for its account key and a proof of possession."""
     member, device = _member(session, ceremony, serial)
     path = account_path(network)
-    with DeviceSession(device.hwi_type, device.fingerprint, network, label=device.serial) as d:
+    with open_device(device, network) as d:
         fingerprint = d.fingerprint()
         xpub = d.xpub(path)
         proof = d.sign_message(possession_message(member.challenge), path)
@@ -162,10 +156,10 @@ def register(session: Session, ceremony: Ceremony, network: str, *, actor: str) 
     except PolicyError as e:
         raise CustodyError(str(e)) from None
     policy = create_policy(session, ceremony.policy_name, spec, actor=actor)
-    first = _first_address(session, policy)
-    expected_hash = policy_hash(policy.name, policy.descriptor)
+    first = receive_address(session, policy)
+    expected_hash = policy_id(policy.name, policy.descriptor)
     for (member, device), key in zip(pairs, keys):
-        with DeviceSession(device.hwi_type, device.fingerprint, network, label=device.serial) as d:
+        with open_device(device, network) as d:
             result = d.register(policy.name, policy.descriptor)
             shown = d.display_address(_at_first_address(policy.descriptor))
         check_registration(result, expected_hash, key, first, shown, device.serial, network)
@@ -204,7 +198,7 @@ def confirm(session: Session, ceremony: Ceremony, serial: str, address: str, *, 
     if holder is not None and holder.name != by:
         raise CustodyError(f"only {holder.name}, who holds device {serial}, confirms what it shows")
     registration = session.get(DeviceRegistration, (device.id, ceremony.policy_id))
-    first = _first_address(session, session.get(Policy, ceremony.policy_id))
+    first = receive_address(session, session.get(Policy, ceremony.policy_id))
     if address.strip() != first:
         raise CustodyError(f"{address.strip()} is not the policy's first address {first}: do not use this "
                            "policy; abandon the ceremony and investigate")
@@ -238,13 +232,8 @@ def status(session: Session, ceremony: Ceremony) -> dict:
                                "registration": registration.state if registration else None,
                                "first_address": registration.first_address if registration else None})
     if ceremony.policy_id:
-        out["first_address"] = _first_address(session, session.get(Policy, ceremony.policy_id))
+        out["first_address"] = receive_address(session, session.get(Policy, ceremony.policy_id))
     return out
-
-
-def _first_address(session: Session, policy: Policy) -> str:
-    return session.scalar(select(Address.address).where(Address.policy_id == policy.id, Address.branch == 0,
-                                                        Address.index == 0))
 
 
 def _at_first_address(descriptor: str) -> str:

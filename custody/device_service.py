@@ -22,8 +22,7 @@ def device_list(s: Session) -> list[dict]:
 
 
 def device_show(s: Session, serial: str) -> dict:
-    devices.get(s, serial)
-    return next(d for d in devices.inventory(s) if d["serial"] == serial)
+    return devices.inventory(s, serial)[0]
 
 
 def device_issue(s: Session, *, model: str, serial: str, to: str, actor: str) -> dict:

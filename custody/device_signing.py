@@ -19,7 +19,7 @@ from . import devices, spends
 from .device_models import DeviceRegistration
 from .errors import CustodyError
 from .eventlog import record
-from .hwi_devices import DeviceSession
+from .hwi_devices import open_device
 from .models import Policy, SigningDevice
 from .spend_models import Spend
 
@@ -50,7 +50,7 @@ def sign_on_device(session: Session, spend: Spend, device: SigningDevice, *, act
     if spend.state != "signing":
         raise CustodyError(f"spend #{spend.id} is {spend.state}; it is not collecting signatures")
     policy = session.get(Policy, spend.policy_id)
-    with DeviceSession(device.hwi_type, device.fingerprint, policy.network, label=device.serial) as d:
+    with open_device(device, policy.network) as d:
         signed = d.sign_psbt(spend.psbt)
     signers = spends.add_signatures(session, spend, signed, actor=f"{actor} on device {device.serial}")
     if device.fingerprint not in signers:

@@ -20,7 +20,7 @@ from custody_signer import firmware as images
 from .device_models import DeviceRegistration, FirmwareModel, FirmwareRelease
 from .errors import CustodyError, NotFound
 from .eventlog import record
-from .hwi_devices import DeviceSession
+from .hwi_devices import open_device
 from .models import Policy, SigningDevice, Signatory
 from .registry import organization
 
@@ -71,7 +71,7 @@ def connect(session: Session, device: SigningDevice, network: str, *, actor: str
     firmware."""
     if device.status == "revoked":
         raise CustodyError(f"device {device.serial} is revoked")
-    with DeviceSession(device.hwi_type, device.fingerprint or fingerprint, network, label=device.serial) as d:
+    with open_device(device, network, fingerprint=fingerprint) as d:
         info = d.info()
         fingerprint = d.fingerprint()
     if device.fingerprint is not None and device.fingerprint != fingerprint:
@@ -102,12 +102,16 @@ def set_status(session: Session, device: SigningDevice, status: str, *, actor: s
     return device
 
 
-def inventory(session: Session) -> list[dict]:
-    """Every device with its signatory, firmware standing and, per policy, registration state and proof."""
+def inventory(session: Session, serial: str | None = None) -> list[dict]:
+    """Every device (or the one with `serial`) with its signatory, firmware standing and, per policy,
+    registration state and proof."""
     names = {s.id: s.name for s in session.scalars(select(Signatory))}
     policies = {p.id: p.name for p in session.scalars(select(Policy))}
+    query = select(SigningDevice).order_by(SigningDevice.id)
+    if serial is not None:
+        query = query.where(SigningDevice.id == get(session, serial).id)
     out = []
-    for device in session.scalars(select(SigningDevice).order_by(SigningDevice.id)):
+    for device in session.scalars(query):
         registrations = [{"policy": policies[r.policy_id], "state": r.state, "proof": r.proof,
                           "first_address": r.first_address, "confirmed_by": r.confirmed_by}
                          for r in session.scalars(select(DeviceRegistration).where(
@@ -148,19 +152,18 @@ def _model(session: Session, model: str) -> FirmwareModel:
 def add_release(session: Session, image: bytes, *, actor: str) -> FirmwareRelease:
     """Store a release after checking its signatures, hardware and hash as a device would."""
     try:
-        manifest = images.read_image(image)[0]
+        manifest, signed_by, _payload = images.read_image(image)
         trust = _model(session, manifest.model)
-        images.verify_image(image, trusted_keys=set(json.loads(trust.trusted_keys)), threshold=trust.threshold,
-                            model=trust.model, installed_version=(0, 0, 0), epoch_counter=0,
-                            production=trust.production)
+        trusted = set(json.loads(trust.trusted_keys))
+        images.verify_image(image, trusted_keys=trusted, threshold=trust.threshold, model=trust.model,
+                            installed_version=(0, 0, 0), epoch_counter=0, production=trust.production)
     except images.FirmwareError as e:
         raise CustodyError(f"firmware refused: {e}") from None
     digest = hashlib.sha256(image).hexdigest()
     if session.scalar(select(FirmwareRelease).where(FirmwareRelease.sha256 == digest)):
         raise CustodyError(f"release {digest[:16]}… is already in the registry")
-    version = ".".join(map(str, manifest.version))
-    trusted = set(json.loads(trust.trusted_keys))
-    signatures = len({key for key, _ in images.read_image(image)[1] if key in trusted})
+    version = images.version_text(manifest.version)
+    signatures = len({key for key, _ in signed_by if key in trusted})
     release = FirmwareRelease(model=manifest.model, version=version, epoch=manifest.epoch, sha256=digest,
                               size=len(image), signatures=signatures, image=image, added_by=actor)
     session.add(release)
@@ -221,7 +224,7 @@ def upgrade(session: Session, device: SigningDevice, release_id: int, network: s
     if device.firmware_version and images.parse_version(release.version) <= images.parse_version(device.firmware_version):
         raise CustodyError(f"release {release.version} is not newer than {device.firmware_version}, which device "
                            f"{device.serial} runs (no downgrades)")
-    with DeviceSession(device.hwi_type, device.fingerprint, network, label=device.serial) as d:
+    with open_device(device, network) as d:
         result = d.install_firmware(release.image)
     before, device.firmware_version = device.firmware_version, result["version"]
     record(session, "firmware.upgraded", actor, f"device:{device.serial}",

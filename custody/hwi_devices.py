@@ -46,9 +46,10 @@ def find(fingerprint: str | None = None, *, label: str | None = None) -> Connect
 
 
 class DeviceSession:
-    """A client for one device, opened through HWI; use as a context manager."""
+    """A client for one device, opened through HWI; use as a context manager. `open_device` opens the
+    one an inventory row names."""
 
-    def __init__(self, hwi_type: str, fingerprint: str | None, network: str, *, label: str | None = None):
+    def __init__(self, fingerprint: str | None, network: str, *, label: str | None = None):
         found = find(fingerprint, label=label)
         try:
             self.client = commands.get_client(found.hwi_type, found.path, chain=CHAINS[network])
@@ -62,9 +63,9 @@ class DeviceSession:
     def __exit__(self, *exc):
         self.client.close()
 
-    def _do(self, what: str, fn, *args):
+    def _do(self, what: str, fn):
         try:
-            return fn(*args)
+            return fn()
         except HWWError as e:
             raise DeviceUnavailable(f"device {self.found.fingerprint or self.found.label} refused to {what}: "
                                     f"{e.get_msg()}") from None
@@ -106,3 +107,9 @@ class DeviceSession:
         if describe is None:
             return {"model": self.found.model, "firmware": {"version": None}}
         return self._do("describe itself", describe)
+
+
+def open_device(device, network: str, *, fingerprint: str | None = None) -> DeviceSession:
+    """The session for an inventory device (`models.SigningDevice`): found by its recorded fingerprint
+    (or the one given, for hardware HWI lists without our serial), else by its serial as HWI's label."""
+    return DeviceSession(device.fingerprint or fingerprint, network, label=device.serial)

@@ -95,6 +95,12 @@ def set_status(session: Session, policy: Policy, status: str, *, actor: str = "c
     return policy
 
 
+def receive_address(session: Session, policy: Policy, index: int = 0) -> str:
+    """The policy's receive address at `index` (derived when the policy was created)."""
+    return session.scalar(select(Address.address).where(Address.policy_id == policy.id, Address.branch == 0,
+                                                        Address.index == index))
+
+
 def ensure_addresses(session: Session, policy: Policy, spec: PolicySpec | None = None, *,
                      upto: dict[int, int] | None = None) -> list[Address]:
     """Derive each branch up to its highest used index plus the gap limit (or, with `upto`, past a

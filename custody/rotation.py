@@ -25,7 +25,7 @@ from .device_models import Ceremony, CeremonyMember, DeviceRegistration, Rotatio
 from .errors import CustodyError, NotFound
 from .eventlog import record
 from .models import Address, Policy, SigningDevice, Utxo
-from .registry import set_status
+from .registry import receive_address, set_status
 from .spend_models import ApprovalRule, Spend
 
 
@@ -76,7 +76,7 @@ def send_test(session: Session, rotation: Rotation, amount: int, *, requester: s
         raise CustodyError(f"rotation #{rotation.id} is {rotation.state}; the test spend comes first")
     successor = _successor(session, rotation)
     old = session.get(Policy, rotation.old_policy_id)
-    first = _address(session, successor, 0)
+    first = receive_address(session, successor, 0)
     _allow(session, old, successor, requester)
     spend = spends.request_spend(session, old, requester, [(first, amount)], fee_rate=fee_rate,
                                  memo=f"rotation #{rotation.id}: test spend to {successor.name}")
@@ -96,7 +96,7 @@ def migrate(session: Session, rotation: Rotation, *, requester: str, fee_rate: f
         raise CustodyError(f"the test spend #{test.id} has not reached {successor.name!r} in a block yet "
                            "(sync the ledger once it confirms)")
     old = session.get(Policy, rotation.old_policy_id)
-    destination = _address(session, successor, 1)
+    destination = receive_address(session, successor, 1)
     _allow(session, old, successor, requester)
     spend = spends.request_spend(session, old, requester, [(destination, 0)], fee_rate=fee_rate, sweep=True,
                                  memo=f"rotation #{rotation.id}: migration to {successor.name}")
@@ -138,11 +138,6 @@ def summary(session: Session, rotation: Rotation) -> dict:
             "retiring_devices": [session.get(SigningDevice, i).serial for i in json.loads(rotation.retiring_devices)],
             "members": [session.get(SigningDevice, m.device_id).serial for m in session.scalars(
                 select(CeremonyMember).where(CeremonyMember.ceremony_id == ceremony.id))]}
-
-
-def _address(session: Session, policy: Policy, index: int) -> str:
-    return session.scalar(select(Address.address).where(Address.policy_id == policy.id, Address.branch == 0,
-                                                        Address.index == index))
 
 
 def _allow(session: Session, old: Policy, successor: Policy, actor: str) -> None:

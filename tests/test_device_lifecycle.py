@@ -23,11 +23,10 @@ from custody.db import open_database
 from custody.device_models import DeviceRegistration
 from custody.errors import CustodyError
 from custody.hwi_devices import DeviceSession, DeviceUnavailable
-from custody.models import Address
 from custody.models import EventLogEntry
 from custody.sync import Syncer
 from custody_signer import firmware
-from custody_signer.device import MODEL, SELF_TEST_MAGIC, possession_message
+from custody_signer.device import MODEL, SELF_TEST_MAGIC, possession_message, shown_first_address
 from custody_signer.hsm import approval_message
 from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
@@ -79,12 +78,6 @@ def world(backend, rpc, wallet, fleet):
     coins = mine_coins(rpc, wallet, 4)
     sessions = open_database(backend)
     return {"sessions": sessions, "coins": coins, "syncer": Syncer(sessions, rpc), "url": backend}
-
-
-def shown_first_address(state: Path) -> str:
-    """What the device's screen showed last as a first address: what its holder reads."""
-    lines = (state / "screen.log").read_text().splitlines()
-    return [line for line in lines if line.startswith("first address ")][-1].removeprefix("first address ")
 
 
 def install_device_policy(state: Path, rules: list[dict]) -> None:
@@ -188,7 +181,7 @@ def test_ceremony_refuses_a_swapped_xpub(world, fleet):
     serials = [fleet[n]["serial"] for n in "ABC"]
     with sessions.begin() as s:
         cid = ceremony.start(s, "swap-attempt", 2, serials, actor="ada").id
-    with DeviceSession("custodysigner", fleet["B"]["fingerprint"], "regtest") as b:
+    with DeviceSession(fleet["B"]["fingerprint"], "regtest") as b:
         b_key = f"[{fleet['B']['fingerprint']}/48h/1h/0h/2h]{b.xpub('m/48h/1h/0h/2h')}"
         b_proof = b.sign_message(possession_message("not the challenge"), "m/48h/1h/0h/2h")
     before = events(sessions)
@@ -237,7 +230,7 @@ def test_a_spend_is_signed_on_two_devices_under_their_policy(world, fleet, rpc, 
     sessions = world["sessions"]
     with sessions() as s:
         policy = registry.get_policy(s, "vault")
-        address = ledger_first_address(s, policy)
+        address = registry.receive_address(s, policy)
     coin = world["coins"].pop()
     rpc.sendrawtransaction(wallet.sign([coin], [(address_to_scriptpubkey(address).data, 10 * 100_000_000),
                                                 (wallet.wpkh, coin.value - 10 * 100_000_000 - 2_000)]))
@@ -255,11 +248,6 @@ def test_a_spend_is_signed_on_two_devices_under_their_policy(world, fleet, rpc, 
     assert sign_on(sessions, sid, fleet["A"]["serial"]) == [fleet["A"]["fingerprint"]]
     assert sign_on(sessions, sid, fleet["B"]["serial"]) == [fleet["B"]["fingerprint"]]
     assert broadcast_and_confirm(sessions, rpc, world, sid) == "confirmed"
-
-
-def ledger_first_address(session, policy) -> str:
-    return session.scalar(select(Address.address).where(Address.policy_id == policy.id, Address.branch == 0,
-                                                        Address.index == 0))
 
 
 def test_over_the_limits_refused_by_the_device_and_by_the_coordinator(world, fleet, rpc):
@@ -347,7 +335,7 @@ def test_a_device_below_the_minimum_cannot_sign_until_upgraded(world, fleet, rpc
     with sessions.begin() as s:                     # a downgrade is refused by the coordinator
         with pytest.raises(CustodyError, match="not newer"):
             devices.upgrade(s, devices.get(s, fleet["A"]["serial"]), release["1.0.5"], "regtest", actor="ada")
-    with DeviceSession("custodysigner", fleet["A"]["fingerprint"], "regtest") as d:   # ...and by the device
+    with DeviceSession(fleet["A"]["fingerprint"], "regtest") as d:   # ...and by the device
         with pytest.raises(DeviceUnavailable, match="not newer"):
             d.install_firmware(image("1.0.5"))
         assert d.info()["firmware"]["version"] == "1.1.0"

@@ -25,10 +25,10 @@ from embit.transaction import SIGHASH
 from custody import bip322
 
 from . import firmware
-from .flash import Flash
+from .flash import Flash, atomic_write
 from .hsm import Hsm, approvals_in
 from .inspection import FeeCaps, SigningRefused, inspect
-from .wallets import RegistrationError, Wallet, check_wallet
+from .wallets import MAX_INDEX, RegistrationError, Wallet, check_wallet, normalise
 
 MODEL = "custody-signer-sim"
 RELEASE_THRESHOLD = 2                      # of the three release keys
@@ -51,17 +51,17 @@ def self_test(payload: bytes) -> bool:
     return payload.startswith(SELF_TEST_MAGIC)
 
 
-def coin_type(network: str) -> int:
-    return 0 if network == "main" else 1
+def _flash(state: Path, model: str) -> Flash:
+    """A simulated device's flash: it trusts the public test release keys, two of three must sign."""
+    return Flash(state / "flash", model=model, trusted_keys=firmware.test_release_public_keys(3),
+                 threshold=RELEASE_THRESHOLD, production=False)
 
 
 class Device:
     def __init__(self, state: Path, clock=time.time):
         self.state = Path(state)
         self.config = json.loads((self.state / "device.json").read_text())
-        self.flash = Flash(self.state / "flash", model=self.config["model"],
-                           trusted_keys=firmware.test_release_public_keys(3), threshold=RELEASE_THRESHOLD,
-                           production=False)
+        self.flash = _flash(self.state, self.config["model"])
         self.running = self.flash.boot(self_test)
         self.hsm = Hsm(self.state, clock)
         self._root = bip32.HDKey.from_seed(bytes.fromhex((self.state / "seed.hex").read_text()),
@@ -78,8 +78,7 @@ class Device:
         seed = state / "seed.hex"
         with os.fdopen(os.open(seed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(secrets.token_bytes(32).hex())
-        Flash(state / "flash", model=model, trusted_keys=firmware.test_release_public_keys(3),
-              threshold=RELEASE_THRESHOLD, production=False).provision(image or factory_image(model=model))
+        _flash(state, model).provision(image or factory_image(model=model))
         (state / "device.json").write_text(json.dumps({"model": model, "network": network,
                                                         "serial": "RS-" + secrets.token_hex(4).upper(),
                                                         "fee_caps": vars(FeeCaps())}))
@@ -99,14 +98,10 @@ class Device:
     def fingerprint(self) -> str:
         return self._root.my_fingerprint.hex()
 
-    def account_path(self, account: int = 0) -> str:
-        """BIP-48 multisig, native segwit: m/48'/coin'/account'/2'."""
-        return f"m/48h/{coin_type(self.network)}h/{account}h/2h"
-
     def info(self) -> dict:
         record = self.flash.record()
         return {"model": self.config["model"], "serial": self.config["serial"], "fingerprint": self.fingerprint,
-                "network": self.network, "firmware": {"version": ".".join(map(str, self.running.version)),
+                "network": self.network, "firmware": {"version": firmware.version_text(self.running.version),
                                                       "epoch": self.running.epoch, "key_set": self.running.key_set,
                                                       "epoch_counter": record["epoch_counter"]},
                 "wallets": [w.name for w in self.wallets()], "hsm_policy": self.hsm.policy is not None}
@@ -155,8 +150,9 @@ class Device:
         self._show(f"Register {name}?", f"{wallet.threshold} of {wallet.keys}, this device is key {wallet.position}",
                    f"first address {first}")
         if name not in existing:
-            _write_json(self.state / "wallets.json", [w.to_json() for w in [*existing.values(), wallet]])
-        proof = self.sign_message(registration_message(wallet.policy_id), _path_text(wallet.own_origin))
+            atomic_write(self.state / "wallets.json", json.dumps([w.to_json() for w in [*existing.values(), wallet]],
+                                                                  indent=1))
+        proof = self.sign_message(registration_message(wallet.policy_id), bip32.path_to_str(wallet.own_origin))
         return {"name": name, "policy_id": wallet.policy_id, "threshold": wallet.threshold, "keys": wallet.keys,
                 "position": wallet.position, "first_address": first, "proof": proof["signature"],
                 "proof_address": proof["address"]}
@@ -178,8 +174,8 @@ class Device:
 
     def display_address(self, name: str, branch: int, index: int) -> str:
         wallet = self.wallet(name)
-        if branch not in (0, 1) or not 0 <= index <= 10_000:
-            raise DeviceError("only receive (0) or change (1) addresses up to index 10000 are shown")
+        if branch not in (0, 1) or not 0 <= index <= MAX_INDEX:
+            raise DeviceError(f"only receive (0) or change (1) addresses up to index {MAX_INDEX} are shown")
         address = wallet.address_at(branch, index, self.network)
         self._show(f"{name} {'change' if branch else 'receive'} #{index}", address)
         return address
@@ -217,14 +213,20 @@ class Device:
             raise DeviceError(str(e)) from None
         self.running = self.flash.boot(self_test)
         if self.running.version != staged.version:
-            raise DeviceError(f"firmware {'.'.join(map(str, staged.version))} failed its self-test; "
-                              f"still running {'.'.join(map(str, self.running.version))}")
+            raise DeviceError(f"firmware {firmware.version_text(staged.version)} failed its self-test; "
+                              f"still running {firmware.version_text(self.running.version)}")
         return self.info()["firmware"]
+
+
+def shown_first_address(state: Path) -> str:
+    """The first address the device's screen showed last (at a registration): what its holder reads."""
+    lines = (Path(state) / "screen.log").read_text().splitlines()
+    return [line for line in lines if line.startswith("first address ")][-1].removeprefix("first address ")
 
 
 def wallet_shape(descriptor: str) -> tuple:
     try:
-        parsed = Descriptor.from_string(descriptor.strip().split("#")[0].replace("'", "h"))
+        parsed = Descriptor.from_string(normalise(descriptor))
         keys = [(k.origin.fingerprint, tuple(k.origin.derivation), k.key.key.sec(), k.key.chain_code)
                 for k in parsed.keys]
     except Exception:
@@ -239,16 +241,6 @@ def registration_message(policy_id: str) -> bytes:
 
 def possession_message(challenge: str) -> bytes:
     return f"custody proof of possession\n{challenge}\n".encode()
-
-
-def _path_text(indexes) -> str:
-    return "m/" + "/".join(f"{i - 0x80000000}h" if i >= 0x80000000 else str(i) for i in indexes)
-
-
-def _write_json(path: Path, data) -> None:
-    temporary = path.with_suffix(".new")
-    temporary.write_text(json.dumps(data, indent=1))
-    os.replace(temporary, path)
 
 
 def decode_b64(text: str) -> bytes:

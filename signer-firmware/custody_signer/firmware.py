@@ -36,9 +36,13 @@ class Manifest:
     key_set: str                     # "test" or "production"
 
     def canonical(self) -> bytes:
-        return json.dumps({"model": self.model, "version": ".".join(map(str, self.version)), "epoch": self.epoch,
+        return json.dumps({"model": self.model, "version": version_text(self.version), "epoch": self.epoch,
                            "payload_sha256": self.payload_sha256, "payload_size": self.payload_size,
                            "key_set": self.key_set}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def version_text(version: tuple[int, int, int]) -> str:
+    return ".".join(map(str, version))
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -131,8 +135,8 @@ def verify_image(image: bytes, *, trusted_keys: set[str], threshold: int, model:
     if len(payload) != manifest.payload_size or hashlib.sha256(payload).hexdigest() != manifest.payload_sha256:
         raise FirmwareError("the payload does not match the signed hash")
     if manifest.version <= installed_version:
-        raise FirmwareError(f"version {'.'.join(map(str, manifest.version))} is not newer than the installed "
-                            f"{'.'.join(map(str, installed_version))} (no downgrades or reinstalls)")
+        raise FirmwareError(f"version {version_text(manifest.version)} is not newer than the installed "
+                            f"{version_text(installed_version)} (no downgrades or reinstalls)")
     if manifest.epoch < epoch_counter:
         raise FirmwareError(f"security epoch {manifest.epoch} is below the device's anti-rollback counter {epoch_counter}")
     return manifest

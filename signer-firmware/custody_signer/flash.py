@@ -19,6 +19,13 @@ from .firmware import FirmwareError, Manifest, read_image, verify_image
 SLOTS = ("a", "b")
 
 
+def atomic_write(path: Path, text: str) -> None:
+    """Replace a file whole: a reader (or a restart) sees the old content or the new, never half."""
+    temporary = path.with_suffix(path.suffix + ".new")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 class PowerLoss(Exception):
     """Raised by a test's `crash_at` hook: the device lost power at that step."""
 

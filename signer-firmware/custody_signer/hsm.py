@@ -23,6 +23,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
+from .flash import atomic_write
 from .inspection import Facts
 
 PROPRIETARY = b"\xfc\x07custody"          # 0xFC, compact-size length 7, identifier
@@ -112,7 +113,7 @@ class Hsm:
         return json.loads(path.read_text()) if path.exists() else None
 
     def install(self, policy: dict) -> None:
-        _atomic_write(self.state / "hsm_policy.json", json.dumps(check_policy(policy), sort_keys=True, indent=1))
+        atomic_write(self.state / "hsm_policy.json", json.dumps(check_policy(policy), sort_keys=True, indent=1))
         self._log({"event": "policy installed", "policy_sha256":
                    hashlib.sha256(json.dumps(policy, sort_keys=True).encode()).hexdigest()})
 
@@ -186,7 +187,7 @@ class Hsm:
         horizon = self.clock() - 366 * 86400           # periods are at most a year
         spends = [s for s in self._spends() if s["time"] > horizon] + [
             {"time": self.clock(), "rule": rule, "amount": amount}]
-        _atomic_write(self.state / "hsm_velocity.json", json.dumps(spends))
+        atomic_write(self.state / "hsm_velocity.json", json.dumps(spends))
 
     # -- the decision log ----------------------------------------------------------------------------------
     def log(self) -> list[dict]:
@@ -232,9 +233,3 @@ def verify_log(entries: list[dict]) -> str | None:
             return f"entry {n} is altered or out of place"
         prev = entry["hash"]
     return None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".new")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -13,6 +13,8 @@ import os
 import signal
 import socket
 import socketserver
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -89,7 +91,7 @@ class _Server(socketserver.UnixStreamServer):
         super().__init__(path, _Handler)
 
 
-def serve(state: Path, *, ready=None) -> None:
+def serve(state: Path) -> None:
     """Run the device until SIGTERM/SIGINT. Creates it (seed, factory firmware) on first start."""
     device = Device.open_or_create(Path(state))
     directory = discovery_dirs()[0]
@@ -103,8 +105,6 @@ def serve(state: Path, *, ready=None) -> None:
     os.chmod(path, 0o600)
     signal.signal(signal.SIGTERM, _stop)
     print(json.dumps({"socket": str(path), **device.info()}), flush=True)
-    if ready:
-        ready()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -117,8 +117,6 @@ def serve(state: Path, *, ready=None) -> None:
 def spawn(state: Path, env: dict | None = None):
     """Start `custody-signer simulate --state STATE` as its own process; returns (process, device info)
     once the device listens. Stop it with `process.terminate()`."""
-    import subprocess
-    import sys
     process = subprocess.Popen([sys.executable, "-m", "custody_signer.cli", "simulate", "--state", str(state)],
                                stdout=subprocess.PIPE, text=True, env=env)
     line = process.stdout.readline()

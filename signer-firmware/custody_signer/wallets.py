@@ -39,8 +39,7 @@ class Wallet:
 
     @property
     def policy_id(self) -> str:
-        """What the registration proof commits to: the descriptor and the name."""
-        return hashlib.sha256(f"{self.name}\n{self.descriptor}".encode()).hexdigest()
+        return policy_id(self.name, self.descriptor)
 
     def script_at(self, branch: int, index: int) -> bytes:
         return _scripts(self.descriptor, branch, index)[0]
@@ -61,11 +60,22 @@ class Wallet:
                    tuple(data["own_origin"]))
 
 
+def normalise(descriptor: str) -> str:
+    """The descriptor as the device stores and compares it: no checksum, `h` for hardened."""
+    return descriptor.strip().split("#")[0].replace("'", "h")
+
+
+def policy_id(name: str, descriptor: str) -> str:
+    """What a registration proof commits to: the name and the normalised descriptor. The coordinator
+    computes it too, to check the proof against the policy it sent."""
+    return hashlib.sha256(f"{name}\n{normalise(descriptor)}".encode()).hexdigest()
+
+
 def check_wallet(name: str, descriptor: str, root: bip32.HDKey, network: str) -> Wallet:
     """Every check the device makes before it registers `descriptor` under `name`."""
     if not name or len(name) > 64 or not name.isprintable():
         raise RegistrationError("a wallet name is 1 to 64 printable characters")
-    text = descriptor.strip().split("#")[0].replace("'", "h")
+    text = normalise(descriptor)
     try:
         parsed = Descriptor.from_string(text)
     except Exception as e:                        # embit raises several types for malformed text
