@@ -1,6 +1,8 @@
-"""`custody-audit`: the auditor's side of proof of reserves. So far, liabilities: build the client-balance
-sum tree (custodian), check one client's inclusion proof (client), check a whole exported tree (auditor).
-Refusals print one line and exit 1."""
+"""`custody-audit`: the auditor's side of proof of reserves. `verify` checks a proof package on the
+auditor's own node and writes a signed report; `check-report` checks a report's signature; `liabilities`
+builds the client-balance sum tree (custodian), checks one client's inclusion proof (client) and a whole
+exported tree (auditor). Refusals print one line and exit 1; a proof that is not valid exits 2
+(invalid) or 3 (inconclusive)."""
 from __future__ import annotations
 
 import argparse
@@ -10,17 +12,19 @@ import secrets
 import sys
 from pathlib import Path
 
-from . import liabilities
+from custody.node_client import NodeClient, NodeError
+
+from . import liabilities, report, verify
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.handler(args)
-    except (liabilities.LiabilityError, ValueError, OSError) as e:
+    except (liabilities.LiabilityError, NodeError, ValueError, OSError) as e:
         print(f"custody-audit: error: {e}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if args.handler != _verify else args.exit_code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +46,53 @@ def _parser() -> argparse.ArgumentParser:
     c = lia.add_parser("verify-tree", help="check every node of an exported tree adds up and commits")
     c.add_argument("tree")
     c.set_defaults(handler=_verify_tree)
+    c = sub.add_parser("verify", help="verify a proof-of-reserves package on your own node")
+    c.add_argument("package")
+    c.add_argument("--node", required=True, help="your node's RPC URL (http://user:password@host:port)")
+    c.add_argument("--cookie", help="the node's .cookie file, if it uses cookie authentication")
+    c.add_argument("--nonce", required=True, help="the nonce you gave the custodian for this audit")
+    c.add_argument("--audit", help="the audit's name, as you gave it to the custodian")
+    c.add_argument("--min-depth", type=int, default=verify.DEFAULT_MIN_DEPTH,
+                   help="blocks that must bury the proof height (default %(default)s)")
+    c.add_argument("--liabilities", help="the published liabilities root.json: check liabilities <= reserves")
+    c.add_argument("--key", help="your ed25519 signing key file (made on first use); default ./auditor.key",
+                   default="auditor.key")
+    c.add_argument("--auditor", default="auditor", help="your name, as the report states it")
+    c.add_argument("--report", help="write the signed JSON report here")
+    c.add_argument("--html", help="write the human report here")
+    c.add_argument("--workers", type=int, help="processes for script verification (default: one per core)")
+    c.set_defaults(handler=_verify)
+    c = sub.add_parser("check-report", help="check a signed report was not changed")
+    c.add_argument("report")
+    c.add_argument("--public-key", help="the auditor's public key (hex) the report must be signed by")
+    c.set_defaults(handler=_check_report)
     return p
+
+
+def _verify(args) -> None:
+    text = Path(args.package).read_text()
+    package = verify.load_package(text)
+    client = NodeClient(args.node, cookie_file=args.cookie, timeout=600)
+    result = verify.verify(package, client, nonce=args.nonce, audit=args.audit, min_depth=args.min_depth,
+                           workers=args.workers)
+    if args.liabilities:
+        verify.solvency(result, json.loads(Path(args.liabilities).read_text()))
+    signed = report.sign(report.build(package, verify.package_digest(text), result, auditor=args.auditor),
+                         report.load_or_create_key(Path(args.key)))
+    if args.report:
+        Path(args.report).write_text(json.dumps(signed, indent=1))
+    if args.html:
+        Path(args.html).write_text(report.to_html(signed))
+    for c in result.checks:
+        print(f"{c.name:<11} {c.verdict:<13} {c.detail}")
+    print(f"verdict: {result.verdict}: {result.total} sat in {result.coins} coins at height {package['height']}")
+    args.exit_code = {verify.VALID: 0, verify.INVALID: 2}.get(result.verdict, 3)
+
+
+def _check_report(args) -> None:
+    checked = report.check(json.loads(Path(args.report).read_text()), args.public_key)
+    print(f"signature valid: {checked['verdict']} proof of {checked['total']} sat for {checked['custodian']}, "
+          f"audit {checked['audit']}, height {checked['height']}")
 
 
 def _build(args) -> None:

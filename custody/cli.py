@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 
-from . import device_cli, ledger, service
+from . import device_cli, ledger, reserve_cli, service
 from .db import default_url, open_database
 from .errors import CustodyError
 from .jsonlog import setup_json_logging
@@ -187,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--requester", required=True)
 
     device_cli.add_commands(sub, command, _sessions)
+    reserve_cli.add_commands(sub, command, _sessions, _client)
 
     users = sub.add_parser("user", help="console and API accounts").add_subparsers(dest="user_command", required=True)
     c = command("add", _user_add, "add an account (prints its password and TOTP secret once)", users)

@@ -153,7 +153,7 @@ def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, 
     psbt = PSBT(tx, unknown={}, version=2 if version == 2 else None)   # embit defaults to one shared dict
     if version == 2:
         psbt.tx_version, psbt.locktime = 2, locktime
-    _describe_inputs(psbt, spec, chosen, previous_txs)
+    describe_inputs(psbt.inputs, spec, chosen, previous_txs)
     if change_position is not None:
         _describe_change(psbt.outputs[change_position], spec, change[0])
     for key in spec.all_keys:
@@ -162,10 +162,11 @@ def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, 
     return BuiltSpend(psbt, chosen, fee, change_value, change[0] if change_value else None, vsize)
 
 
-def _describe_inputs(psbt: PSBT, spec: PolicySpec, coins: list[Coin], previous_txs: dict[str, bytes]) -> None:
+def describe_inputs(scopes: list, spec: PolicySpec, coins: list[Coin], previous_txs: dict[str, bytes]) -> None:
+    """Fill each input scope (PSBT input map) with what a signer needs to check and sign its coin."""
     parsed: dict[str, Transaction] = {}
     branches = {0: spec.embit(0), 1: spec.embit(1)}
-    for scope, coin in zip(psbt.inputs, coins):
+    for scope, coin in zip(scopes, coins):
         if coin.txid not in parsed:
             raw = previous_txs.get(coin.txid)
             if raw is None:

@@ -142,15 +142,24 @@ def signed_fingerprints(psbt: PSBT) -> dict[str, int]:
     return counts
 
 
-def is_complete(psbt: PSBT, threshold: int) -> bool:
-    return all(len(scope.partial_sigs) + len(scope.taproot_sigs) >= threshold for scope in psbt.inputs)
+def _thresholds(psbt: PSBT, threshold: int | list[int | None]) -> list[int | None]:
+    return threshold if isinstance(threshold, list) else [threshold] * len(psbt.inputs)
 
 
-def finalize(psbt: PSBT, threshold: int) -> bytes:
+def is_complete(psbt: PSBT, threshold: int | list[int | None]) -> bool:
+    """Every input has its threshold of signatures (a list gives one per input; None: not ours to sign)."""
+    return all(m is None or len(scope.partial_sigs) + len(scope.taproot_sigs) >= m
+               for scope, m in zip(psbt.inputs, _thresholds(psbt, threshold)))
+
+
+def finalize(psbt: PSBT, threshold: int | list[int | None]) -> bytes:
     """The signed transaction: for each wsh multisig input (alone or as a miniscript's first branch),
-    the dummy element, `threshold` signatures in the script's key order, and the witness script."""
+    the dummy element, `threshold` signatures in the script's key order, and the witness script.
+    Inputs whose threshold is None (a proof of reserves' commitment) are left as they are."""
     tx = psbt.tx
-    for i, scope in enumerate(psbt.inputs):
+    for i, (scope, threshold) in enumerate(zip(psbt.inputs, _thresholds(psbt, threshold))):
+        if threshold is None:
+            continue
         if scope.taproot_scripts:
             tx.vin[i].witness = _taproot_witness(i, scope, threshold)
             continue

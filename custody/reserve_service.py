@@ -1,0 +1,77 @@
+"""Proof-of-reserves operations as the CLI and the API call them: plain arguments in, JSON-able out.
+The caller owns the transaction (commit on success, roll back on a refusal)."""
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import devices, device_signing, reserves
+from .node_client import NodeClient
+from .reserve_models import ReserveRun, ReserveSchedule
+
+
+def run_json(run: ReserveRun) -> dict:
+    return {"id": run.id, "audit": run.audit, "nonce": run.nonce, "custodian": run.custodian, "kind": run.kind,
+            "height": run.height, "block_hash": run.block_hash, "policies": json.loads(run.policies),
+            "coins": run.coins, "total": run.total, "state": run.state, "verdict": run.verdict,
+            "signers": reserves.signers(run), "created_by": run.created_by,
+            "created_at": run.created_at.isoformat(timespec="seconds") if run.created_at else None,
+            "finalized_at": run.finalized_at.isoformat(timespec="seconds") if run.finalized_at else None}
+
+
+def create(s: Session, client: NodeClient, *, nonce: str, audit: str, custodian: str, policies: list[str] | None,
+           height: int | None, kind: str, actor: str) -> dict:
+    run = reserves.create(s, client, nonce=nonce, audit=audit, custodian=custodian, policies=policies,
+                          height=height, kind=kind, actor=actor)
+    return {**run_json(run), "message": run.message}
+
+
+def runs(s: Session) -> list[dict]:
+    return [run_json(r) for r in s.scalars(select(ReserveRun).order_by(ReserveRun.id.desc()))]
+
+
+def show(s: Session, run_id: int) -> dict:
+    run = reserves.get_run(s, run_id)
+    return {**run_json(run), "message": run.message}
+
+
+def psbt(s: Session, run_id: int) -> str:
+    return reserves.get_run(s, run_id).psbt
+
+
+def sign(s: Session, run_id: int, upload: str, *, actor: str) -> dict:
+    signers = reserves.add_signatures(s, reserves.get_run(s, run_id), upload, actor=actor)
+    return {**show(s, run_id), "new_signers": signers}
+
+
+def sign_on_device(s: Session, run_id: int, serial: str, *, actor: str) -> dict:
+    signers = device_signing.sign_reserves_on_device(s, reserves.get_run(s, run_id), devices.get(s, serial),
+                                                     actor=actor)
+    return {**show(s, run_id), "new_signers": signers}
+
+
+def finalize(s: Session, run_id: int, *, actor: str) -> dict:
+    return reserves.finalize_run(s, reserves.get_run(s, run_id), actor=actor)
+
+
+def package(s: Session, run_id: int) -> str:
+    run = reserves.get_run(s, run_id)
+    if run.package is None:
+        raise reserves.CustodyError(f"run #{run.id} is {run.state}: its package is written when it is finalized")
+    return run.package
+
+
+def schedule(s: Session, audit: str, *, every_days: int, policies: list[str] | None, actor: str) -> dict:
+    row = reserves.schedule(s, audit, every_days=every_days, policies=policies, actor=actor)
+    return schedule_json(row)
+
+
+def schedule_json(row: ReserveSchedule) -> dict:
+    return {"id": row.id, "audit": row.audit, "policies": json.loads(row.policies), "every_days": row.every_days,
+            "next_due": row.next_due.isoformat(timespec="seconds"), "created_by": row.created_by}
+
+
+def schedules(s: Session) -> list[dict]:
+    return [schedule_json(r) for r in s.scalars(select(ReserveSchedule).order_by(ReserveSchedule.next_due))]

@@ -1,0 +1,267 @@
+"""Proof of reserves, the custodian's side: the coins held at the auditor's height, the proof PSBT the
+quorum signs, and the package the auditor verifies.
+
+The proof's shape (message, commitment input, one OP_RETURN output burning the exact total) is
+`audit.proof_format`'s, so custodian, signer and auditor read one definition. Coins come from the
+ledger as it stood at height H (created at or before H, not spent at or before H); the ledger must
+have applied block H as the node knows it, or the run is refused. The PSBT goes through the same
+checks as a spend's: uploads are merged by `signatures.merge_upload`, devices sign through HWI.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from embit.psbt import PSBT, DerivationPath
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from audit import proof_format
+
+from .errors import CustodyError
+from .eventlog import record
+from .models import Address, Block, Policy, Utxo
+from .node_client import NodeClient
+from .psbt_builder import BuildError, Coin, describe_inputs
+from .registry import get_policy, spec_of
+from .reserve_models import ReserveRun, ReserveSchedule
+from .signatures import SignatureError, decode_psbt, finalize, is_complete, merge_upload, signed_fingerprints
+
+MAX_COINS = 200_000
+COINBASE_MATURITY = 100
+
+
+@dataclass(frozen=True)
+class HeldCoin:
+    utxo: Utxo
+    address: Address
+    policy: Policy
+
+
+def coins_at(session: Session, policies: list[Policy], height: int) -> list[HeldCoin]:
+    """Every coin of the policies that existed at `height`: confirmed at or before it and not spent by a
+    transaction confirmed at or before it, leaving out coinbase outputs not yet spendable in the next
+    block (they are not reserves yet). Ordered by policy, then outpoint, so a run is reproducible."""
+    ids = {p.id: p for p in policies}
+    rows = session.execute(
+        select(Utxo, Address).join(Address, Address.id == Utxo.address_id)
+        .where(Utxo.policy_id.in_(ids), Utxo.height.is_not(None), Utxo.height <= height,
+               or_(Utxo.spent_height.is_(None), Utxo.spent_height > height),
+               or_(Utxo.coinbase.is_(False), Utxo.height <= height + 1 - COINBASE_MATURITY))
+        .order_by(Utxo.policy_id, Utxo.txid, Utxo.vout)).all()
+    return [HeldCoin(u, a, ids[u.policy_id]) for u, a in rows]
+
+
+def _policies(session: Session, names: list[str] | None) -> list[Policy]:
+    if names:
+        return [get_policy(session, n) for n in dict.fromkeys(names)]
+    chosen = list(session.scalars(select(Policy).where(Policy.status != "retired").order_by(Policy.id)))
+    if not chosen:
+        raise CustodyError("there is no policy to prove: create one first")
+    return chosen
+
+
+def _check_ledger_at(session: Session, client: NodeClient, height: int) -> str:
+    """The hash of block `height`, after checking the ledger applied that very block."""
+    tip = client.getblockcount()
+    if not 0 <= height <= tip:
+        raise CustodyError(f"height {height} is not on the node's chain (its tip is at {tip})")
+    block_hash = client.getblockhash(height)
+    ours = session.get(Block, height)
+    if ours is None or ours.hash != block_hash:
+        first = session.scalar(select(func.min(Block.height)))
+        if first is not None and height < first:
+            raise CustodyError(f"the ledger has followed the chain since height {first} only; choose a height at "
+                               "or after it")
+        raise CustodyError(f"the ledger has not applied block {height} as the node has it: run `custody sync` first")
+    return block_hash
+
+
+def create(session: Session, client: NodeClient, *, nonce: str, audit: str, custodian: str,
+           policies: list[str] | None = None, height: int | None = None, kind: str = "bip322",
+           actor: str = "coordinator") -> ReserveRun:
+    """Start a run: find the coins held at `height` (default: the tip), write the message and build the
+    proof PSBT for the quorum to sign."""
+    if kind not in proof_format.KINDS:
+        raise CustodyError(f"unknown proof kind {kind!r}: use one of {', '.join(proof_format.KINDS)}")
+    chosen = _policies(session, policies)
+    if len({p.network for p in chosen}) != 1:
+        raise CustodyError("the policies of one proof must be on one network")
+    height = client.getblockcount() if height is None else height
+    block_hash = _check_ledger_at(session, client, height)
+    try:
+        message = proof_format.compose_message(custodian, audit, nonce, client.getbestblockhash(), height)
+    except proof_format.ProofFormatError as e:
+        raise CustodyError(str(e)) from None
+    held = coins_at(session, chosen, height)
+    if not held:
+        raise CustodyError(f"the policies {', '.join(p.name for p in chosen)} held no coins at height {height}")
+    if len(held) > MAX_COINS:
+        raise CustodyError(f"{len(held)} coins is more than one proof carries ({MAX_COINS}); prove fewer policies")
+    psbt = _build_psbt(client, message, kind, held)
+    run = ReserveRun(audit=audit, nonce=nonce, custodian=custodian, kind=kind, height=height, block_hash=block_hash,
+                     message=message.decode(), policies=json.dumps([p.name for p in chosen]), coins=len(held),
+                     total=sum(h.utxo.value for h in held), state="signing", psbt=psbt.to_string(), created_by=actor)
+    session.add(run)
+    session.flush()
+    record(session, "reserves.created", actor, f"reserves:{run.id}",
+           {"audit": audit, "nonce": nonce, "height": height, "block_hash": block_hash, "kind": kind,
+            "coins": run.coins, "total": run.total, "message_sha256": hashlib.sha256(message).hexdigest()})
+    return run
+
+
+def _build_psbt(client: NodeClient, message: bytes, kind: str, held: list[HeldCoin]) -> PSBT:
+    tx = proof_format.unsigned_proof(message, kind, [(bytes.fromhex(h.utxo.txid), h.utxo.vout, h.utxo.value)
+                                                     for h in held])
+    psbt = PSBT(tx, unknown={proof_format.PSBT_GLOBAL_GENERIC_SIGNED_MESSAGE: message})
+    if kind == "bip322":
+        psbt.inputs[0].non_witness_utxo = proof_format.to_spend(message)
+    else:
+        psbt.inputs[0].unknown[proof_format.PSBT_IN_POR_COMMITMENT] = message
+    previous = {}
+    for h in held:
+        if h.utxo.txid not in previous:
+            previous[h.utxo.txid] = bytes.fromhex(client.getrawtransaction(h.utxo.txid))
+    start = 1
+    for policy, group in _by_policy(held):
+        spec = spec_of(policy)
+        coins = [Coin(h.utxo.txid, h.utxo.vout, h.utxo.value, h.address.branch, h.address.index,
+                      h.address.script_pubkey) for h in group]
+        try:
+            describe_inputs(psbt.inputs[start:start + len(group)], spec, coins, previous)
+        except BuildError as e:
+            raise CustodyError(str(e)) from None
+        for key in spec.all_keys:
+            psbt.xpubs[key.hdkey] = DerivationPath(bytes.fromhex(key.fingerprint), list(key.path))
+        start += len(group)
+    return psbt
+
+
+def _by_policy(held: list[HeldCoin]) -> list[tuple[Policy, list[HeldCoin]]]:
+    groups: dict[int, list[HeldCoin]] = {}
+    for h in held:
+        groups.setdefault(h.policy.id, []).append(h)
+    return [(group[0].policy, group) for group in groups.values()]
+
+
+def get_run(session: Session, run_id: int) -> ReserveRun:
+    run = session.get(ReserveRun, run_id)
+    if run is None:
+        raise CustodyError(f"no proof-of-reserves run #{run_id}")
+    return run
+
+
+def _thresholds(session: Session, run: ReserveRun) -> list[int | None]:
+    by_name = {name: get_policy(session, name) for name in json.loads(run.policies)}
+    thresholds: list[int | None] = [None]
+    for utxo in _run_coins(session, run):
+        thresholds.append(next(p.threshold for p in by_name.values() if p.id == utxo.policy_id))
+    return thresholds
+
+
+def _run_coins(session: Session, run: ReserveRun) -> list[Utxo]:
+    tx = PSBT.from_string(run.psbt).tx
+    coins = []
+    for vin in tx.vin[1:]:
+        utxo = session.scalar(select(Utxo).where(Utxo.txid == vin.txid.hex(), Utxo.vout == vin.vout))
+        if utxo is None:
+            raise CustodyError(f"coin {vin.txid.hex()}:{vin.vout} of run #{run.id} is no longer in the ledger")
+        coins.append(utxo)
+    return coins
+
+
+def add_signatures(session: Session, run: ReserveRun, upload: bytes | str, *, actor: str) -> list[str]:
+    """Verify and merge a signed copy of the proof PSBT; returns the fingerprints that newly signed."""
+    if run.state != "signing":
+        raise CustodyError(f"run #{run.id} is {run.state}; it is not collecting signatures")
+    try:
+        result = merge_upload(PSBT.from_string(run.psbt), decode_psbt(upload))
+    except SignatureError as e:
+        raise CustodyError(str(e)) from None
+    if not result.new_signatures:
+        return []
+    run.psbt = result.psbt.to_string()
+    record(session, "reserves.signed", actor, f"reserves:{run.id}",
+           {"signatures": len(result.new_signatures), "signers": sorted(result.signers)})
+    return sorted(result.signers)
+
+
+def signers(run: ReserveRun) -> dict[str, int]:
+    return signed_fingerprints(PSBT.from_string(run.psbt))
+
+
+def finalize_run(session: Session, run: ReserveRun, *, actor: str) -> dict:
+    """Assemble the signed proof and write the package the auditor verifies."""
+    if run.state != "signing":
+        raise CustodyError(f"run #{run.id} is {run.state}")
+    psbt = PSBT.from_string(run.psbt)
+    thresholds = _thresholds(session, run)
+    if not is_complete(psbt, thresholds):
+        raise CustodyError(f"run #{run.id} is not fully signed yet: signatures so far {signers(run)}")
+    try:
+        raw = finalize(psbt, thresholds)
+    except SignatureError as e:
+        raise CustodyError(str(e)) from None
+    package = _package(session, run, raw)
+    run.package = json.dumps(package, indent=1)
+    run.state, run.finalized_at = "complete", datetime.now(timezone.utc)
+    record(session, "reserves.finalized", actor, f"reserves:{run.id}",
+           {"txid": package["txid"], "total": run.total, "coins": run.coins,
+            "package_sha256": hashlib.sha256(run.package.encode()).hexdigest()})
+    return package
+
+
+def _package(session: Session, run: ReserveRun, raw: bytes) -> dict:
+    """What the auditor needs and nothing they must trust: every claim here is checked on their node."""
+    policies = [get_policy(session, n) for n in json.loads(run.policies)]
+    position = {p.id: n for n, p in enumerate(policies)}
+    coins = _run_coins(session, run)
+    addresses = {a.id: a for a in session.scalars(select(Address).where(
+        Address.id.in_({u.address_id for u in coins})))}
+    last_index = {p.id: max([a.index for a in session.scalars(select(Address).where(Address.policy_id == p.id))],
+                            default=0) for p in policies}
+    network = policies[0].network
+    return {
+        "format": proof_format.PACKAGE_FORMAT, "network": network, "kind": run.kind,
+        "custodian": run.custodian, "audit": run.audit, "nonce": run.nonce, "message": run.message,
+        "height": run.height, "block_hash": run.block_hash,
+        "descriptors": [{"policy": p.name, "descriptor": spec_of(p).descriptor(), "threshold": p.threshold,
+                         "keys": len(spec_of(p).keys), "range": [0, last_index[p.id]]} for p in policies],
+        "coins": [{"outpoint": f"{u.txid}:{u.vout}", "amount": u.value, "descriptor": position[u.policy_id],
+                   "branch": addresses[u.address_id].branch, "index": addresses[u.address_id].index,
+                   "height": u.height, "coinbase": u.coinbase} for u in coins],
+        "total": run.total,
+        "txid": _txid(raw),
+        "transaction": raw.hex(),
+    }
+
+
+def _txid(raw: bytes) -> str:
+    from embit.transaction import Transaction
+    return Transaction.parse(raw).txid().hex()
+
+
+def record_report(session: Session, run: ReserveRun, report: dict, *, actor: str) -> None:
+    """Keep the (signed) verification report of a run so auditors can download it from the console."""
+    run.report = json.dumps(report, indent=1)
+    run.verdict = report["verdict"]
+    record(session, "reserves.verified", actor, f"reserves:{run.id}",
+           {"verdict": run.verdict, "report_sha256": hashlib.sha256(run.report.encode()).hexdigest()})
+
+
+def schedule(session: Session, audit: str, *, every_days: int, policies: list[str] | None, actor: str,
+             first_due: datetime | None = None) -> ReserveSchedule:
+    """An officer asks for a re-proof every `every_days` days; the next run starts with the auditor's nonce."""
+    if not 1 <= every_days <= 366:
+        raise CustodyError("a re-proof is scheduled every 1 to 366 days")
+    names = [p.name for p in _policies(session, policies)]
+    due = first_due or datetime.now(timezone.utc) + timedelta(days=every_days)
+    row = ReserveSchedule(audit=audit, policies=json.dumps(names), every_days=every_days, next_due=due,
+                          created_by=actor)
+    session.add(row)
+    session.flush()
+    record(session, "reserves.scheduled", actor, f"reserve-schedule:{row.id}",
+           {"audit": audit, "every_days": every_days, "policies": names, "next_due": due.isoformat()})
+    return row
