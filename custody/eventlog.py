@@ -61,6 +61,11 @@ class CoordinatorKey:
     def __init__(self, signing_key: nacl.signing.SigningKey):
         self._signing_key = signing_key
 
+    @property
+    def signing_key(self) -> nacl.signing.SigningKey:
+        """For documents the coordinator signs besides log entries (e.g. its proof-of-reserves self-check)."""
+        return self._signing_key
+
     @classmethod
     def from_seed(cls, seed: bytes) -> "CoordinatorKey":
         """A key from a known 32-byte seed (tests, or a seed kept in an HSM-backed secret store)."""

@@ -48,6 +48,10 @@ def add_commands(sub, command, sessions, client) -> None:
     c = command("package", tx(lambda s, a: _write(rs.package(s, a.run), a.out)), "a finalized run's package", res)
     c.add_argument("run", type=int)
     c.add_argument("--out", default="-")
+    c = command("check", tx(lambda s, a: _check(s, a, client(a))),
+                "verify a finalized run as the auditor will, on this node, and keep the signed report", res)
+    c.add_argument("run", type=int)
+    c.add_argument("--min-depth", type=int, default=1)
     c = command("schedule", tx(lambda s, a: rs.schedule(s, a.audit, every_days=a.every_days, policies=a.policy,
                                                         actor=a.actor)), "ask for a re-proof every N days", res)
     c.add_argument("audit")
@@ -65,6 +69,12 @@ def _create(s, a, client) -> dict:
         _write(rs.finalize(s, run["id"], actor=a.actor) and rs.package(s, run["id"]), a.out)
         run = {**rs.show(s, run["id"]), "package": a.out}
     return run
+
+
+def _check(s, a, client) -> dict:
+    signed = rs.self_check(s, client, a.run, actor=a.actor, min_depth=a.min_depth)
+    return {"verdict": signed["report"]["verdict"],
+            **{c["name"]: f"{c['verdict']}: {c['detail']}" for c in signed["report"]["checks"]}}
 
 
 def _finalize(s, a) -> dict:

@@ -7,7 +7,11 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import devices, device_signing, reserves
+from audit import report as audit_report
+from audit import verify as audit_verify
+
+from . import devices, device_signing, eventlog, reserves
+from .errors import CustodyError
 from .node_client import NodeClient
 from .reserve_models import ReserveRun, ReserveSchedule
 
@@ -59,7 +63,7 @@ def finalize(s: Session, run_id: int, *, actor: str) -> dict:
 def package(s: Session, run_id: int) -> str:
     run = reserves.get_run(s, run_id)
     if run.package is None:
-        raise reserves.CustodyError(f"run #{run.id} is {run.state}: its package is written when it is finalized")
+        raise CustodyError(f"run #{run.id} is {run.state}: its package is written when it is finalized")
     return run.package
 
 
@@ -75,3 +79,28 @@ def schedule_json(row: ReserveSchedule) -> dict:
 
 def schedules(s: Session) -> list[dict]:
     return [schedule_json(r) for r in s.scalars(select(ReserveSchedule).order_by(ReserveSchedule.next_due))]
+
+
+def self_check(s: Session, client: NodeClient, run_id: int, *, actor: str, min_depth: int = 1) -> dict:
+    """Verify a finalized run exactly as an auditor would (`audit.verify`), on this coordinator's node,
+    and keep the report, signed with the coordinator's key, for auditors to download."""
+    text = package(s, run_id)
+    run = reserves.get_run(s, run_id)
+    pkg = audit_verify.load_package(text)
+    result = audit_verify.verify(pkg, client, nonce=run.nonce, audit=run.audit, min_depth=min_depth)
+    signed = audit_report.sign(audit_report.build(pkg, audit_verify.package_digest(text), result,
+                                                  auditor="custodian self-check"),
+                               eventlog.coordinator_key().signing_key)
+    reserves.record_report(s, run, signed, actor=actor)
+    return signed
+
+
+def report(s: Session, run_id: int) -> str:
+    run = reserves.get_run(s, run_id)
+    if run.report is None:
+        raise CustodyError(f"run #{run.id} has not been verified yet")
+    return run.report
+
+
+def report_html(s: Session, run_id: int) -> str:
+    return audit_report.to_html(json.loads(report(s, run_id)))

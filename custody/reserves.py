@@ -244,9 +244,9 @@ def _txid(raw: bytes) -> str:
 
 
 def record_report(session: Session, run: ReserveRun, report: dict, *, actor: str) -> None:
-    """Keep the (signed) verification report of a run so auditors can download it from the console."""
+    """Keep a run's signed verification report ({"report", "signature"}) for auditors to download."""
     run.report = json.dumps(report, indent=1)
-    run.verdict = report["verdict"]
+    run.verdict = report["report"]["verdict"]
     record(session, "reserves.verified", actor, f"reserves:{run.id}",
            {"verdict": run.verdict, "report_sha256": hashlib.sha256(run.report.encode()).hexdigest()})
 

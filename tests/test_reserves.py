@@ -15,7 +15,7 @@ from embit.psbt import PSBT
 from embit.transaction import SIGHASH, Transaction
 
 from audit import proof_format, report, verify
-from custody import registry, reserves
+from custody import registry, reserve_service, reserves
 from custody.db import open_database
 from custody.errors import CustodyError
 from custody.policies import build_policy
@@ -246,6 +246,11 @@ def test_a_run_from_the_ledger_to_the_auditors_signed_report(rpc, world, db_url,
         reserves.add_signatures(s, run, sign(psbt, roots()[:1]), actor="alice")
         reserves.add_signatures(s, run, sign(psbt, roots()[2:]), actor="carol")
         package = reserves.finalize_run(s, run, actor="carol")
+    with sessions.begin() as s:        # the custodian checks it as the auditor will, and keeps the signed report
+        signed = reserve_service.self_check(s, rpc, run_id, actor="carol")
+        assert signed["report"]["verdict"] == "valid" and reserves.get_run(s, run_id).verdict == "valid"
+        assert report.check(signed)["package_sha256"] == hashlib.sha256(reserves.get_run(s, run_id).package.encode()).hexdigest()
+        assert "custodian self-check" in reserve_service.report_html(s, run_id)
     (tmp_path / "package.json").write_text(json.dumps(package))
     node = rpc.url.replace("http://", f"http://{rpc._user}:{rpc._password}@") if rpc._user else rpc.url
     cmd = [sys.executable, "-m", "audit.cli", "verify", str(tmp_path / "package.json"), "--node", node,
