@@ -1,6 +1,6 @@
 """The shape of a proof of reserves: its message, its commitment input and its one output.
 
-A proof is one transaction that can never be mined. Input 0 commits to the message; inputs 1..n are the
+A proof is one transaction that can never be mined (version 2, locktime 0, final sequences). Input 0 commits to the message; inputs 1..n are the
 coins being proven, each signed SIGHASH_ALL so every signature commits to input 0 and so to the message;
 the one output is OP_RETURN and burns exactly the coins' total, so the fee is zero and the signatures also
 commit to the amount claimed.
@@ -28,6 +28,8 @@ from . import commitment
 
 KINDS = ("bip322", "bip127")
 PACKAGE_FORMAT = "custody-proof-of-reserves/1"
+VERSION = 2           # BIP-322 allows 0 or 2 for a full proof; PSBT tools (embit) rewrite 0 as 2 anyway
+FINAL = 0xFFFFFFFF    # no time lock: the proof is valid now, not "at time T and age S"
 OP_TRUE = b"\x51"
 OP_RETURN = b"\x6a"
 HEADER = "Proof of reserves"
@@ -100,10 +102,10 @@ def unsigned_proof(message: bytes, kind: str, coins: list[tuple[bytes, int, int]
     """The transaction the quorum signs: commitment, then the coins (txid bytes, vout, amount) in order."""
     if not coins:
         raise ProofFormatError("a proof needs at least one coin")
-    vin = [TransactionInput(commitment_outpoint(message, kind), 0, sequence=0)]
-    vin += [TransactionInput(txid, vout, sequence=0) for txid, vout, _ in coins]
+    vin = [TransactionInput(commitment_outpoint(message, kind), 0, sequence=FINAL)]
+    vin += [TransactionInput(txid, vout, sequence=FINAL) for txid, vout, _ in coins]
     total = sum(amount for _, _, amount in coins)
-    return Transaction(version=0, vin=vin, vout=[TransactionOutput(total, Script(OP_RETURN))], locktime=0)
+    return Transaction(version=VERSION, vin=vin, vout=[TransactionOutput(total, Script(OP_RETURN))], locktime=0)
 
 
 def kind_of(tx: Transaction, message: bytes) -> str | None:

@@ -119,7 +119,7 @@ def _build_psbt(client: NodeClient, message: bytes, kind: str, held: list[HeldCo
     if kind == "bip322":
         psbt.inputs[0].non_witness_utxo = proof_format.to_spend(message)
     else:
-        psbt.inputs[0].unknown[proof_format.PSBT_IN_POR_COMMITMENT] = message
+        psbt.inputs[0].unknown = {proof_format.PSBT_IN_POR_COMMITMENT: message}   # embit shares one default dict
     previous = {}
     for h in held:
         if h.utxo.txid not in previous:

@@ -19,7 +19,6 @@ from pathlib import Path
 from embit import bip32, script
 from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
-from embit.psbt import PSBT
 from embit.transaction import SIGHASH
 
 from custody import bip322
@@ -27,7 +26,8 @@ from custody import bip322
 from . import firmware
 from .flash import Flash, atomic_write
 from .hsm import Hsm, approvals_in
-from .inspection import FeeCaps, SigningRefused, inspect
+from .inspection import Coin, FeeCaps, SigningRefused, inspect
+from .proofs import ExactPSBT, inspect_proof, is_proof
 from .wallets import MAX_INDEX, RegistrationError, Wallet, check_wallet, normalise
 
 MODEL = "custody-signer-sim"
@@ -182,27 +182,51 @@ class Device:
 
     # -- transactions --------------------------------------------------------------------------------------
     def sign_psbt(self, psbt_b64: str) -> str:
-        """Sign every input after the checks and the policy; the PSBT comes back with partial signatures."""
+        """Sign every input after the checks and the policy; the PSBT comes back with partial signatures.
+        A PSBT carrying a proof-of-reserves message is a proof, checked and signed as one."""
         try:
-            psbt = PSBT.from_string(psbt_b64)
+            psbt = ExactPSBT.from_string(psbt_b64)
         except Exception as e:
             raise DeviceError(f"not a PSBT ({e})") from None
+        if is_proof(psbt):
+            return self._sign_proof(psbt)
         try:
-            facts, paths = inspect(psbt, self.wallets(), self._root, self.network, FeeCaps(**self.config["fee_caps"]))
+            facts, coins = inspect(psbt, self.wallets(), self._root, self.network, FeeCaps(**self.config["fee_caps"]))
         except SigningRefused as e:
             raise DeviceError(str(e)) from None
         decision = self.hsm.decide(facts, approvals_in(psbt.unknown))
         if not decision.allowed:
             raise DeviceError("the signing policy refuses: " + "; ".join(decision.reasons))
         self._show(f"Signed {facts.spent} sat from {facts.wallet.name}", *facts.destinations, f"fee {facts.fee} sat")
-        account = self._root.derive(list(facts.wallet.own_origin))
-        for n, (branch, index) in enumerate(paths):
-            key = account.child(branch).child(index)
-            inp = psbt.inputs[n]
-            inp.witness_script = script.Script(facts.wallet.witness_script_at(branch, index))
-            signature = key.key.sign(psbt.sighash(n, SIGHASH.ALL))
-            inp.partial_sigs[key.to_public().key] = signature.serialize() + bytes([SIGHASH.ALL])
+        self._sign(psbt, facts.wallet, coins)
         return psbt.to_string()
+
+    def _sign_proof(self, psbt: ExactPSBT) -> str:
+        """A proof of reserves: its holder reads the message and the amount every signature vouches for."""
+        try:
+            proof, coins = inspect_proof(psbt, self.wallets(), self._root)
+        except SigningRefused as e:
+            raise DeviceError(str(e)) from None
+        decision = self.hsm.decide_proof(proof)
+        if not decision.allowed:
+            raise DeviceError("the signing policy refuses: " + "; ".join(decision.reasons))
+        self._show("Proof of reserves?", *proof.message.decode().split("\n"),
+                   f"{proof.total} sat in {proof.coins} coins of {proof.wallet.name}")
+        self._sign(psbt, proof.wallet, coins)
+        return psbt.to_string()
+
+    def _sign(self, psbt: ExactPSBT, wallet: Wallet, coins: list[Coin]) -> None:
+        """SIGHASH_ALL (BIP-143) over the proven amount and the wallet's witness script, never the PSBT's
+        claims; only the coins' inputs are read, so a proof's commitment input needs no utxo."""
+        account = self._root.derive(list(wallet.own_origin))
+        tx = psbt.tx
+        for coin in coins:
+            key = account.child(coin.branch).child(coin.index)
+            witness_script = script.Script(wallet.witness_script_at(coin.branch, coin.index))
+            inp = psbt.inputs[coin.input]
+            inp.witness_script = witness_script
+            signature = key.key.sign(tx.sighash_segwit(coin.input, witness_script, coin.value, SIGHASH.ALL))
+            inp.partial_sigs[key.to_public().key] = signature.serialize() + bytes([SIGHASH.ALL])
 
     # -- firmware ------------------------------------------------------------------------------------------
     def install_firmware(self, image: bytes) -> dict:

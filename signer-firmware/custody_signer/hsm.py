@@ -10,6 +10,9 @@ connection. It holds approvers (name -> ed25519 public key) and rules; each rule
   the PSBT as proprietary fields (BIP-174 type 0xFC, identifier "custody").
 The first rule every condition of which holds decides; no matching rule, no signature. Each decision,
 either way, is appended to a hash-chained log on the device.
+
+A proof of reserves moves no money, so the rules above do not judge it: it is allowed unless the policy
+sets `"allow_proofs": false`, and every such decision is logged too (as event "proof").
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import nacl.signing
 
 from .flash import atomic_write
 from .inspection import Facts
+from .proofs import ProofFacts
 
 PROPRIETARY = b"\xfc\x07custody"          # 0xFC, compact-size length 7, identifier
 APPROVAL_SUBTYPE = b"\x01"                 # keydata: the approver's 32-byte ed25519 key; value: signature
@@ -98,7 +102,10 @@ def check_policy(policy: dict) -> dict:
             raise PolicyError(f"rule {n}: approvers {sorted(unknown)} are not registered")
         if rule.get("min_approvers", 0) > len(rule.get("approvers", approvers)):
             raise PolicyError(f"rule {n}: min_approvers exceeds the approvers it may count")
-    return {"approvers": dict(approvers), "rules": list(rules)}
+    if "allow_proofs" in policy and not isinstance(policy["allow_proofs"], bool):
+        raise PolicyError("allow_proofs is true or false")
+    extra = {"allow_proofs": policy["allow_proofs"]} if "allow_proofs" in policy else {}
+    return {"approvers": dict(approvers), "rules": list(rules), **extra}
 
 
 class Hsm:
@@ -137,6 +144,18 @@ class Hsm:
         self._log({"event": "sign" if decision.allowed else "refuse", "txid": facts.txid,
                    "wallet": facts.wallet.name, "amount": facts.spent, "fee": facts.fee,
                    "destinations": facts.destinations, "rule": decision.rule, "reasons": decision.reasons})
+        return decision
+
+    def decide_proof(self, proof: ProofFacts) -> Decision:
+        """A proof of reserves spends nothing (it can never be mined), so no spend rule or velocity applies;
+        only `allow_proofs` decides. The decision is logged either way with what the proof claims."""
+        policy = self.policy or {}
+        allowed = policy.get("allow_proofs", True)
+        decision = Decision(allowed, None,
+                            [] if allowed else ["this policy does not allow proofs of reserves (allow_proofs is false)"])
+        self._log({"event": "proof", "allowed": allowed, "txid": proof.txid, "wallet": proof.wallet.name,
+                   "message_sha256": proof.message_sha256, "total": proof.total, "coins": proof.coins,
+                   "reasons": decision.reasons})
         return decision
 
     # -- rules ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ trusts none of it. It proves each fact itself and returns only proven facts (`Fa
 - an output is change only if it re-derives from the same wallet within the bound; an output that
   claims to be change and does not is refused, not paid;
 - the fee is within the device's caps.
+The input checks (`prove_coins`) are the same for a proof of reserves's coins (`proofs`).
 """
 from __future__ import annotations
 
@@ -54,20 +55,59 @@ class Facts:
 
 
 @dataclass(frozen=True)
+class Coin:
+    """An input proven to spend a coin of the wallet: this device's key for it and the coin's amount."""
+    input: int
+    branch: int
+    index: int
+    value: int
+
+
+@dataclass(frozen=True)
 class FeeCaps:
     max_fee: int = 5_000_000            # 0.05 BTC
     max_fee_rate: int = 1_000           # sat/vB
 
 
-def inspect(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey, network: str, caps: FeeCaps) -> tuple[Facts, list]:
-    """Prove the facts, or raise SigningRefused. Returns the facts and, per input, the (branch, index)
-    of this device's key that signs it."""
+def inspect(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey, network: str,
+            caps: FeeCaps) -> tuple[Facts, list[Coin]]:
+    """Prove the facts, or raise SigningRefused. Returns the facts and the coins this device signs."""
     fingerprint = root.my_fingerprint
     if not psbt.inputs:
         raise SigningRefused("the PSBT has no inputs")
-    wallet, paths, total = None, [], 0
+    wallet, coins = prove_coins(psbt, wallets, fingerprint)
+    total = sum(c.value for c in coins)
+
+    outputs = []
+    for n, (out, meta) in enumerate(zip(psbt.tx.vout, psbt.outputs)):
+        claims_change = any(d.fingerprint == fingerprint for d in meta.bip32_derivations.values())
+        change = False
+        if claims_change:
+            owner, _where = _find_owner(meta.bip32_derivations, [wallet], fingerprint, out.script_pubkey.data)
+            if owner is None:
+                raise SigningRefused(f"output {n} claims to be change but does not derive from wallet "
+                                     f"{wallet.name!r} within index {MAX_INDEX} (change substitution?)")
+            change = True
+        outputs.append(Output(_describe(out.script_pubkey, network), out.value, change))
+    paid = sum(o.value for o in outputs)
+    if paid > total:
+        raise SigningRefused(f"the outputs ({paid} sat) exceed the inputs ({total} sat)")
+    fee = total - paid
+    vsize = _estimate_vsize(psbt, wallet)
+    if fee > caps.max_fee:
+        raise SigningRefused(f"fee {fee} sat is above this device's cap of {caps.max_fee} sat")
+    if fee > caps.max_fee_rate * vsize:
+        raise SigningRefused(f"fee rate {fee / vsize:.1f} sat/vB is above this device's cap of {caps.max_fee_rate}")
+    facts = Facts(wallet, psbt.tx.txid().hex(), total, tuple(outputs), fee, vsize)
+    return facts, coins
+
+
+def prove_coins(psbt: PSBT, wallets: list[Wallet], fingerprint: bytes, first: int = 0) -> tuple[Wallet, list[Coin]]:
+    """Prove that inputs `first`.. spend distinct coins of one registered wallet, with amounts from their
+    previous transactions; spends check every input, proofs of reserves every input after the commitment."""
+    wallet, coins = None, []
     outpoints: dict[tuple[bytes, int], int] = {}
-    for n, inp in enumerate(psbt.inputs):
+    for n, inp in enumerate(psbt.inputs[first:], start=first):
         outpoint = (inp.txid, inp.vout)
         if outpoint in outpoints:                 # counted twice, it would inflate the inputs and hide a fee
             raise SigningRefused(f"input {n} spends the same coin as input {outpoints[outpoint]}")
@@ -94,31 +134,8 @@ def inspect(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey, network: str, 
         if inp.witness_script is not None and inp.witness_script.data != owner.witness_script_at(*where):
             raise SigningRefused(f"input {n}: the witness script is not the wallet's")
         wallet = owner
-        paths.append(where)
-        total += spent.value
-
-    outputs = []
-    for n, (out, meta) in enumerate(zip(psbt.tx.vout, psbt.outputs)):
-        claims_change = any(d.fingerprint == fingerprint for d in meta.bip32_derivations.values())
-        change = False
-        if claims_change:
-            owner, _where = _find_owner(meta.bip32_derivations, [wallet], fingerprint, out.script_pubkey.data)
-            if owner is None:
-                raise SigningRefused(f"output {n} claims to be change but does not derive from wallet "
-                                     f"{wallet.name!r} within index {MAX_INDEX} (change substitution?)")
-            change = True
-        outputs.append(Output(_describe(out.script_pubkey, network), out.value, change))
-    paid = sum(o.value for o in outputs)
-    if paid > total:
-        raise SigningRefused(f"the outputs ({paid} sat) exceed the inputs ({total} sat)")
-    fee = total - paid
-    vsize = _estimate_vsize(psbt, wallet)
-    if fee > caps.max_fee:
-        raise SigningRefused(f"fee {fee} sat is above this device's cap of {caps.max_fee} sat")
-    if fee > caps.max_fee_rate * vsize:
-        raise SigningRefused(f"fee rate {fee / vsize:.1f} sat/vB is above this device's cap of {caps.max_fee_rate}")
-    facts = Facts(wallet, psbt.tx.txid().hex(), total, tuple(outputs), fee, vsize)
-    return facts, paths
+        coins.append(Coin(n, *where, spent.value))
+    return wallet, coins
 
 
 def _describe(script_pubkey, network: str) -> str:
