@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embit.transaction import Transaction
-
 from custody.node_client import NodeClient, RPCError
+
+from . import txparse
 
 BATCH = 2000
 
@@ -37,9 +37,6 @@ def _batched(client: NodeClient, calls: list[tuple[str, list]]) -> list:
     return out
 
 
-def _is_coinbase(tx: Transaction) -> bool:
-    return len(tx.vin) == 1 and tx.vin[0].txid == b"\x00" * 32 and tx.vin[0].vout == 0xFFFFFFFF
-
 
 def look_up(client: NodeClient, claims: list[tuple[str, int, int]], height: int, tip: int,
             progress=None) -> list[ChainCoin]:
@@ -60,14 +57,15 @@ def look_up(client: NodeClient, claims: list[tuple[str, int, int]], height: int,
             for coin in wanted[(txid, claimed)]:
                 coin.found = f"transaction {txid} is not in the best chain's block at height {claimed}"
             continue
-        tx = Transaction.parse(bytes.fromhex(reply))
+        tx = txparse.parse(bytes.fromhex(reply))
+        coinbase = len(tx.inputs) == 1 and tx.inputs[0].txid == "00" * 32 and tx.inputs[0].vout == 0xFFFFFFFF
         for coin in wanted[(txid, claimed)]:
             vout = coin.outpoint[1]
-            if tx.txid().hex() != txid or vout >= len(tx.vout):
+            if tx.txid != txid or vout >= len(tx.outputs):
                 coin.found = f"transaction {txid} has no output {vout}"
                 continue
-            coin.amount, coin.script_pubkey = tx.vout[vout].value, tx.vout[vout].script_pubkey.data
-            coin.height, coin.coinbase = claimed, _is_coinbase(tx)
+            coin.amount, coin.script_pubkey = tx.outputs[vout]
+            coin.height, coin.coinbase = claimed, coinbase
     if progress:
         progress(len(coins) // 2)
     located = [c for c in coins if c.found is None]

@@ -9,30 +9,62 @@ another message; only ALL (and DEFAULT for taproot) is accepted, strictly DER-en
 
 The inputs are split across processes (one per core): each builds the kernel's transaction and its
 precomputed sighash data once, then verifies its share of the inputs.
+
+Two facts about py-bitcoinkernel 0.1.0a5, measured (bench/reserves.py): precomputed data made with the
+spent outputs costs time proportional to the number of inputs on every call (the outputs are copied), so
+a 100,000-input proof would take minutes; made without them, a call costs what its signatures cost. The
+spent outputs are only needed for taproot, so segwit v0 inputs are checked with precomputed data without
+them and every consensus flag but TAPROOT (which changes nothing for a v0 program), and taproot inputs
+with the outputs and every flag. And `pbk.Transaction(bytes)` copies its argument byte by byte through
+ctypes; `_kernel_transaction` hands it one buffer instead.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import multiprocessing
 import os
 
 import pbk
+from pbk.capi import KernelOpaquePtr
 
 FLAGS = pbk.ScriptVerificationFlags.ALL
+FLAGS_V0 = FLAGS & ~pbk.ScriptVerificationFlags.TAPROOT
 _N_HALF = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 _TX: tuple | None = None            # (raw transaction, spent outputs) for the worker processes
 
 
+def _is_taproot(script_pubkey: bytes) -> bool:
+    return len(script_pubkey) == 34 and script_pubkey[:2] == b"\x51\x20"
+
+
+def _kernel_transaction(raw: bytes) -> pbk.Transaction:
+    tx = pbk.Transaction.__new__(pbk.Transaction)
+    KernelOpaquePtr.__init__(tx, (ctypes.c_ubyte * len(raw)).from_buffer_copy(raw), len(raw))
+    return tx
+
+
 def _verify_range(bounds: tuple[int, int]) -> list[tuple[int, str]]:
     raw, spent = _TX
-    tx = pbk.Transaction(raw)
-    outputs = [pbk.TransactionOutput(pbk.ScriptPubkey(script), amount) for script, amount in spent]
-    precomputed = pbk.script.PrecomputedTransactionData(tx, outputs)
+    tx = _kernel_transaction(raw)
+    v0_data = pbk.script.PrecomputedTransactionData(tx, None)
+    taproot_data = None
+    scripts: dict[bytes, pbk.ScriptPubkey] = {}
     failures = []
     for i in range(*bounds):
         script, amount = spent[i]
+        checker = scripts.get(script)
+        if checker is None:
+            checker = scripts[script] = pbk.ScriptPubkey(script)
+        if _is_taproot(script):
+            if taproot_data is None:
+                taproot_data = pbk.script.PrecomputedTransactionData(
+                    tx, [pbk.TransactionOutput(pbk.ScriptPubkey(s), a) for s, a in spent])
+            data, flags = taproot_data, FLAGS
+        else:
+            data, flags = v0_data, FLAGS_V0
         try:
-            ok = pbk.ScriptPubkey(script).verify(amount, tx, precomputed, i, FLAGS)
+            ok = checker.verify(amount, tx, data, i, flags)
         except pbk.ScriptVerifyException as e:
             failures.append((i, str(e)))
             continue
@@ -41,21 +73,51 @@ def _verify_range(bounds: tuple[int, int]) -> list[tuple[int, str]]:
     return failures
 
 
+class Job:
+    """Script verification running on every core while the caller does something else."""
+
+    def __init__(self, raw_tx: bytes, spent: list[tuple[bytes, int]], workers: int | None):
+        global _TX
+        workers = max(1, min(workers or os.cpu_count() or 1, len(spent) // 2000 or 1))
+        size = -(-len(spent) // workers)
+        chunks = [(start, min(start + size, len(spent))) for start in range(0, len(spent), size)]
+        self._pool = self._pending = self._done = None
+        if workers == 1:
+            _TX = (raw_tx, spent)
+            try:
+                self._done = _verify_range((0, len(spent)))
+            finally:
+                _TX = None
+            return
+        _TX = (raw_tx, spent)                         # inherited by the forked workers
+        try:
+            self._pool = multiprocessing.get_context("fork").Pool(workers)
+            self._pending = self._pool.map_async(_verify_range, chunks)
+        finally:
+            _TX = None
+
+    def result(self) -> list[tuple[int, str]]:
+        """(input index, reason) for every input whose script check failed."""
+        if self._done is None:
+            self._done = [f for part in self._pending.get() for f in part]
+            self.close()
+        return self._done
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+
+def start(raw_tx: bytes, spent: list[tuple[bytes, int]], workers: int | None = None) -> Job:
+    return Job(raw_tx, spent, workers)
+
+
 def verify_inputs(raw_tx: bytes, spent: list[tuple[bytes, int]], workers: int | None = None) -> list[tuple[int, str]]:
     """(input index, reason) for every input whose script check fails; `spent` is (scriptPubKey, amount)
     per input, input 0 included."""
-    global _TX
-    workers = max(1, min(workers or os.cpu_count() or 1, len(spent) // 2000 or 1))
-    size = -(-len(spent) // workers)
-    chunks = [(start, min(start + size, len(spent))) for start in range(0, len(spent), size)]
-    _TX = (raw_tx, spent)
-    try:
-        if workers == 1:
-            return _verify_range((0, len(spent)))
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return [f for part in pool.map(_verify_range, chunks) for f in part]
-    finally:
-        _TX = None
+    return Job(raw_tx, spent, workers).result()
 
 
 def strict_der_low_s(sig: bytes) -> str | None:

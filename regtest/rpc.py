@@ -1,6 +1,7 @@
 """Bitcoin Core 29's RPC methods, with its parameters, defaults, result shapes and errors."""
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -50,6 +51,13 @@ def difficulty(bits: int) -> float:
 
 
 def script_json(spk: bytes, *, with_desc: bool = True) -> dict:
+    """Core's scriptPubKey object. Cached per script: encoding the address dominates a batch of
+    gettxout calls (an auditor's verifier sends 100,000 of them)."""
+    return dict(_script_json(bytes(spk), with_desc))
+
+
+@functools.lru_cache(maxsize=100_000)
+def _script_json(spk: bytes, with_desc: bool) -> dict:
     out = {"asm": S.asm(spk)}
     if with_desc:
         out["desc"] = D.infer_descriptor(spk)

@@ -313,3 +313,33 @@ def test_a_package_that_is_not_one_is_refused_in_one_line(tmp_path, rpc):
     done = subprocess.run([sys.executable, "-m", "audit.cli", "verify", str(tmp_path / "p.json"), "--node", rpc.url,
                            "--nonce", NONCE, "--key", str(tmp_path / "k")], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "not a proof-of-reserves package" in done.stderr
+
+
+def test_the_verifiers_parser_reads_a_proof_as_embit_does_and_refuses_truncation(rpc, world):
+    from audit import txparse
+    raw = bytes.fromhex(craft(rpc, world, funded_coins(rpc, world), rpc.getblockcount() - 6)["transaction"])
+    ours, theirs = txparse.parse(raw), Transaction.parse(raw)
+    assert ours.txid == theirs.txid().hex() and ours.version == theirs.version
+    assert [(i.txid, i.vout, i.sequence, i.witness) for i in ours.inputs] == \
+        [(i.txid.hex(), i.vout, i.sequence, i.witness.items) for i in theirs.vin]
+    assert ours.outputs == [(o.value, o.script_pubkey.data) for o in theirs.vout]
+    for bad in (raw[:-1], raw + b"\x00", raw[:50]):
+        with pytest.raises(ValueError):
+            txparse.parse(bad)
+
+
+def test_a_bip127_run_puts_the_message_on_input_0_only(rpc, world, tmp_path):
+    sessions = open_database(f"sqlite:///{tmp_path}/bip127.db")
+    with sessions.begin() as s:
+        registry.create_policy(s, "treasury", world["spec"])
+    Syncer(sessions, rpc).sync_once()
+    for _ in range(2):                        # a second PSBT in the same process must not inherit the first's fields
+        with sessions.begin() as s:
+            run = reserves.create(s, rpc, nonce=NONCE, audit=AUDIT, custodian="Acme Treasury", kind="bip127",
+                                  actor="carol")
+            psbt = PSBT.from_string(run.psbt)
+            assert psbt.inputs[0].unknown == {b"\x09": run.message.encode()}
+            assert all(not i.unknown for i in psbt.inputs[1:])
+            reserves.add_signatures(s, run, sign(run.psbt, roots()[:2]), actor="alice")
+            package = reserves.finalize_run(s, run, actor="carol")
+    assert verdicts(package, rpc, min_depth=1)["commitment"] == "valid"
