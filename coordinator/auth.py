@@ -49,7 +49,10 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "device.read": ("admin", "officer", "signatory", "auditor"),
     "device.admin": ("admin",),                  # issue, connect, ceremonies, firmware, rotations
     "device.confirm": ("signatory",),            # the holder confirms what their device shows
-    "device.sign": ("signatory",),               # have one's device sign a spend
+    "device.sign": ("signatory",),               # have one's device sign a spend or a proof of reserves
+    "reserves.read": ("admin", "officer", "signatory", "auditor"),   # runs, messages, packages, reports
+    "reserves.create": ("officer",),             # start a run with the auditor's nonce, finalize, self-check
+    "reserves.schedule": ("officer",),           # schedule re-proofs
 }
 
 

@@ -1,16 +1,22 @@
 """Prometheus metrics: what the ledger holds, where spends stand, how far the ledger lags the node,
-and how long requests take. Ledger figures are read from the database at scrape time."""
+what the latest proof of reserves of each audit proved, and how long requests take. Ledger and reserve
+figures are read from the database at scrape time."""
 from __future__ import annotations
 
 import logging
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import select
 
 from custody import ledger, service
+from custody.reserve_models import ReserveRun, ReserveSchedule
+
+from .reserve_api import overdue
 
 log = logging.getLogger("coordinator.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+VERDICTS = ("valid", "invalid", "inconclusive", "unchecked")
 
 
 class LedgerCollector:
@@ -50,6 +56,33 @@ class LedgerCollector:
             log.warning("node unavailable for metrics: %s", e)
             up.add_metric([], 0)
         yield from (balance, spends, missing, synced, node_height, lag, up)
+        yield from self.reserves()
+
+    def reserves(self):
+        """The latest finalized run of each audit, and the re-proofs past due."""
+        proven = GaugeMetricFamily("custody_reserves_proven_sats",
+                                   "Satoshis proven by the latest finalized proof of reserves", labels=["audit"])
+        coins = GaugeMetricFamily("custody_reserves_coins", "Coins in the latest finalized proof", labels=["audit"])
+        verdict = GaugeMetricFamily("custody_reserves_verdict",
+                                    "1 for the latest finalized proof's self-check verdict", labels=["audit", "verdict"])
+        height = GaugeMetricFamily("custody_reserves_height", "Height the latest finalized proof is at",
+                                   labels=["audit"])
+        late = GaugeMetricFamily("custody_reserves_schedule_overdue", "Scheduled re-proofs past their due date")
+        with self.sessions() as s:
+            latest = {}
+            for row in s.execute(select(ReserveRun.audit, ReserveRun.total, ReserveRun.coins, ReserveRun.verdict,
+                                        ReserveRun.height).where(ReserveRun.state == "complete")
+                                 .order_by(ReserveRun.id)):
+                latest[row.audit] = row
+            due = list(s.scalars(select(ReserveSchedule.next_due)))
+        for audit, row in sorted(latest.items()):
+            proven.add_metric([audit], row.total)
+            coins.add_metric([audit], row.coins)
+            height.add_metric([audit], row.height)
+            for name in VERDICTS:
+                verdict.add_metric([audit, name], 1 if (row.verdict or "unchecked") == name else 0)
+        late.add_metric([], sum(overdue(d) for d in due))
+        yield from (proven, coins, verdict, height, late)
 
 
 def make_registry(sessions, node_factory) -> tuple[CollectorRegistry, Histogram]:
