@@ -6,12 +6,16 @@ on every device with a proof, and each holder confirms the first address their d
 and a client pay the policy, and the ledger, kept in step with the node, shows the balance and every
 coin. Then a treasury officer requests a payment, two other officers approve it (one also signs it for
 the devices' own policy), two devices check and sign the PSBT, and the coordinator verifies,
-broadcasts and follows it.
+broadcasts and follows it. Finally an auditor challenges the custodian: the quorum signs a proof of
+reserves on two devices, which show the message, and the auditor verifies it on their own node, with
+the clients' liabilities.
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +24,7 @@ import nacl.signing
 from embit.psbt import PSBT
 from sqlalchemy import select
 
-from custody import ceremony, device_signing, devices, eventlog, ledger, registry, spends
+from custody import ceremony, device_signing, devices, eventlog, ledger, registry, reserve_service, reserves, spends
 from custody_signer.cli import main as signer_cli
 from custody_signer.device import MODEL, shown_first_address
 from custody_signer.hsm import approval_message
@@ -79,6 +83,7 @@ def main() -> int:
                 print("\nUTXOs:")
                 table(ledger.list_utxos(s, policy), ["outpoint", "value", "state", "confirmations", "address"])
             spend_story(sessions, syncer, rpc)
+            reserves_story(sessions, syncer, rpc, node, Path(tmp))
             pending_request(sessions)
             accounts_ = demo_accounts(sessions)
             if os.environ.get("DEMO_SERVE", "1") != "0":
@@ -180,6 +185,48 @@ def spend_story(sessions, syncer, rpc) -> None:
     print("  " + " -> ".join(kinds))
     print(f"  custody log verify: {'OK' if result.ok else 'FAILED: ' + str(result.problem)} (head {result.head_hash[:16]}…)")
     if not result.ok:
+        raise SystemExit(1)
+
+
+def reserves_story(sessions, syncer, rpc, node, tmp: Path) -> None:
+    """The auditor's challenge, a proof signed on two devices, and the auditor's own verification."""
+    nonce = "audrey-" + secrets.token_hex(8)
+    height = rpc.getblockcount()
+    print(f"\nproof of reserves: auditor Audrey picks height {height} and sends nonce {nonce}")
+    with sessions.begin() as s:
+        run = reserves.create(s, rpc, nonce=nonce, audit="2026-Q4", custodian="Demo Treasury", height=height,
+                              actor="dana")
+        run_id = run.id
+        print(f"  run #{run_id}: {run.coins} coins, {run.total:,} sat at height {height}; the message:")
+        print("    " + run.message.replace("\n", "\n    "))
+    for holder in ("alice", "carol"):
+        with sessions.begin() as s:
+            device_signing.sign_reserves_on_device(s, reserves.get_run(s, run_id), devices.get(s, SERIALS[holder]),
+                                                   actor=holder)
+        print(f"  {SIGNATORIES[holder]:18} device showed the message and {run.total:,} sat, and signed through HWI")
+    with sessions.begin() as s:
+        package = reserves.finalize_run(s, reserves.get_run(s, run_id), actor="dana")
+    (tmp / "package.json").write_text(json.dumps(package, indent=1))
+    rpc.generatetoaddress(6, TestWallet("demo miner").address())          # the auditor wants height buried 6 deep
+    syncer.sync_once()
+    with sessions.begin() as s:
+        verdict = reserve_service.self_check(s, rpc, run_id, actor="dana", min_depth=6)["report"]["verdict"]
+    print(f"  package written ({package['txid'][:16]}…); the coordinator's own check: {verdict}")
+    clients = "client,balance\n" + "".join(f"client-{n:03d},1.{n:02d}\n" for n in range(40))   # BTC, 47.8 in all
+    (tmp / "balances.csv").write_text(clients)
+    audit = [sys.executable, "-m", "audit.cli"]
+    subprocess.run(audit + ["liabilities", "build", str(tmp / "balances.csv"), "--out", str(tmp / "liabilities")],
+                   check=True, capture_output=True)
+    print("  Audrey verifies on her own node (custody-audit verify), with the published liabilities:")
+    done = subprocess.run(audit + ["verify", str(tmp / "package.json"), "--node", node.url, "--cookie",
+                                   str(node.cookie_file), "--nonce", nonce, "--audit", "2026-Q4",
+                                   "--liabilities", str(tmp / "liabilities" / "root.json"),
+                                   "--key", str(tmp / "audrey.key"), "--auditor", "Audrey (auditor)",
+                                   "--report", str(tmp / "report.json"), "--html", str(tmp / "report.html")],
+                          capture_output=True, text=True)
+    print("    " + done.stdout.strip().replace("\n", "\n    "))
+    if done.returncode != 0:
+        print(done.stderr, file=sys.stderr)
         raise SystemExit(1)
 
 

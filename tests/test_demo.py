@@ -1,5 +1,6 @@
 """`make demo`'s story runs to the end: simulated signers through HWI, the ceremony, a spend signed on two
-devices, a verified log (the console part is skipped with DEMO_SERVE=0)."""
+devices, a verified log, a proof of reserves signed on two devices and verified as the auditor would (the
+console part is skipped with DEMO_SERVE=0)."""
 from __future__ import annotations
 
 import os
@@ -18,3 +19,5 @@ def test_the_demo_story_runs_on_simulated_signers():
     assert "-> ceremony complete" in out
     assert "device checked and signed through HWI -> verified, signed" in out
     assert "custody log verify: OK" in out
+    assert out.count("device showed the message") == 2 and "the coordinator's own check: valid" in out
+    assert "solvency    valid" in out and "verdict: valid:" in out
