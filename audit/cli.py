@@ -14,7 +14,7 @@ from pathlib import Path
 
 from custody.node_client import NodeClient, NodeError
 
-from . import liabilities, report, verify
+from . import bip127, liabilities, report, verify
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--html", help="write the human report here")
     c.add_argument("--workers", type=int, help="processes for script verification (default: one per core)")
     c.set_defaults(handler=_verify)
+    c = sub.add_parser("import-bip127", help="read a BIP-127 proof file (any tool's): its message and commitment "
+                       "variant; with --out, a package for `verify`")
+    c.add_argument("file")
+    c.add_argument("--out", help="write a package here (needs --node, --descriptor and --height)")
+    c.add_argument("--node", help="your node's RPC URL")
+    c.add_argument("--cookie", help="the node's .cookie file")
+    c.add_argument("--descriptor", action="append", default=[], help="a descriptor the custodian declared; repeat")
+    c.add_argument("--last-index", type=int, default=999, help="the declared range's last index (default %(default)s)")
+    c.add_argument("--height", type=int, help="the height the proof is for")
+    c.add_argument("--network", default="regtest", choices=["main", "test", "testnet4", "signet", "regtest"])
+    c.set_defaults(handler=_import_bip127)
     c = sub.add_parser("check-report", help="check a signed report was not changed")
     c.add_argument("report")
     c.add_argument("--public-key", help="the auditor's public key (hex) the report must be signed by")
@@ -87,6 +98,23 @@ def _verify(args) -> None:
         print(f"{c.name:<11} {c.verdict:<13} {c.detail}")
     print(f"verdict: {result.verdict}: {result.total} sat in {result.coins} coins at height {package['height']}")
     args.exit_code = {verify.VALID: 0, verify.INVALID: 2}.get(result.verdict, 3)
+
+
+def _import_bip127(args) -> None:
+    proof = bip127.read(Path(args.file).read_bytes())
+    standard = proof.variant == "sha256 with prefix"
+    print(f"message: {proof.message.decode(errors='replace')!r}")
+    print(f"commitment: {proof.variant or 'does not commit to this message'}"
+          f"{' (BIP-127)' if standard else ' (not BIP-127: verification will fail the commitment check)'}")
+    print(f"{len(proof.amounts)} coins, {sum(proof.amounts)} sat claimed")
+    if args.out:
+        if not (args.node and args.descriptor and args.height is not None):
+            raise ValueError("--out needs --node, --descriptor and --height")
+        client = NodeClient(args.node, cookie_file=args.cookie, timeout=600)
+        package = bip127.to_package(proof, client, height=args.height, network=args.network,
+                                    descriptors=[bip127.declare(d, args.last_index) for d in args.descriptor])
+        Path(args.out).write_text(json.dumps(package, indent=1))
+        print(f"package written to {args.out}")
 
 
 def _check_report(args) -> None:

@@ -48,6 +48,10 @@ def add_commands(sub, command, sessions, client) -> None:
     c = command("package", tx(lambda s, a: _write(rs.package(s, a.run), a.out)), "a finalized run's package", res)
     c.add_argument("run", type=int)
     c.add_argument("--out", default="-")
+    c = command("export-bip127", tx(lambda s, a: _write(rs.bip127_psbt(s, a.run), a.out)),
+                "a finalized bip127 run as a BIP-127 proof file (finalized PSBT)", res)
+    c.add_argument("run", type=int)
+    c.add_argument("--out", default="-")
     c = command("check", tx(lambda s, a: _check(s, a, client(a))),
                 "verify a finalized run as the auditor will, on this node, and keep the signed report", res)
     c.add_argument("run", type=int)
@@ -66,7 +70,8 @@ def _create(s, a, client) -> dict:
     for serial in a.device:
         run = rs.sign_on_device(s, run["id"], serial, actor=a.actor)
     if a.out and a.device:
-        _write(rs.finalize(s, run["id"], actor=a.actor) and rs.package(s, run["id"]), a.out)
+        rs.finalize(s, run["id"], actor=a.actor)
+        _write(rs.package(s, run["id"]), a.out)
         run = {**rs.show(s, run["id"]), "package": a.out}
     return run
 

@@ -67,6 +67,10 @@ def package(s: Session, run_id: int) -> str:
     return run.package
 
 
+def bip127_psbt(s: Session, run_id: int) -> str:
+    return reserves.bip127_psbt(reserves.get_run(s, run_id))
+
+
 def schedule(s: Session, audit: str, *, every_days: int, policies: list[str] | None, actor: str) -> dict:
     row = reserves.schedule(s, audit, every_days=every_days, policies=policies, actor=actor)
     return schedule_json(row)

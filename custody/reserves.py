@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from embit.psbt import PSBT, DerivationPath
+from embit.transaction import Transaction
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
@@ -239,8 +240,23 @@ def _package(session: Session, run: ReserveRun, raw: bytes) -> dict:
 
 
 def _txid(raw: bytes) -> str:
-    from embit.transaction import Transaction
     return Transaction.parse(raw).txid().hex()
+
+
+def bip127_psbt(run: ReserveRun) -> str:
+    """A finalized run as a BIP-127 proof file: the run's PSBT with each coin input's final witness (and,
+    as BIP-174's finalizer does, without the partial signatures and derivations it no longer needs)."""
+    if run.package is None:
+        raise CustodyError(f"run #{run.id} is {run.state}: a proof file is written once it is finalized")
+    if run.kind != "bip127":
+        raise CustodyError(f"run #{run.id} commits to its message in {run.kind} form; a BIP-127 file needs a run "
+                           "created with --kind bip127")
+    psbt = PSBT.from_string(run.psbt)
+    signed = Transaction.parse(bytes.fromhex(json.loads(run.package)["transaction"]))
+    for scope, vin in zip(psbt.inputs[1:], signed.vin[1:]):
+        scope.final_scriptwitness = vin.witness
+        scope.partial_sigs, scope.bip32_derivations, scope.witness_script = {}, {}, None
+    return psbt.to_string()
 
 
 def record_report(session: Session, run: ReserveRun, report: dict, *, actor: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 from embit import bip32
 from embit.networks import NETWORKS
 from embit.psbt import PSBT
-from embit.transaction import SIGHASH, Transaction
+from embit.script import Script
+from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
-from audit import proof_format, report, verify
+from audit import bip127, commitment, proof_format, report, verify
 from custody import registry, reserve_service, reserves
 from custody.db import open_database
 from custody.errors import CustodyError
@@ -86,13 +88,16 @@ def funded_coins(rpc, world) -> list[dict]:
 
 
 def craft(rpc, world, coins: list[dict], height: int, *, nonce: str = NONCE, kind: str = "bip322", fee: int = 0,
-          sighash: int = SIGHASH.ALL, network: str = "regtest", duplicate: bool = False) -> dict:
+          sighash: int = SIGHASH.ALL, network: str = "regtest", duplicate: bool = False,
+          commit_txid: bytes | None = None) -> dict:
     """A proof signed by two of the three keys, shaped as the test asks (honest unless told otherwise)."""
     spec = world["spec"]
     message = proof_format.compose_message("Acme Treasury", AUDIT, nonce, rpc.getbestblockhash(), height)
     listed = coins + coins[:1] if duplicate else coins
     tx = proof_format.unsigned_proof(message, kind, [(bytes.fromhex(c["txid"]), c["vout"], c["amount"]) for c in listed])
     tx.vout[0].value -= fee
+    if commit_txid is not None:                    # another tool's idea of the commitment
+        tx.vin[0].txid = commit_txid
     psbt = PSBT(tx, unknown={proof_format.PSBT_GLOBAL_GENERIC_SIGNED_MESSAGE: message})
     previous = {c["txid"]: bytes.fromhex(rpc.getrawtransaction(c["txid"])) for c in listed}
     describe_inputs(psbt.inputs[1:], spec, [Coin(c["txid"], c["vout"], c["amount"], c["branch"], c["index"],
@@ -342,4 +347,96 @@ def test_a_bip127_run_puts_the_message_on_input_0_only(rpc, world, tmp_path):
             assert all(not i.unknown for i in psbt.inputs[1:])
             reserves.add_signatures(s, run, sign(run.psbt, roots()[:2]), actor="alice")
             package = reserves.finalize_run(s, run, actor="carol")
+            exported = reserves.bip127_psbt(run)
     assert verdicts(package, rpc, min_depth=1)["commitment"] == "valid"
+    # the BIP-127 file, read back by the auditor's importer, is the same proof
+    (tmp_path / "proof.psbt").write_text(exported)
+    node = rpc.url.replace("http://", f"http://{rpc._user}:{rpc._password}@") if rpc._user else rpc.url
+    cmd = [sys.executable, "-m", "audit.cli", "import-bip127", str(tmp_path / "proof.psbt"), "--node", node,
+           "--descriptor", world["spec"].descriptor(), "--last-index", "19", "--height", str(package["height"]),
+           "--out", str(tmp_path / "imported.json")]
+    if rpc._cookie_file:
+        cmd += ["--cookie", str(rpc._cookie_file)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "commitment: sha256 with prefix (BIP-127)" in done.stdout
+    imported = json.loads((tmp_path / "imported.json").read_text())
+    assert imported["transaction"] == package["transaction"] and imported["total"] == package["total"]
+    assert verdicts(imported, rpc, min_depth=1)["overall"] == "valid"
+    with sessions.begin() as s, pytest.raises(CustodyError, match="bip322 form"):
+        run = reserves.create(s, rpc, nonce=NONCE, audit=AUDIT, custodian="Acme Treasury", actor="carol")
+        reserves.add_signatures(s, run, sign(run.psbt, roots()[:2]), actor="alice")
+        reserves.finalize_run(s, run, actor="carol")
+        reserves.bip127_psbt(run)
+
+
+def bip127_file(package: dict, rpc) -> bytes:
+    """The package's proof as another tool would write its BIP-127 file."""
+    tx = Transaction.parse(bytes.fromhex(package["transaction"]))
+    unsigned = Transaction(version=tx.version, locktime=tx.locktime, vout=tx.vout,
+                           vin=[TransactionInput(i.txid, i.vout, sequence=i.sequence) for i in tx.vin])
+    psbt = PSBT(unsigned, unknown={})
+    psbt.inputs[0].unknown = {b"\x09": package["message"].encode()}
+    for scope, vin, c in zip(psbt.inputs[1:], tx.vin[1:], package["coins"]):
+        out = rpc.gettxout(vin.txid.hex(), vin.vout, False)
+        scope.final_scriptwitness = vin.witness
+        scope.witness_utxo = TransactionOutput(c["amount"], Script(bytes.fromhex(out["scriptPubKey"]["hex"])))
+    return psbt.serialize()
+
+
+@pytest.mark.parametrize("variant", sorted(commitment.variants(b"x")))
+def test_a_bip127_file_reports_its_commitment_variant_and_only_the_standard_one_verifies(rpc, world, variant):
+    height = rpc.getblockcount() - 6
+    message = proof_format.compose_message("Acme Treasury", AUDIT, NONCE, rpc.getbestblockhash(), height)
+    digest = commitment.variants(message)[variant]
+    package = craft(rpc, world, funded_coins(rpc, world), height, kind="bip127", commit_txid=digest[::-1])
+    proof = bip127.read(bip127_file(package, rpc))
+    assert proof.variant == variant and proof.message == message
+    imported = bip127.to_package(proof, rpc, height=height, network="regtest",
+                                 descriptors=[bip127.declare(world["spec"].descriptor(), 19)])
+    result = verify.verify(imported, rpc, nonce=NONCE, audit=AUDIT)
+    if variant == commitment.STANDARD:
+        assert result.verdict == "valid"
+    else:
+        assert result.checks[1].name == "commitment" and result.checks[1].verdict == "invalid"
+        assert variant in result.checks[1].detail
+
+
+def test_a_file_that_is_not_a_bip127_proof_is_refused(rpc, world):
+    with pytest.raises(bip127.Bip127Error, match="not a PSBT"):
+        bip127.read(b"hello")
+    package = craft(rpc, world, funded_coins(rpc, world), rpc.getblockcount() - 6)
+    psbt = PSBT.parse(bip127_file(package, rpc))
+    psbt.inputs[0].unknown = {}
+    with pytest.raises(bip127.Bip127Error, match="PSBT_IN_POR_COMMITMENT"):
+        bip127.read(psbt.serialize())
+
+
+def test_the_custodians_cli_creates_signs_finalizes_and_checks_a_run(node, rpc, world, tmp_path):
+    db = f"sqlite:///{tmp_path}/cli.db"
+    sessions = open_database(db)
+    with sessions.begin() as s:
+        registry.create_policy(s, "treasury", world["spec"])
+    Syncer(sessions, rpc).sync_once()
+    env = {**os.environ, "CUSTODY_DB": db, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file),
+           "CUSTODY_ACTOR": "carol"}
+
+    def custody(*args, ok=True):
+        done = subprocess.run([sys.executable, "-m", "custody.cli", "--json", "reserves", *args], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert (done.returncode == 0) == ok, done.stderr
+        return json.loads(done.stdout) if ok and done.stdout.strip().startswith(("{", "[")) else done
+
+    refused = custody("create", "--auditor-nonce", "short", "--audit", AUDIT, "--custodian", "Acme", ok=False)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "nonce" in refused.stderr
+    run = custody("create", "--auditor-nonce", NONCE, "--audit", AUDIT, "--custodian", "Acme Treasury")
+    assert run["state"] == "signing" and run["coins"] == 3 and f"nonce: {NONCE}" in run["message"]
+    psbt = custody("psbt", str(run["id"])).stdout.strip()
+    (tmp_path / "signed.psbt").write_text(sign(psbt, roots()[1:]))
+    assert len(custody("sign", str(run["id"]), str(tmp_path / "signed.psbt"))["new_signers"]) == 2
+    rpc.generatetoaddress(1, MINER)
+    done = custody("finalize", str(run["id"]), "--out", str(tmp_path / "package.json"))
+    assert done["state"] == "complete"
+    assert custody("check", str(run["id"]))["verdict"] == "valid"
+    assert [r["verdict"] for r in custody("list")] == ["valid"]
+    assert "bip322 form" in custody("export-bip127", str(run["id"]), ok=False).stderr
