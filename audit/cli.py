@@ -85,7 +85,7 @@ def _verify(args) -> None:
     package = verify.load_package(text)
     client = NodeClient(args.node, cookie_file=args.cookie, timeout=600)
     result = verify.verify(package, client, nonce=args.nonce, audit=args.audit, min_depth=args.min_depth,
-                           workers=args.workers)
+                           workers=args.workers, progress=_progress(len(package["coins"])))
     if args.liabilities:
         verify.solvency(result, json.loads(Path(args.liabilities).read_text()))
     signed = report.sign(report.build(package, verify.package_digest(text), result, auditor=args.auditor),
@@ -115,6 +115,17 @@ def _import_bip127(args) -> None:
                                     descriptors=[bip127.declare(d, args.last_index) for d in args.descriptor])
         Path(args.out).write_text(json.dumps(package, indent=1))
         print(f"package written to {args.out}")
+
+
+def _progress(total: int):
+    """A progress line on a terminal while the node is asked about the coins."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int) -> None:
+        print(f"\r  {done:,}/{total:,} coins looked up on the node", end="\n" if done >= total else "",
+              file=sys.stderr, flush=True)
+    return show
 
 
 def _check_report(args) -> None:

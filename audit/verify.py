@@ -27,6 +27,7 @@ from . import chain, commitment, proof_format, scripts, txparse
 VALID, INVALID, INCONCLUSIVE = "valid", "invalid", "inconclusive"
 COINBASE_MATURITY = 100
 DEFAULT_MIN_DEPTH = 6
+MISMATCH = "the package's coins are not the transaction's inputs 1..n"
 CHECKS = ("challenge", "commitment", "structure", "sighash", "scripts", "policy", "chain", "maturity", "total")
 _NODE_CHAIN = {"main": "main", "test": "test", "testnet4": "testnet4", "signet": "signet", "regtest": "regtest"}
 _MULTISIG = re.compile(r"^wsh\((sortedmulti|multi)\((\d+),(.+)\)\)$")
@@ -78,6 +79,8 @@ def load_package(text: str) -> dict:
     for name, kind in needed.items():
         if not isinstance(package.get(name), kind) or isinstance(package.get(name), bool):
             raise PackageError(f"the package's {name!r} is missing or not a {kind.__name__}")
+    if package["height"] < 0:
+        raise PackageError("the package's height is negative")
     return package
 
 
@@ -107,7 +110,7 @@ def verify(package: dict, client: NodeClient, *, nonce: str, audit: str | None =
     result.timings["derivation_s"] = round(time.perf_counter() - t, 3)
     raw = bytes.fromhex(package["transaction"])
     job = None
-    if not isinstance(claimed, str):
+    if isinstance(claimed, list) and len(claimed) == len(tx.inputs) - 1:
         job = scripts.start(raw, [(proof_format.OP_TRUE, 0)] + claimed, workers)
     found = None
     try:
@@ -118,7 +121,7 @@ def verify(package: dict, client: NodeClient, *, nonce: str, audit: str | None =
         _structure(result, package, tx, claims, found)
         _sighash(result, tx, found)
         t = time.perf_counter()
-        _scripts(result, package, raw, found, job, claimed, workers)
+        _scripts(result, package, tx, raw, found, job, claimed, workers)
         result.timings["script_verification_wait_s"] = round(time.perf_counter() - t, 3)
     finally:
         if job is not None:
@@ -206,7 +209,7 @@ def _structure(result: Verification, package: dict, tx: txparse.Tx, claims, foun
             seen.add(o)
         return result.add("structure", INVALID, f"coin {dup[0]}:{dup[1]} is an input twice (it would be counted twice)")
     if outpoints != [(txid, vout) for txid, vout, _ in claims]:
-        return result.add("structure", INVALID, "the package's coin list is not the transaction's inputs 1..n")
+        return result.add("structure", INVALID, MISMATCH)
     if not outpoints:
         return result.add("structure", INVALID, "the proof proves no coin")
     if tx.version not in (0, 2):
@@ -226,6 +229,8 @@ def _structure(result: Verification, package: dict, tx: txparse.Tx, claims, foun
 def _sighash(result: Verification, tx: txparse.Tx, found) -> None:
     if found is None or any(c.found for c in found):
         return result.add("sighash", INCONCLUSIVE, "not every coin's script is known")
+    if len(found) != len(tx.inputs) - 1:
+        return result.add("sighash", INVALID, MISMATCH)
     signatures = 0
     for n, (inp, coin) in enumerate(zip(tx.inputs[1:], found), start=1):
         sigs = scripts.signatures_in(inp.witness, coin.script_pubkey)
@@ -241,9 +246,12 @@ def _sighash(result: Verification, tx: txparse.Tx, found) -> None:
     result.add("sighash", VALID, f"all {signatures} signatures are SIGHASH_ALL/DEFAULT")
 
 
-def _scripts(result: Verification, package: dict, raw: bytes, found, job, claimed, workers) -> None:
+def _scripts(result: Verification, package: dict, tx: txparse.Tx, raw: bytes, found, job, claimed,
+             workers) -> None:
     if found is None or any(c.found for c in found):
         return result.add("scripts", INCONCLUSIVE, "not every coin's script is known")
+    if len(found) != len(tx.inputs) - 1:
+        return result.add("scripts", INVALID, MISMATCH)
     actual = [(proof_format.OP_TRUE, 0)] + [(c.script_pubkey, c.amount) for c in found]
     if job is not None and [(proof_format.OP_TRUE, 0)] + claimed == actual:
         failures = job.result()
@@ -312,6 +320,8 @@ def _policy(result: Verification, package: dict, tx: txparse.Tx, found, claimed)
         return result.add("policy", INVALID, claimed)
     if found is None or any(c.found for c in found):
         return result.add("policy", INCONCLUSIVE, "not every coin's script is known")
+    if len(found) != len(tx.inputs) - 1:
+        return result.add("policy", INVALID, MISMATCH)
     thresholds = [_declared(e, package["network"])[2] for e in package["descriptors"]]
     for n, ((script, _), claim, coin) in enumerate(zip(claimed, package["coins"], found), start=1):
         if script != coin.script_pubkey:

@@ -186,8 +186,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--fee-rate", type=float, required=True)
     c.add_argument("--requester", required=True)
 
-    device_cli.add_commands(sub, command, _sessions)
-    reserve_cli.add_commands(sub, command, _sessions, _client)
+    device_cli.add_commands(sub, command, _in_transaction)
+    reserve_cli.add_commands(sub, command, _in_transaction, _client)
 
     users = sub.add_parser("user", help="console and API accounts").add_subparsers(dest="user_command", required=True)
     c = command("add", _user_add, "add an account (prints its password and TOTP secret once)", users)
@@ -248,6 +248,14 @@ def _login() -> str:
 
 def _sessions(args):
     return open_database(args.db)
+
+
+def _in_transaction(fn):
+    """A handler running `fn(session, args)` in one transaction: committed on success, rolled back on a refusal."""
+    def handler(args):
+        with _sessions(args).begin() as s:
+            return fn(s, args)
+    return handler
 
 
 def _client(args) -> NodeClient:

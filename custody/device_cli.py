@@ -8,14 +8,9 @@ from . import device_service as ds
 from .spends import parse_amount
 
 
-def add_commands(sub, command, sessions) -> None:
-    """Register the subcommands; `command(name, handler, help, parent)` and `sessions(args)` come from cli."""
-    def tx(fn):
-        def handler(args):
-            with sessions(args).begin() as s:
-                return fn(s, args)
-        return handler
-
+def add_commands(sub, command, tx) -> None:
+    """Register the subcommands; `command(name, handler, help, parent)` and `tx(fn)` (run `fn(session, args)`
+    in one transaction) come from cli."""
     dev = sub.add_parser("device", help="signing devices: inventory, status, signing").add_subparsers(
         dest="device_command", required=True)
     command("connected", lambda args: ds.connected(), "devices HWI sees now", dev)

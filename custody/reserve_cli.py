@@ -7,14 +7,9 @@ from pathlib import Path
 from . import reserve_service as rs
 
 
-def add_commands(sub, command, sessions, client) -> None:
-    """Register the subcommands; `command`, `sessions(args)` and `client(args)` come from cli."""
-    def tx(fn):
-        def handler(args):
-            with sessions(args).begin() as s:
-                return fn(s, args)
-        return handler
-
+def add_commands(sub, command, tx, client) -> None:
+    """Register the subcommands; `command`, `tx(fn)` (run `fn(session, args)` in one transaction) and
+    `client(args)` come from cli."""
     res = sub.add_parser("reserves", help="proof of reserves for auditors").add_subparsers(
         dest="reserves_command", required=True)
     c = command("create", tx(lambda s, a: _create(s, a, client(a))),

@@ -439,3 +439,11 @@ def test_the_custodians_cli_creates_signs_finalizes_and_checks_a_run(node, rpc, 
     assert custody("check", str(run["id"]))["verdict"] == "valid"
     assert [r["verdict"] for r in custody("list")] == ["valid"]
     assert "bip322 form" in custody("export-bip127", str(run["id"]), ok=False).stderr
+
+
+def test_a_package_whose_coin_list_disagrees_with_the_transaction_fails_closed(rpc, world):
+    package = craft(rpc, world, funded_coins(rpc, world), rpc.getblockcount() - 6)
+    v = verdicts({**package, "coins": package["coins"][:-1], "total": package["total"]}, rpc)
+    assert v["structure"] == "invalid" and v["scripts"] == "invalid" and v["overall"] == "invalid"
+    v = verdicts({**package, "coins": package["coins"] + package["coins"][:1]}, rpc)
+    assert v["overall"] == "invalid"
