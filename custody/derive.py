@@ -9,7 +9,7 @@ recovery miniscript and its sha256, or for taproot the `sortedmulti_a` leaf, its
 hashes and one more point addition onto the NUMS key. Addresses use a table-driven bech32/bech32m
 encoder. Large ranges are split across processes (fork; forkserver when the caller has threads).
 
-All four policy kinds take the fast path. Results are identical to embit's
+All five policy kinds take the fast path. Results are identical to embit's
 `spec.embit(branch).derive(i).script_pubkey()`: the tests compare every kind on both branches, and
 each process checks the first index it derives for a (policy, branch) against embit before
 trusting the fast path (a mismatch raises rather than hand out an address nobody can spend). In
@@ -174,6 +174,8 @@ def _assembler(spec: PolicySpec, adder_factory):
             def recovery(keys):
                 return rhead + join(keys) + rtail
         return lambda pubs: b"\x00\x20" + sha256(head + join(pubs[:n]) + mid + recovery(pubs[n:]) + tail).digest()
+    if spec.kind == "wpkh":
+        return lambda pubs: b"\x00\x14" + hash160(pubs[0])
     if spec.kind == "tr-sortedmulti_a" and not spec.recovery_keys:
         # leaf <X1> CHECKSIG <X2> CHECKSIGADD .. <M> NUMEQUAL over sorted x-only keys; Q = NUMS + t·G
         tail = _number(m) + b"\x9c"

@@ -1,11 +1,13 @@
 """M-of-N custody policies as output descriptors (BIP-380/389).
 
-Four shapes, the ones an institution asks for:
+Four shapes, the ones an institution asks for, and a single-key one for hot receiving wallets:
   wsh-sortedmulti  wsh(sortedmulti(M, K1/<0;1>/*, ...))            the default multisig
   wsh-multi        wsh(multi(M, ...))                               key order fixed by the policy
   tr-sortedmulti_a tr(NUMS, sortedmulti_a(M, ...))                  taproot, script path only
   wsh-recovery     wsh(or_d(multi(M, ...), and_v(v:<recovery>, older(N))))
                    the quorum now, or the recovery key(s) after N blocks (miniscript)
+  wpkh             wpkh(K/<0;1>/*)                                  one key: a mining fleet's payout wallet,
+                   swept into custody (its key in a signer whose policy pays custody only)
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from embit.descriptor.checksum import checksum as _checksum
 
 # BIP-341's provably unspendable internal key (H = lift_x(sha256(G))): no key path spend.
 NUMS_KEY = "50929b74c1a04954b78b4b6035e97a5e078a5a0f28ec96d547bfee9ace803ac0"
-KINDS = ("wsh-sortedmulti", "wsh-multi", "tr-sortedmulti_a", "wsh-recovery")
+KINDS = ("wsh-sortedmulti", "wsh-multi", "tr-sortedmulti_a", "wsh-recovery", "wpkh")
 MAX_MULTISIG_KEYS = 20          # CHECKMULTISIG's limit
 MAX_TAPROOT_KEYS = 999          # sortedmulti_a's limit
 MAX_P2WSH_SCRIPT = 3600         # standard witness script size
@@ -61,6 +63,8 @@ class PolicySpec:
             body = f"wsh(sortedmulti({self.threshold},{keys}))"
         elif self.kind == "wsh-multi":
             body = f"wsh(multi({self.threshold},{keys}))"
+        elif self.kind == "wpkh":
+            body = f"wpkh({keys})"
         elif self.kind == "tr-sortedmulti_a":
             body = f"tr({NUMS_KEY},sortedmulti_a({self.threshold},{keys}))"
         else:
@@ -97,7 +101,9 @@ def build_policy(kind: str, threshold: int, keys: list[ExtendedKey | str], *, ne
         raise PolicyError("a policy needs at least one key")
     if not 1 <= threshold <= n:
         raise PolicyError(f"threshold {threshold} is not between 1 and the number of keys ({n})")
-    limit = MAX_TAPROOT_KEYS if kind == "tr-sortedmulti_a" else MAX_MULTISIG_KEYS
+    limit = {"tr-sortedmulti_a": MAX_TAPROOT_KEYS, "wpkh": 1}.get(kind, MAX_MULTISIG_KEYS)
+    if kind == "wpkh" and n != 1:
+        raise PolicyError(f"a wpkh wallet has exactly one key, not {n}")
     if n > limit:
         raise PolicyError(f"{kind} takes at most {limit} keys, not {n}")
     seen: dict[str, int] = {}
@@ -155,6 +161,7 @@ def parse_policy(descriptor: str, *, network: str = "regtest") -> PolicySpec:
         ("wsh-sortedmulti", r"^wsh\(sortedmulti\((\d+),(.+)\)\)$"),
         ("wsh-multi", r"^wsh\(multi\((\d+),(.+)\)\)$"),
         ("tr-sortedmulti_a", rf"^tr\({NUMS_KEY},sortedmulti_a\((\d+),(.+)\)\)$"),
+        ("wpkh", r"^wpkh\(()(.+)\)$"),
     ]
     for kind, pattern in patterns:
         m = re.match(pattern, body)
@@ -162,7 +169,7 @@ def parse_policy(descriptor: str, *, network: str = "regtest") -> PolicySpec:
             keys = re.findall(key_re, m.group(2))
             if len(keys) != m.group(2).count(",") + 1:
                 raise PolicyError("every key needs an origin and a /<0;1>/* (or /0/*) derivation")
-            return build_policy(kind, int(m.group(1)), keys, network=network)
+            return build_policy(kind, int(m.group(1) or 1), keys, network=network)
     m = re.match(r"^wsh\(or_d\(multi\((\d+),(.+?)\),and_v\(v:(pkh|multi)\((.+)\),older\((\d+)\)\)\)\)$", body)
     if m:
         keys = re.findall(key_re, m.group(2))
@@ -174,4 +181,4 @@ def parse_policy(descriptor: str, *, network: str = "regtest") -> PolicySpec:
         return build_policy("wsh-recovery", int(m.group(1)), keys, network=network, recovery_keys=rkeys,
                             recovery_threshold=rthreshold, recovery_after=int(m.group(5)))
     raise PolicyError("descriptor is not one of the supported policy shapes "
-                      "(wsh(sortedmulti), wsh(multi), tr(NUMS, sortedmulti_a), wsh recovery miniscript)")
+                      "(wsh(sortedmulti), wsh(multi), tr(NUMS, sortedmulti_a), wsh recovery miniscript, wpkh)")

@@ -58,6 +58,8 @@ def output_vbytes(script_pubkey: bytes) -> int:
 
 def input_vbytes(spec: PolicySpec) -> float:
     """Spending one coin of the policy through its quorum path (worst-case 72-byte signatures)."""
+    if spec.kind == "wpkh":                      # signature and public key
+        return 41 + (1 + 1 + 73 + 1 + 33) / 4
     if spec.kind.startswith("wsh"):
         script = spec.embit(0).derive(0).witness_script().data
         stack = 1 + 1 + spec.threshold * 73 + (1 if len(script) < 253 else 3) + len(script)
@@ -155,7 +157,7 @@ def build_spend(spec: PolicySpec, coins: list[Coin], outputs: list[tuple[bytes, 
         psbt.tx_version, psbt.locktime = 2, locktime
     describe_inputs(psbt.inputs, spec, chosen, previous_txs)
     if change_position is not None:
-        _describe_change(psbt.outputs[change_position], spec, change[0])
+        describe_output(psbt.outputs[change_position], spec, 1, change[0])
     for key in spec.all_keys:
         psbt.xpubs[key.hdkey] = DerivationPath(bytes.fromhex(key.fingerprint), list(key.path))
     vsize = _ceil(base + per_input * len(chosen) + (output_vbytes(change_spk) if change_value else 0))
@@ -182,7 +184,8 @@ def describe_inputs(scopes: list, spec: PolicySpec, coins: list[Coin], previous_
             continue
         scope.non_witness_utxo = previous
         derived = branches[coin.branch].derive(coin.index)
-        scope.witness_script = derived.witness_script()
+        if spec.kind != "wpkh":
+            scope.witness_script = derived.witness_script()
         for key in derived.keys:
             scope.bip32_derivations[key.get_public_key()] = DerivationPath(key.origin.fingerprint, key.origin.derivation)
 
@@ -201,18 +204,21 @@ def _describe_taproot(scope, spec: PolicySpec, branch: int, index: int) -> None:
         scope.taproot_bip32_derivations[pub] = ([leaf_hash], DerivationPath(key.origin.fingerprint, key.origin.derivation))
 
 
-def _describe_change(scope, spec: PolicySpec, index: int) -> None:
+def describe_output(scope, spec: PolicySpec, branch: int, index: int) -> None:
+    """An output of `spec` at branch/index: its keys' derivations (and witness script or taproot leaf),
+    so a signer can re-derive it: change, or a sweep's custody destination."""
     if spec.kind == "tr-sortedmulti_a":
-        script, leaf_hash, _ = taproot_leaf(spec, 1, index)
+        script, leaf_hash, _ = taproot_leaf(spec, branch, index)
         scope.taproot_internal_key = ec.PublicKey.from_xonly(bytes.fromhex(NUMS_KEY))
-        for key in spec.embit(1).derive(index).keys:
+        for key in spec.embit(branch).derive(index).keys:
             if key.origin is None:
                 continue
             pub = ec.PublicKey.from_xonly(key.get_public_key().xonly())
             scope.taproot_bip32_derivations[pub] = ([leaf_hash], DerivationPath(key.origin.fingerprint, key.origin.derivation))
         return
-    derived = spec.embit(1).derive(index)
-    scope.witness_script = derived.witness_script()
+    derived = spec.embit(branch).derive(index)
+    if spec.kind != "wpkh":
+        scope.witness_script = derived.witness_script()
     for key in derived.keys:
         scope.bip32_derivations[key.get_public_key()] = DerivationPath(key.origin.fingerprint, key.origin.derivation)
 

@@ -74,7 +74,7 @@ def merge_upload(stored: PSBT, upload: PSBT) -> MergeResult:
             if not sig or sig[-1] != SIGHASH.ALL:
                 raise SignatureError(f"input {i}: signature uses sighash 0x{sig[-1] if sig else 0:02x}; only "
                                      "SIGHASH_ALL is accepted: refused")
-            digest = unsigned.sighash_segwit(i, ours.witness_script, ours.witness_utxo.value, SIGHASH.ALL)
+            digest = unsigned.sighash_segwit(i, _script_code(ours), ours.witness_utxo.value, SIGHASH.ALL)
             try:
                 valid = ec.PublicKey.parse(sec).verify(ec.Signature.parse(sig[:-1]), digest)
             except Exception:
@@ -129,6 +129,16 @@ def _verify_taproot(stored: PSBT, i: int, ours, theirs, signers: set) -> list:
     return accepted
 
 
+def _script_code(scope) -> Script:
+    """BIP-143's scriptCode: the witness script, or for P2WPKH the P2PKH script of the key hash."""
+    if scope.witness_script is not None:
+        return scope.witness_script
+    spk = scope.witness_utxo.script_pubkey.data
+    if len(spk) != 22 or spk[:2] != b"\x00\x14":
+        raise SignatureError("an input without a witness script must be P2WPKH")
+    return Script(b"\x76\xa9\x14" + spk[2:] + b"\x88\xac")
+
+
 def signed_fingerprints(psbt: PSBT) -> dict[str, int]:
     """How many inputs each key (by master fingerprint) has signed."""
     counts: dict[str, int] = {}
@@ -163,8 +173,14 @@ def finalize(psbt: PSBT, threshold: int | list[int | None]) -> bytes:
         if scope.taproot_scripts:
             tx.vin[i].witness = _taproot_witness(i, scope, threshold)
             continue
-        order = _multisig_keys(scope.witness_script.data)
         sigs = {pub.sec(): sig for pub, sig in scope.partial_sigs.items()}
+        if scope.witness_script is None:         # P2WPKH: the signature and the key
+            if threshold != 1 or len(sigs) != 1:
+                raise SignatureError(f"input {i}: {len(sigs)} of 1 signature")
+            (pub, sig), = sigs.items()
+            tx.vin[i].witness = Witness([sig, pub])
+            continue
+        order = _multisig_keys(scope.witness_script.data)
         chosen = [sigs[k] for k in order if k in sigs][:threshold]
         if len(chosen) < threshold:
             raise SignatureError(f"input {i}: {len(chosen)} of {threshold} signatures")

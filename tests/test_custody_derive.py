@@ -15,6 +15,8 @@ REGTEST = NETWORKS["regtest"]
 
 def spec_of(kind: str):
     keys = hd_keys(4, seed_base=500)
+    if kind == "wpkh":
+        return build_policy(kind, 1, keys[:1])
     return build_policy(kind, 2, keys[:3], recovery_keys=[keys[3]] if kind == "wsh-recovery" else [],
                         recovery_after=144)
 

@@ -53,8 +53,8 @@ def test_mainnet_policy_refuses_test_keys():
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_policy_kind_round_trips_through_its_descriptor(kind):
     keys = hd_keys(4)
-    spec = build_policy(kind, 2, keys[:3], recovery_keys=[keys[3]] if kind == "wsh-recovery" else [],
-                        recovery_after=4_320)
+    spec = build_policy(kind, 1, keys[:1]) if kind == "wpkh" else build_policy(
+        kind, 2, keys[:3], recovery_keys=[keys[3]] if kind == "wsh-recovery" else [], recovery_after=4_320)
     descriptor = spec.descriptor()
     assert "<0;1>/*" in descriptor and "#" in descriptor
     assert parse_policy(descriptor) == spec
@@ -64,6 +64,9 @@ def test_each_policy_kind_round_trips_through_its_descriptor(kind):
 
 def test_descriptor_shapes():
     keys = hd_keys(4)
+    assert build_policy("wpkh", 1, keys[:1]).descriptor().startswith("wpkh([")
+    with pytest.raises(PolicyError, match="exactly one key"):
+        build_policy("wpkh", 1, keys[:2])
     assert build_policy("wsh-sortedmulti", 2, keys[:3]).descriptor().startswith("wsh(sortedmulti(2,[")
     assert build_policy("tr-sortedmulti_a", 2, keys[:3]).descriptor().startswith(
         "tr(50929b74c1a04954b78b4b6035e97a5e078a5a0f28ec96d547bfee9ace803ac0,sortedmulti_a(2,")

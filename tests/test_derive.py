@@ -33,6 +33,8 @@ KEYS = account_keys()
 
 
 def policy(kind: str, network: str = "regtest"):
+    if kind == "wpkh":
+        return build_policy(kind, 1, KEYS[:1], network=network)
     return build_policy(kind, 2, KEYS[:3], recovery_keys=[KEYS[3]] if kind == "wsh-recovery" else [],
                         recovery_after=144, network=network)
 
