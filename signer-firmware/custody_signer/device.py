@@ -2,9 +2,10 @@
 
 The seed is made here from the operating system's randomness the first time the device starts and is
 never exported: there is no command that returns it or any private key. Everything the coordinator
-can ask for is below: identity, extended public keys, registration of a multisig wallet (with a proof
-signed by the device's key), showing an address, BIP-322 message signatures, PSBT signatures after the
-device's own checks and its policy, and firmware installs. What the device "shows" its holder is
+can ask for is below: identity, extended public keys, registration of a multisig or single-key wallet
+(with a proof signed by the device's key) or of a watch-only custody wallet (a destination only), showing
+an address, BIP-322 message signatures, PSBT signatures after the device's own checks and its policy, and
+firmware installs. What the device "shows" its holder is
 appended to `screen.log`.
 """
 from __future__ import annotations
@@ -28,12 +29,13 @@ from .flash import Flash, atomic_write
 from .hsm import Hsm, approvals_in
 from .inspection import Coin, FeeCaps, SigningRefused, inspect
 from .proofs import ExactPSBT, inspect_proof, is_proof
-from .wallets import MAX_INDEX, RegistrationError, Wallet, check_wallet, normalise
+from .wallets import MAX_INDEX, RegistrationError, Wallet, check_wallet, check_watch_only, descriptor_kind, normalise
 
 MODEL = "custody-signer-sim"
 RELEASE_THRESHOLD = 2                      # of the three release keys
 SELF_TEST_MAGIC = b"custody-signer firmware\n"
 NETWORK = "regtest"
+TAP_KEY_SIG = b"\x13"                      # BIP-371 PSBT_IN_TAP_KEY_SIG (no key data)
 
 
 class DeviceError(ValueError):
@@ -104,7 +106,8 @@ class Device:
                 "network": self.network, "firmware": {"version": firmware.version_text(self.running.version),
                                                       "epoch": self.running.epoch, "key_set": self.running.key_set,
                                                       "epoch_counter": record["epoch_counter"]},
-                "wallets": [w.name for w in self.wallets()], "hsm_policy": self.hsm.policy is not None}
+                "wallets": [w.name for w in self.wallets()], "watch_only": [w.name for w in self.watch_only()],
+                "hsm_policy": self.hsm.policy is not None}
 
     def xpub(self, path: str) -> str:
         node = self._derive(path)
@@ -133,29 +136,67 @@ class Device:
 
     # -- wallets -------------------------------------------------------------------------------------------
     def wallets(self) -> list[Wallet]:
-        path = self.state / "wallets.json"
+        """The wallets this device signs for."""
+        return self._stored("wallets.json")
+
+    def watch_only(self) -> list[Wallet]:
+        """Custody wallets this device holds no key in: destinations a policy can require, never signed for.
+        Kept in their own file so no signing path can mistake one for a wallet it spends from."""
+        return self._stored("watch_only.json")
+
+    def _stored(self, file: str) -> list[Wallet]:
+        path = self.state / file
         return [Wallet.from_json(w) for w in json.loads(path.read_text())] if path.exists() else []
 
+    def _is_new(self, wallet: Wallet) -> bool:
+        """False when this wallet is registered already; one name is one wallet across signing and watch-only
+        (a policy's `wallet` and `to_wallets` name them), so a name taken by another descriptor is refused."""
+        for other in (*self.wallets(), *self.watch_only()):
+            if other.name == wallet.name:
+                if other.descriptor != wallet.descriptor:
+                    raise DeviceError(f"a different wallet is already registered as {wallet.name!r}")
+                return False
+        return True
+
+    def _store(self, file: str, wallet: Wallet) -> None:
+        atomic_write(self.state / file, json.dumps([w.to_json() for w in [*self._stored(file), wallet]], indent=1))
+
     def register(self, name: str, descriptor: str) -> dict:
-        """Register a multisig wallet after the device's own checks; returns what the device showed and a
-        proof: a BIP-322 signature by the device's key in the wallet over the policy id."""
+        """Register a wallet this device signs for (multisig, or single key: wpkh/tr of its own key) after the
+        device's own checks; returns what the device showed and a proof: a BIP-322 signature by the device's
+        key in the wallet over the policy id."""
         try:
             wallet = check_wallet(name, descriptor, self._root, self.network)
         except RegistrationError as e:
             raise DeviceError(str(e)) from None
-        existing = {w.name: w for w in self.wallets()}
-        if name in existing and existing[name].descriptor != wallet.descriptor:
-            raise DeviceError(f"a different wallet is already registered as {name!r}")
         first = wallet.address_at(0, 0, self.network)
-        self._show(f"Register {name}?", f"{wallet.threshold} of {wallet.keys}, this device is key {wallet.position}",
-                   f"first address {first}")
-        if name not in existing:
-            atomic_write(self.state / "wallets.json", json.dumps([w.to_json() for w in [*existing.values(), wallet]],
-                                                                  indent=1))
+        new = self._is_new(wallet)
+        shape = (f"{wallet.threshold} of {wallet.keys}, this device is key {wallet.position}" if wallet.kind == "wsh"
+                 else f"single key ({wallet.kind}), this device's key at {bip32.path_to_str(wallet.own_origin)}")
+        self._show(f"Register {name}?", shape, f"first address {first}")
+        if new:
+            self._store("wallets.json", wallet)
         proof = self.sign_message(registration_message(wallet.policy_id), bip32.path_to_str(wallet.own_origin))
         return {"name": name, "policy_id": wallet.policy_id, "threshold": wallet.threshold, "keys": wallet.keys,
                 "position": wallet.position, "first_address": first, "proof": proof["signature"],
                 "proof_address": proof["address"]}
+
+    def register_watch_only(self, name: str, descriptor: str) -> dict:
+        """Register a custody multisig this device holds no key in, as a destination only (a `to_wallets` rule
+        names it). Its holder confirms the policy and first address on the screen; there is no proof, since
+        the device has no key in the wallet to sign one with."""
+        try:
+            wallet = check_watch_only(name, descriptor, self._root, self.network)
+        except RegistrationError as e:
+            raise DeviceError(str(e)) from None
+        first = wallet.address_at(0, 0, self.network)
+        new = self._is_new(wallet)
+        self._show(f"Register watch-only {name}?", f"{wallet.threshold} of {wallet.keys}, no key on this device: "
+                   "payments may be sent to it, never signed from it", f"first address {first}")
+        if new:
+            self._store("watch_only.json", wallet)
+        return {"name": name, "policy_id": wallet.policy_id, "threshold": wallet.threshold, "keys": wallet.keys,
+                "watch_only": True, "first_address": first}
 
     def wallet(self, name: str) -> Wallet:
         for w in self.wallets():
@@ -174,8 +215,9 @@ class Device:
 
     def display_address(self, name: str, branch: int, index: int) -> str:
         wallet = self.wallet(name)
-        if branch not in (0, 1) or not 0 <= index <= MAX_INDEX:
-            raise DeviceError(f"only receive (0) or change (1) addresses up to index {MAX_INDEX} are shown")
+        if branch not in wallet.branches or not 0 <= index <= MAX_INDEX:
+            kinds = "receive (0) or change (1)" if wallet.branches == (0, 1) else "receive (0)"
+            raise DeviceError(f"only {kinds} addresses up to index {MAX_INDEX} are shown")
         address = wallet.address_at(branch, index, self.network)
         self._show(f"{name} {'change' if branch else 'receive'} #{index}", address)
         return address
@@ -191,7 +233,8 @@ class Device:
         if is_proof(psbt):
             return self._sign_proof(psbt)
         try:
-            facts, coins = inspect(psbt, self.wallets(), self._root, self.network, FeeCaps(**self.config["fee_caps"]))
+            facts, coins = inspect(psbt, self.wallets(), self._root, self.network, FeeCaps(**self.config["fee_caps"]),
+                                   self.watch_only())
         except SigningRefused as e:
             raise DeviceError(str(e)) from None
         decision = self.hsm.decide(facts, approvals_in(psbt.unknown))
@@ -216,17 +259,41 @@ class Device:
         return psbt.to_string()
 
     def _sign(self, psbt: ExactPSBT, wallet: Wallet, coins: list[Coin]) -> None:
-        """SIGHASH_ALL (BIP-143) over the proven amount and the wallet's witness script, never the PSBT's
-        claims; only the coins' inputs are read, so a proof's commitment input needs no utxo."""
+        """SIGHASH_ALL (BIP-143) over the proven amount and the wallet's witness script (for wpkh, the P2PKH
+        script code of its key), never the PSBT's claims; only the coins' inputs are read, so a proof's
+        commitment input needs no utxo. Taproot is signed apart: BIP-341 commits to every input's coin."""
+        if wallet.kind == "tr":
+            return self._sign_taproot(psbt, wallet, coins)
         account = self._root.derive(list(wallet.own_origin))
         tx = psbt.tx
         for coin in coins:
             key = account.child(coin.branch).child(coin.index)
-            witness_script = script.Script(wallet.witness_script_at(coin.branch, coin.index))
             inp = psbt.inputs[coin.input]
-            inp.witness_script = witness_script
-            signature = key.key.sign(tx.sighash_segwit(coin.input, witness_script, coin.value, SIGHASH.ALL))
+            if wallet.kind == "wpkh":
+                script_code = script.p2pkh(key.to_public().key)
+            else:
+                script_code = inp.witness_script = script.Script(wallet.witness_script_at(coin.branch, coin.index))
+            signature = key.key.sign(tx.sighash_segwit(coin.input, script_code, coin.value, SIGHASH.ALL))
             inp.partial_sigs[key.to_public().key] = signature.serialize() + bytes([SIGHASH.ALL])
+
+    def _sign_taproot(self, psbt: ExactPSBT, wallet: Wallet, coins: list[Coin]) -> None:
+        """BIP-86 key path: the key tweaked with no script tree, a Schnorr signature over the BIP-341 digest of
+        every input's proven amount and script (so every input must be a proven coin). SIGHASH_DEFAULT (a
+        64-byte signature) unless the PSBT asks for ALL; put in PSBT_IN_TAP_KEY_SIG (0x13), which embit keeps
+        among an input's unknown fields."""
+        if len(coins) != len(psbt.inputs):
+            raise DeviceError("a taproot signature commits to every input's coin: only spends of this wallet's "
+                              "coins alone are signed")
+        account = self._root.derive(list(wallet.own_origin))
+        tx = psbt.tx
+        scripts = [script.Script(wallet.script_at(c.branch, c.index)) for c in coins]
+        values = [c.value for c in coins]
+        for coin in coins:
+            inp = psbt.inputs[coin.input]
+            sighash = SIGHASH.ALL if inp.sighash_type == SIGHASH.ALL else SIGHASH.DEFAULT
+            key = account.child(coin.branch).child(coin.index).key.taproot_tweak(b"")
+            signature = key.schnorr_sign(tx.sighash_taproot(coin.input, scripts, values, sighash)).serialize()
+            inp.unknown[TAP_KEY_SIG] = signature + (bytes([sighash]) if sighash != SIGHASH.DEFAULT else b"")
 
     # -- firmware ------------------------------------------------------------------------------------------
     def install_firmware(self, image: bytes) -> dict:
@@ -255,6 +322,8 @@ def wallet_shape(descriptor: str) -> tuple:
                 for k in parsed.keys]
     except Exception:
         raise DeviceError("not a descriptor this device reads") from None
+    if parsed.miniscript is None:                       # a single-key wallet
+        return descriptor_kind(parsed), 1, tuple(keys)
     kind = type(parsed.miniscript).__name__
     return kind, parsed.miniscript.args[0].num, tuple(sorted(keys) if kind == "Sortedmulti" else keys)
 

@@ -6,6 +6,10 @@ connection. It holds approvers (name -> ed25519 public key) and rules; each rule
 - `max_amount`: satoshis leaving the wallet in one transaction (change excluded);
 - `per_period`: {"minutes", "max_amount"}: velocity, counted over a sliding window and kept on the device;
 - `whitelist`: addresses every non-change output must pay;
+- `to_wallets`: names of registered wallets (watch-only custody wallets, or wallets this device signs for)
+  every non-change output must be proven an address of, by re-deriving its script (a mining fleet's payout
+  wallet may pay custody only, without approvers: the destination is the coordinator's policy, not a list of
+  addresses that a compromised coordinator could have filled);
 - `min_approvers` of `approvers`: distinct ed25519 signatures over `approval_message(txid)`, carried in
   the PSBT as proprietary fields (BIP-174 type 0xFC, identifier "custody").
 The first rule every condition of which holds decides; no matching rule, no signature. Each decision,
@@ -33,7 +37,7 @@ from .proofs import ProofFacts
 PROPRIETARY = b"\xfc\x07custody"          # 0xFC, compact-size length 7, identifier
 APPROVAL_SUBTYPE = b"\x01"                 # keydata: the approver's 32-byte ed25519 key; value: signature
 GENESIS = "0" * 64
-RULE_FIELDS = {"wallet", "max_amount", "per_period", "whitelist", "min_approvers", "approvers"}
+RULE_FIELDS = {"wallet", "max_amount", "per_period", "whitelist", "to_wallets", "min_approvers", "approvers"}
 
 
 class PolicyError(ValueError):
@@ -86,9 +90,9 @@ def check_policy(policy: dict) -> dict:
         if "wallet" in rule and not isinstance(rule["wallet"], str):
             raise PolicyError(f"rule {n}: wallet is the name of a registered wallet")
         # a bare string would be tested with `in` as a substring, a dict by its keys: lists of text only
-        for field in ("whitelist", "approvers"):
+        for field, of in (("whitelist", "addresses"), ("approvers", "names"), ("to_wallets", "wallet names")):
             if field in rule and not (isinstance(rule[field], list) and all(isinstance(a, str) for a in rule[field])):
-                raise PolicyError(f"rule {n}: {field} is a list of {'addresses' if field == 'whitelist' else 'names'}")
+                raise PolicyError(f"rule {n}: {field} is a list of {of}")
         for field in ("max_amount", "min_approvers"):
             if field in rule and (type(rule[field]) is not int or rule[field] < 0):
                 raise PolicyError(f"rule {n}: {field} is a whole number of satoshis/approvers")
@@ -143,7 +147,8 @@ class Hsm:
             self._count(decision.rule, facts.spent)
         self._log({"event": "sign" if decision.allowed else "refuse", "txid": facts.txid,
                    "wallet": facts.wallet.name, "amount": facts.spent, "fee": facts.fee,
-                   "destinations": facts.destinations, "rule": decision.rule, "reasons": decision.reasons})
+                   "destinations": facts.destinations, "destination_wallets": facts.destination_wallets,
+                   "rule": decision.rule, "reasons": decision.reasons})
         return decision
 
     def decide_proof(self, proof: ProofFacts) -> Decision:
@@ -168,6 +173,11 @@ class Hsm:
             outside = [a for a in facts.destinations if a not in rule["whitelist"]]
             if outside:
                 return f"{outside[0]} is not on its allow-list"
+        if "to_wallets" in rule:
+            outside = [o for o in facts.outputs if not o.change and o.wallet not in rule["to_wallets"]]
+            if outside:
+                return (f"destination is not a custody address: {outside[0].address} is not proven to be an "
+                        f"address of {' or '.join(map(repr, rule['to_wallets'])) or 'no wallet'}")
         if "per_period" in rule:
             used = self._used(n, rule["per_period"]["minutes"])
             if used + facts.spent > rule["per_period"]["max_amount"]:

@@ -3,7 +3,8 @@
 `hwi_plugin` puts this module under `hwilib.devices`, so `hwilib.commands.enumerate/getxpub/
 displayaddress/signtx/signmessage` and the `hwi` command line drive the simulator exactly as they drive
 a Coldcard or a Jade. HWI 3.2 has no command to register a multisig wallet or to install firmware, so
-the client adds `register_policy` (shaped like HWI's later `registerpolicy`) and `install_firmware`.
+the client adds `register_policy` (shaped like HWI's later `registerpolicy`), `register_watch_only` (a custody
+policy the device holds no key in, as a destination its signing policy can require) and `install_firmware`.
 Message signatures are BIP-322 "simple" signatures for the P2WPKH address of the key at the path.
 """
 from __future__ import annotations
@@ -102,8 +103,12 @@ class CustodysignerClient(HardwareWalletClient):
 
     # -- beyond HWI 3.2 ------------------------------------------------------------------------------------
     def register_policy(self, name: str, descriptor: str) -> dict:
-        """Register a multisig wallet; returns what the device showed and its proof."""
+        """Register a wallet the device signs for (multisig, wpkh or tr); returns what it showed and its proof."""
         return self._call("register", name=name, descriptor=descriptor)
+
+    def register_watch_only(self, name: str, descriptor: str) -> dict:
+        """Register a custody multisig the device holds no key in, as a destination only."""
+        return self._call("register_watch_only", name=name, descriptor=descriptor)
 
     def install_firmware(self, image: bytes) -> dict:
         return self._call("install_firmware", image=base64.b64encode(image).decode())

@@ -9,6 +9,9 @@ trusts none of it. It proves each fact itself and returns only proven facts (`Fa
 - only SIGHASH_ALL (or unset, meaning ALL) is signed;
 - an output is change only if it re-derives from the same wallet within the bound; an output that
   claims to be change and does not is refused, not paid;
+- an output is an address of another registered wallet (a watch-only custody wallet, or another wallet
+  this device signs for) only if its script re-derives from that wallet within the bound, from a path
+  the PSBT gives for the output; the policy can then require every destination to be one (`to_wallets`);
 - the fee is within the device's caps.
 The input checks (`prove_coins`) are the same for a proof of reserves's coins (`proofs`).
 """
@@ -21,7 +24,7 @@ from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from embit.transaction import SIGHASH
 
-from .wallets import MAX_INDEX, Wallet, derivation_in
+from .wallets import MAX_INDEX, Wallet, derivation_in, proven_at
 
 
 class SigningRefused(ValueError):
@@ -33,6 +36,7 @@ class Output:
     address: str
     value: int
     change: bool
+    wallet: str | None = None          # the registered wallet whose script this is, proven; None if unproven
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ class Facts:
     def destinations(self) -> list[str]:
         return [o.address for o in self.outputs if not o.change]
 
+    @property
+    def destination_wallets(self) -> list[str | None]:
+        return [o.wallet for o in self.outputs if not o.change]
+
 
 @dataclass(frozen=True)
 class Coin:
@@ -70,7 +78,7 @@ class FeeCaps:
 
 
 def inspect(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey, network: str,
-            caps: FeeCaps) -> tuple[Facts, list[Coin]]:
+            caps: FeeCaps, watch_only: list[Wallet] = ()) -> tuple[Facts, list[Coin]]:
     """Prove the facts, or raise SigningRefused. Returns the facts and the coins this device signs."""
     fingerprint = root.my_fingerprint
     if not psbt.inputs:
@@ -80,15 +88,15 @@ def inspect(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey, network: str,
 
     outputs = []
     for n, (out, meta) in enumerate(zip(psbt.tx.vout, psbt.outputs)):
-        claims_change = any(d.fingerprint == fingerprint for d in meta.bip32_derivations.values())
-        change = False
-        if claims_change:
-            owner, _where = _find_owner(meta.bip32_derivations, [wallet], fingerprint, out.script_pubkey.data)
-            if owner is None:
-                raise SigningRefused(f"output {n} claims to be change but does not derive from wallet "
-                                     f"{wallet.name!r} within index {MAX_INDEX} (change substitution?)")
-            change = True
-        outputs.append(Output(_describe(out.script_pubkey, network), out.value, change))
+        derivations = _derivations(meta)
+        script_pubkey = out.script_pubkey.data
+        change = _find_owner(derivations, [wallet], fingerprint, script_pubkey)[0] is not None
+        proven = wallet.name if change else _proven_wallet(derivations, [*wallets, *watch_only], script_pubkey)
+        # a path under this device's fingerprint that re-derives nowhere: change paid to someone else
+        if proven is None and any(d.fingerprint == fingerprint for d in derivations):
+            raise SigningRefused(f"output {n} claims to be change but does not derive from wallet "
+                                 f"{wallet.name!r} within index {MAX_INDEX} (change substitution?)")
+        outputs.append(Output(_describe(out.script_pubkey, network), out.value, change, proven))
     paid = sum(o.value for o in outputs)
     if paid > total:
         raise SigningRefused(f"the outputs ({paid} sat) exceed the inputs ({total} sat)")
@@ -126,7 +134,7 @@ def prove_coins(psbt: PSBT, wallets: list[Wallet], fingerprint: bytes, first: in
                                              inp.witness_utxo.script_pubkey != spent.script_pubkey):
             raise SigningRefused(f"input {n}: witness_utxo says {inp.witness_utxo.value} sat, the previous "
                                  f"transaction says {spent.value} sat (a lying amount)")
-        owner, where = _find_owner(inp.bip32_derivations, wallets, fingerprint, spent.script_pubkey.data)
+        owner, where = _find_owner(_derivations(inp), wallets, fingerprint, spent.script_pubkey.data)
         if owner is None:
             raise SigningRefused(f"input {n} is not a coin of a wallet registered on this device (a foreign input)")
         if wallet is not None and owner.name != wallet.name:
@@ -147,9 +155,23 @@ def _describe(script_pubkey, network: str) -> str:
         return "script:" + script_pubkey.data.hex()
 
 
-def _find_owner(derivations: dict, wallets: list[Wallet], fingerprint: bytes, script_pubkey: bytes):
+def _derivations(scope) -> list:
+    """The BIP-32 derivations a PSBT input or output gives, segwit v0's and taproot's (x-only keys)."""
+    return [*scope.bip32_derivations.values(), *(d for _leaves, d in scope.taproot_bip32_derivations.values())]
+
+
+def _proven_wallet(derivations: list, wallets: list[Wallet], script_pubkey: bytes) -> str | None:
+    """The registered wallet (watch-only or signing) whose script this is at one of the paths given."""
+    for derivation in derivations:
+        for wallet in wallets:
+            if proven_at(wallet, list(derivation.derivation), script_pubkey) is not None:
+                return wallet.name
+    return None
+
+
+def _find_owner(derivations: list, wallets: list[Wallet], fingerprint: bytes, script_pubkey: bytes):
     """The wallet and (branch, index) whose script this is, proven by re-deriving it."""
-    for derivation in derivations.values():
+    for derivation in derivations:
         if derivation.fingerprint != fingerprint:
             continue
         for wallet in wallets:
@@ -160,9 +182,14 @@ def _find_owner(derivations: dict, wallets: list[Wallet], fingerprint: bytes, sc
 
 
 def _estimate_vsize(psbt: PSBT, wallet: Wallet) -> int:
-    """vsize once finalised: M signatures (72 bytes each, at most) and the witness script per input."""
+    """vsize once finalised: M signatures (72 bytes each, at most) and the witness script per input; a single
+    key's signature and public key (wpkh) or its one Schnorr signature (tr, 65 bytes with a sighash byte)."""
     base = len(psbt.tx.serialize())              # the unsigned transaction: no witness yet
-    witness_script = 3 + 34 * wallet.keys + 1
-    per_input = 1 + 1 + wallet.threshold * 73 + 1 + witness_script
+    if wallet.kind == "wpkh":
+        per_input = 1 + 1 + 73 + 1 + 33
+    elif wallet.kind == "tr":
+        per_input = 1 + 1 + 65
+    else:
+        per_input = 1 + 1 + wallet.threshold * 73 + 1 + 3 + 34 * wallet.keys + 1
     weight = base * 4 + 2 + per_input * len(psbt.inputs)
     return (weight + 3) // 4

@@ -74,6 +74,9 @@ def inspect_proof(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey) -> tuple
     if len(psbt.inputs) < 2:
         raise SigningRefused("a proof needs at least one coin after the commitment input")
     wallet, coins = prove_coins(psbt, wallets, root.my_fingerprint, first=1)
+    if wallet.kind == "tr":
+        raise SigningRefused("proofs of reserves are signed for segwit v0 wallets only: a taproot signature "
+                             "commits to input 0's coin too, which a proof does not have")
     total = sum(c.value for c in coins)
     if len(psbt.outputs) != 1:
         raise SigningRefused(f"a proof has exactly one output (an OP_RETURN burning the coins' total), "
