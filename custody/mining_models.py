@@ -6,12 +6,25 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, Numeric, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .models import Base, utcnow
 
-DIFFICULTY = Numeric(38, 8)
+class DecimalText(TypeDecorator):
+    """An exact decimal kept as its text: SQLite stores NUMERIC as a binary float (15-17 digits), and a
+    year of a miner's difficulty-accepted counter needs 20. Compared in Python, never in SQL."""
+    impl = String(60)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else format(Decimal(value), "f")
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else Decimal(value)
+
+
+DIFFICULTY = DecimalText()
 
 
 class Pool(Base):

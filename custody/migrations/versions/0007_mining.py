@@ -112,8 +112,8 @@ def upgrade() -> None:
     sa.Column('device_id', sa.Integer(), nullable=True),
     sa.Column('worker', sa.String(length=120), nullable=False),
     sa.Column('time', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('difficulty_accepted', sa.Numeric(precision=38, scale=8), nullable=False),
-    sa.Column('mhs_av', sa.Numeric(precision=38, scale=8), nullable=True),
+    sa.Column('difficulty_accepted', sa.String(length=60), nullable=False),
+    sa.Column('mhs_av', sa.String(length=60), nullable=True),
     sa.Column('source', sa.String(length=20), nullable=False),
     sa.ForeignKeyConstraint(['device_id'], ['mining_devices.id'], ),
     sa.PrimaryKeyConstraint('id')
