@@ -89,6 +89,10 @@ class DeviceSession:
         register = self._extension("register_policy", "register a policy")
         return self._do("register the policy", lambda: register(name, descriptor))
 
+    def register_watch_only(self, name: str, descriptor: str) -> dict:
+        register = self._extension("register_watch_only", "register a watch-only wallet")
+        return self._do("register the watch-only wallet", lambda: register(name, descriptor))
+
     def display_address(self, descriptor: str) -> str:
         return self._do("show the address", lambda: commands.displayaddress(self.client, desc=descriptor)["address"])
 

@@ -377,7 +377,7 @@ def _missing_payouts(account: PoolAccount, earnings, payouts, days: list[str]) -
         unpaid -= sum(p.amount + (p.fee or 0) for p in payouts if p.day == day)
         following = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
         if unpaid >= account.payout_threshold and following in days and following != days[-1] \
-                and following not in paid_days and day not in paid_days:
+                and following not in paid_days:
             out.append(Finding("MISSING_PAYOUT", f"{account.id}:{following}",
                                f"{unpaid} sat unpaid after {day} (threshold {account.payout_threshold} sat) and no "
                                f"payout on {following}", following, unpaid))

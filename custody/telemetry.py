@@ -34,8 +34,9 @@ Sources
         share_difficulty     (pool_stats.accepted_shares, pool_stats.last_difficulty) exact only if
                              the share difficulty did not change since the start; prefer the counter
       hashrate_ghs         GH/s (miner_stats.real_hashrate.last_15m), optional, stored as MH/s
-  Numbers may be JSON numbers or strings (proto3's JSON writes uint64 as strings); no more than 8
-  decimals (the column's scale); unknown fields are refused, to catch typos. Example CSV:
+  Numbers may be JSON numbers or strings (proto3's JSON writes uint64 as strings), with no more than
+  8 decimals (CGMiner's precision, and within the column's 60 characters); unknown fields are refused,
+  to catch typos. Example CSV:
       timestamp,worker,difficulty_accepted,hashrate_ghs
       2025-01-31T00:00:00Z,acct.rig01,0,100000
 
@@ -77,7 +78,7 @@ DEFAULT_PORT = 4028
 DEFAULT_POLL_INTERVAL = timedelta(minutes=5)
 DEFAULT_MAX_GAP = 2 * DEFAULT_POLL_INTERVAL
 MAX_REPLY = 1 << 20            # a summary is ~1 KB; anything this big is not a miner
-MAX_COUNTER = Decimal(10) ** 30   # Numeric(38, 8)
+MAX_COUNTER = Decimal(10) ** 30   # with 8 decimals at most 39 characters: the column holds 60
 _EIGHT = Decimal("0.00000001")
 _PREC = 80                     # enough digits that no counter arithmetic rounds
 FORMATS = ("cgminer", "braiins")
@@ -593,11 +594,11 @@ def _check_counter(counter: Decimal) -> None:
     with localcontext() as ctx:
         ctx.prec = _PREC
         if counter.normalize().as_tuple().exponent < -8:
-            raise TelemetryError(f"difficulty accepted {counter} has more than 8 decimals (it would be rounded)")
+            raise TelemetryError(f"difficulty accepted {counter} has more than 8 decimals (CGMiner prints 8)")
 
 
 def _rate(mhs: Decimal) -> Decimal:
-    """A hashrate is a reading, not a counter: rounded to the column's 8 decimals."""
+    """A hashrate is a reading, not a counter: rounded to 8 decimals, like the counters."""
     with localcontext() as ctx:
         ctx.prec = _PREC
         if mhs >= MAX_COUNTER:

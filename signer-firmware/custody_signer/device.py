@@ -29,7 +29,7 @@ from .flash import Flash, atomic_write
 from .hsm import Hsm, approvals_in
 from .inspection import Coin, FeeCaps, SigningRefused, inspect
 from .proofs import ExactPSBT, inspect_proof, is_proof
-from .wallets import MAX_INDEX, RegistrationError, Wallet, check_wallet, check_watch_only, descriptor_kind, normalise
+from .wallets import derivation_in, MAX_INDEX, RegistrationError, Wallet, check_wallet, check_watch_only, descriptor_kind, normalise
 
 MODEL = "custody-signer-sim"
 RELEASE_THRESHOLD = 2                      # of the three release keys
@@ -221,6 +221,16 @@ class Device:
         address = wallet.address_at(branch, index, self.network)
         self._show(f"{name} {'change' if branch else 'receive'} #{index}", address)
         return address
+
+    def display_path(self, path: str) -> str:
+        """A single-key wallet's address by its full key path (how HWI asks for a single-sig address)."""
+        indexes = bip32.parse_path(path)
+        for wallet in self.wallets():
+            where = derivation_in(wallet, indexes) if wallet.kind != "wsh" else None
+            if where is not None:
+                return self.display_address(wallet.name, *where)
+        raise DeviceError(f"this device shows addresses of registered wallets only: {path} is not an address of "
+                          "a registered single-key wallet")
 
     # -- transactions --------------------------------------------------------------------------------------
     def sign_psbt(self, psbt_b64: str) -> str:

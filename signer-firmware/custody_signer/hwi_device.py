@@ -61,7 +61,10 @@ class CustodysignerClient(HardwareWalletClient):
         return self._call("sign_message", message=text, path=bip32_path)["signature"]
 
     def display_singlesig_address(self, bip32_path: str, addr_type: AddressType) -> str:
-        raise UnavailableActionError("this device shows multisig addresses of registered wallets only")
+        """Only addresses of a registered single-key wallet (a fleet's payout wallet) are shown."""
+        if addr_type not in (AddressType.WIT, AddressType.TAP):
+            raise UnavailableActionError("this device shows native segwit (wpkh) and taproot addresses only")
+        return self._call("display_path", path=bip32_path)
 
     def display_multisig_address(self, addr_type: AddressType, multisig: MultisigDescriptor) -> str:
         if addr_type != AddressType.WIT:

@@ -46,6 +46,8 @@ def handle(device: Device, request: dict):
         return device.register(_text(request, "name"), _text(request, "descriptor"))
     if op == "register_watch_only":
         return device.register_watch_only(_text(request, "name"), _text(request, "descriptor"))
+    if op == "display_path":
+        return device.display_path(request["path"])
     if op == "display_address":
         name = request.get("name") or device.wallet_for(_text(request, "descriptor")).name
         return device.display_address(name, _int(request, "branch"), _int(request, "index"))
