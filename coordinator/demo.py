@@ -8,7 +8,8 @@ coin. Then a treasury officer requests a payment, two other officers approve it 
 the devices' own policy), two devices check and sign the PSBT, and the coordinator verifies,
 broadcasts and follows it. Finally an auditor challenges the custodian: the quorum signs a proof of
 reserves on two devices, which show the message, and the auditor verifies it on their own node, with
-the clients' liabilities.
+the clients' liabilities. Last, a mining fleet: its payout key on a fourth device that may pay the treasury
+only, miners polled over the CGMiner API, a pool's day reconciled and the payouts swept into custody.
 """
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ import secrets
 import subprocess
 import sys
 import tempfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import nacl.signing
+from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from sqlalchemy import select
 
-from custody import ceremony, device_signing, devices, eventlog, ledger, registry, reserve_service, reserves, spends
+from custody import (ceremony, device_signing, devices, eventlog, expected, fleet, ledger, reconcile, registry,
+                     reserve_service, reserves, spends, statements, sweeps, telemetry)
+from custody.mining_models import MiningDevice, Pool, PoolAccount
 from custody_signer.cli import main as signer_cli
 from custody_signer.device import MODEL, shown_first_address
 from custody_signer.hsm import approval_message
@@ -34,6 +39,7 @@ from custody.db import open_database
 from custody.node_client import NodeClient, btc_to_sats
 from custody.sync import Syncer
 from regtest.launcher import start_node
+from regtest.miner import ManualClock, SimulatedMiner, start_miners, stop_miners
 from regtest.testwallet import TestWallet, Utxo
 
 SIGNATORIES = {"alice": "Alice (CFO)", "bob": "Bob (treasurer)", "carol": "Carol (board)"}
@@ -84,6 +90,7 @@ def main() -> int:
                 table(ledger.list_utxos(s, policy), ["outpoint", "value", "state", "confirmations", "address"])
             spend_story(sessions, syncer, rpc)
             reserves_story(sessions, syncer, rpc, node, Path(tmp))
+            fleet_story(sessions, syncer, rpc, Path(tmp), signers)
             pending_request(sessions)
             accounts_ = demo_accounts(sessions)
             if os.environ.get("DEMO_SERVE", "1") != "0":
@@ -228,6 +235,100 @@ def reserves_story(sessions, syncer, rpc, node, tmp: Path) -> None:
     if done.returncode != 0:
         print(done.stderr, file=sys.stderr)
         raise SystemExit(1)
+
+
+def fleet_story(sessions, syncer, rpc, tmp: Path, processes: list) -> None:
+    """A mining fleet: its payout key on Mia's device, a pool paying daily, miners polled over the CGMiner
+    API, the day reconciled (an under-payment flagged) and the payouts swept into the treasury."""
+    process, info = spawn(tmp / "device-mia")
+    processes.append(process)
+    mia = "Mia (mining ops)"
+    print(f"\nmining treasury: {mia} is issued device {info['serial']} for the fleet's payout wallet")
+    with sessions.begin() as s:
+        devices.connect(s, devices.issue(s, model=MODEL, serial=info["serial"], to=mia, actor="admin"), "regtest",
+                        actor="admin")
+        fleet.create_wallet(s, "fleet", info["serial"], "treasury", network="regtest", actor="admin")
+    with sessions.begin() as s:
+        fleet.confirm_wallet(s, "fleet", info["serial"], shown_first_address(tmp / "device-mia"), by=mia)
+    (tmp / "policy-mia.json").write_text(json.dumps({"approvers": {},
+                                                     "rules": [{"wallet": "fleet", "to_wallets": ["treasury"]}]}))
+    signer_cli(["hsm-policy", "--state", str(tmp / "device-mia"), str(tmp / "policy-mia.json")])
+    print("  wpkh payout wallet made from the device's key (proof of possession), treasury registered on it "
+          "watch-only,\n  and Mia approved on the device a policy that pays the treasury only")
+    with sessions() as s:
+        spec = registry.spec_of(registry.get_policy(s, "fleet"))
+    addresses = [spec.embit(0).derive(i).address(NETWORKS["regtest"]) for i in range(5)]
+    miner = TestWallet("demo miner")
+    coinbase = rpc.getblock(rpc.generatetoaddress(1, miner.address())[0], 2)["tx"][0]
+    rpc.generatetoaddress(100, miner.address())
+    coin = Utxo(coinbase["txid"], 0, btc_to_sats(coinbase["vout"][0]["value"]), miner.wpkh)
+    payouts = [(bytes.fromhex(rpc.validateaddress(a)["scriptPubKey"]), 1_500_000 + n) for n, a in enumerate(addresses)]
+    txids = []
+    for n, payout in enumerate(payouts):                                  # five daily payouts
+        change = coin.value - payout[1] - 2_000
+        raw = miner.sign([coin], [payout, (miner.wpkh, change)])
+        txids.append(rpc.sendrawtransaction(raw))
+        coin = Utxo(txids[-1], 1, change, miner.wpkh)
+        rpc.generatetoaddress(1, miner.address())
+    syncer.sync_once()
+    today = datetime.now(timezone.utc).date()
+    midnight = datetime.combine(today, datetime.min.time(), tzinfo=timezone.utc)
+    clock = ManualClock(midnight)
+    rigs = start_miners([SimulatedMiner("0.000000000000004", f"acme.rig{n}", clock=clock) for n in (1, 2)])
+    try:
+        with sessions.begin() as s:
+            pool = Pool(name="Acme Pool", kind="foundry")
+            s.add(pool)
+            s.flush()
+            account = PoolAccount(pool_id=pool.id, name="acme", scheme="FPPS", pool_fee_bps=200, fee_method="foundry",
+                                  payout_threshold=1_000_000, schedule="daily", payout_addresses=json.dumps(addresses),
+                                  fleet_policy_id=registry.get_policy(s, "fleet").id)
+            s.add(account)
+            s.flush()
+            s.add_all([MiningDevice(serial=f"S21-{n}", model="Antminer S21", account_id=account.id, worker=f"rig{n}",
+                                    api_host=r.host, api_port=r.port) for n, r in zip((1, 2), rigs)])
+        for _ in range(3):                                                # midnight, noon, midnight
+            with sessions.begin() as s:
+                telemetry.poll(s, s.scalars(select(MiningDevice)).all(), clock=clock)
+            clock.advance(timedelta(hours=12))
+    finally:
+        stop_miners(rigs)
+    days = [(today - timedelta(days=4 - n)).isoformat() for n in range(5)]
+    with sessions.begin() as s:
+        account = s.scalar(select(PoolAccount))
+        work = telemetry.accepted_work(s, account, midnight, midnight + timedelta(days=1)).difficulty
+        owed = expected.expected_for_day(rpc, days[-1], scheme="fpps", pool_fee_bps=200, fee_method="foundry",
+                                         work=work).expected
+        rows = [f"earning,{d},{d},{1_500_000 + n},," for n, d in enumerate(days[:-1])]
+        rows += [f"payout,{d},pay-{n},{1_500_000 + n},{txid},{a}" for n, (d, txid, a) in
+                 enumerate(zip(days, txids, addresses))]
+        rows += [f"earning,{days[-1]},{days[-1]},{owed * 96 // 100},,"]   # the pool pays 96 % of the fleet's work
+        statements.import_statement(s, account, "csv", "kind,day,key,amount_sats,txid,address\n" + "\n".join(rows),
+                                    actor="ops")
+        report = reconcile.reconcile(s, rpc, account, days[0], days[-1],
+                                     tolerances=reconcile.Tolerances(telemetry_max_gap=timedelta(hours=13)))
+        today_row = report.days[-1].to_json()
+        print(f"  two miners polled over the CGMiner API; today the pool credited {today_row['paid']:,} sat for work "
+              f"worth {today_row['expected_fleet']:,} sat\n  (at regtest's difficulty a few milli-hashes per second "
+              "earn thousands of BTC a day)")
+        for finding in report.findings:
+            print(f"  flagged {finding.category} ({finding.severity}): {finding.detail}")
+        made = sweeps.sweep(s, rpc, "fleet", "treasury", actor="sweeper", fee_rate=2.0)
+        sweep_ids = [m.spend_id for m in made]
+    for spend_id in sweep_ids:
+        with sessions.begin() as s:
+            spend = spends.get_spend(s, spend_id)
+            device_signing.sign_on_device(s, spend, devices.get(s, info["serial"]), actor=mia)
+            spends.broadcast(s, spend, rpc, actor="sweeper")
+    rpc.generatetoaddress(1, miner.address())
+    with sessions.begin() as s:
+        states = [spends.track(s, spends.get_spend(s, i), rpc).state for i in sweep_ids]
+    syncer.sync_once()
+    with sessions() as s:
+        left = ledger.balances(s, registry.get_policy(s, "fleet"))[0].total
+        swept = sum(m.amount for m in made)
+    print(f"  {len(made)} sweep of {sum(m.inputs for m in made)} payouts into the treasury, signed on Mia's device "
+          f"under its policy: {', '.join(states)}, {swept:,} sat moved, {left} sat left in the fleet wallet")
 
 
 def key_ceremony(sessions, tmp: Path, processes: list) -> None:

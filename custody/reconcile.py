@@ -27,13 +27,13 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import expected, statements, sweeps, telemetry
 from .eventlog import record
 from .ledger import tip_height, utxo_state
-from .mining_models import Discrepancy, PoolAccount, StatementLine
+from .mining_models import Discrepancy, MiningDevice, PoolAccount, StatementLine, TelemetrySample
 from .models import Address, Block, Policy, Utxo
 from .node_client import NodeClient, NodeError, btc_to_sats
 from .spend_models import Spend
@@ -175,6 +175,10 @@ def _earnings_day(session, client, account: PoolAccount, day: str, lines: list[S
     details = [json.loads(ln.details) for ln in lines]
     start = datetime.combine(date.fromisoformat(day), time(), tzinfo=timezone.utc)
     work = telemetry.accepted_work(session, account, start, start + timedelta(days=1), max_gap=tol.telemetry_max_gap)
+    started = session.scalar(select(func.min(TelemetrySample.time)).join(
+        MiningDevice, MiningDevice.id == TelemetrySample.device_id).where(MiningDevice.account_id == account.id))
+    if started is None or _utc(started) >= start + timedelta(days=1):
+        work.gaps = []                      # the fleet's telemetry had not started yet: no gap to report
     for gap in work.gaps:
         found.append(Finding("TELEMETRY_GAP", f"{ref}:{gap.who}:{gap.start.isoformat()}",
                              f"no reading from {gap.who} between {gap.start:%H:%M} and {gap.end:%H:%M} UTC", day))
@@ -450,6 +454,10 @@ def _spent_outside_custody(session: Session, client: NodeClient, fleet: Policy) 
                                    f"({btc_to_sats(vout['value'])} sat), which is not a custody address",
                                    amount=btc_to_sats(vout["value"])))
     return out
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)     # SQLite drops the zone
 
 
 def open_findings(session: Session, account: PoolAccount | None = None) -> list[Discrepancy]:

@@ -21,3 +21,5 @@ def test_the_demo_story_runs_on_simulated_signers():
     assert "custody log verify: OK" in out
     assert out.count("device showed the message") == 2 and "the coordinator's own check: valid" in out
     assert "solvency    valid" in out and "verdict: valid:" in out
+    assert "flagged UNDERPAID_VS_EXPECTED (alert)" in out
+    assert "signed on Mia's device under its policy: confirmed" in out and "0 sat left in the fleet wallet" in out
