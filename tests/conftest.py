@@ -2,6 +2,7 @@
 on a free port in a temporary directory, and the toolkit's one chain client pointed at it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -37,6 +38,20 @@ def wallet():
 @pytest.fixture(scope="module")
 def other_address():
     return TestWallet("someone else").address()
+
+
+@contextlib.contextmanager
+def signer_discovery(directory):
+    """Simulated signers started inside announce themselves in `directory` (HWI finds them there)."""
+    previous = os.environ.get("CUSTODY_SIGNER_DISCOVERY")
+    os.environ["CUSTODY_SIGNER_DISCOVERY"] = str(directory)
+    try:
+        yield directory
+    finally:
+        if previous is None:
+            os.environ.pop("CUSTODY_SIGNER_DISCOVERY", None)
+        else:
+            os.environ["CUSTODY_SIGNER_DISCOVERY"] = previous
 
 
 def embedded_only():

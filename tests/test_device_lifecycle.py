@@ -31,7 +31,7 @@ from custody_signer.hsm import approval_message
 from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
 
-from .conftest import mine_coins
+from .conftest import mine_coins, signer_discovery
 
 APPROVERS = {name: nacl.signing.SigningKey.generate() for name in ("olga", "omar")}
 PAYEE = TestWallet("lifecycle payee")
@@ -53,24 +53,18 @@ def backend(request, tmp_path_factory):
 def fleet(backend, tmp_path_factory):
     """Four simulated signers, each its own process on its own socket, found by HWI."""
     root = tmp_path_factory.mktemp("fleet")
-    discovery = root / "discovery"
-    previous = os.environ.get("CUSTODY_SIGNER_DISCOVERY")
-    os.environ["CUSTODY_SIGNER_DISCOVERY"] = str(discovery)
     procs, found = [], {}
-    try:
-        for name in "ABCD":
-            proc, info = spawn(root / name)
-            procs.append(proc)
-            found[name] = {"state": root / name, **info}
-        yield found
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
-        if previous is None:
-            os.environ.pop("CUSTODY_SIGNER_DISCOVERY", None)
-        else:
-            os.environ["CUSTODY_SIGNER_DISCOVERY"] = previous
+    with signer_discovery(root / "discovery"):
+        try:
+            for name in "ABCD":
+                proc, info = spawn(root / name)
+                procs.append(proc)
+                found[name] = {"state": root / name, **info}
+            yield found
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

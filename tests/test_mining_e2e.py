@@ -9,7 +9,6 @@ pools' daily credits are large: the numbers are regtest's, the rules are not."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -33,7 +32,7 @@ from regtest.launcher import start_node
 from regtest.miner import ManualClock, SimulatedMiner, start_miners, stop_miners
 from regtest.testwallet import TestWallet
 
-from .conftest import hd_keys, mine_coins
+from .conftest import hd_keys, mine_coins, signer_discovery
 
 TODAY = datetime.now(timezone.utc).date()
 DAYS = [(TODAY - timedelta(days=n)).isoformat() for n in (3, 2, 1, 0)]
@@ -46,16 +45,11 @@ QUIET = reconcile.Tolerances(telemetry_max_gap=timedelta(hours=13))
 @pytest.fixture(scope="module")
 def signer(tmp_path_factory):
     root = tmp_path_factory.mktemp("fleet-signer")
-    previous = os.environ.get("CUSTODY_SIGNER_DISCOVERY")
-    os.environ["CUSTODY_SIGNER_DISCOVERY"] = str(root / "d")
-    process, info = spawn(root / "state")
-    yield {"state": root / "state", **info}
-    process.terminate()
-    process.wait(timeout=10)
-    if previous is None:
-        os.environ.pop("CUSTODY_SIGNER_DISCOVERY", None)
-    else:
-        os.environ["CUSTODY_SIGNER_DISCOVERY"] = previous
+    with signer_discovery(root / "d"):
+        process, info = spawn(root / "state")
+        yield {"state": root / "state", **info}
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def csv(rows) -> str:
