@@ -187,12 +187,14 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         """Prometheus text format (scrape with an API token)."""
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    from . import api, device_api, device_pages, pages, reserve_api, reserve_pages
+    from . import api, device_api, device_pages, mining_api, mining_pages, pages, reserve_api, reserve_pages
     app.include_router(api.router)
     app.include_router(device_api.router)
     app.include_router(reserve_api.router)
+    app.include_router(mining_api.router)
     app.include_router(pages.router)
     app.include_router(device_pages.router)
     app.include_router(reserve_pages.router)
+    app.include_router(mining_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -53,6 +53,10 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "reserves.read": ("admin", "officer", "signatory", "auditor"),   # runs, messages, packages, reports
     "reserves.create": ("officer",),             # start a run with the auditor's nonce, finalize, self-check
     "reserves.schedule": ("officer",),           # schedule re-proofs
+    "mining.read": ("admin", "officer", "auditor"),      # treasury data: overview, statements, findings, sweeps
+    "mining.configure": ("admin", "officer"),            # pools, accounts and their terms, fleet devices
+    "mining.operate": ("officer",),              # import statements and telemetry, reconcile, resolve findings
+    "mining.sweep": ("officer",),                # sweep the fleet wallet into custody
 }
 
 

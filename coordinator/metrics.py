@@ -1,5 +1,6 @@
 """Prometheus metrics: what the ledger holds, where spends stand, how far the ledger lags the node,
-what the latest proof of reserves of each audit proved, and how long requests take. Ledger and reserve
+what the latest proof of reserves of each audit proved, the mining treasury's open findings, paid and
+expected earnings and unswept fleet coins, and how long requests take. Ledger, reserve and mining
 figures are read from the database at scrape time."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import select
 
-from custody import ledger, service
+from custody import ledger, mining_service, service
 from custody.reserve_models import ReserveRun, ReserveSchedule
 
 from .reserve_api import overdue
@@ -57,6 +58,7 @@ class LedgerCollector:
             up.add_metric([], 0)
         yield from (balance, spends, missing, synced, node_height, lag, up)
         yield from self.reserves()
+        yield from self.mining()
 
     def reserves(self):
         """The latest finalized run of each audit, and the re-proofs past due."""
@@ -83,6 +85,29 @@ class LedgerCollector:
                 verdict.add_metric([audit, name], 1 if (row.verdict or "unchecked") == name else 0)
         late.add_metric([], sum(overdue(d) for d in due))
         yield from (proven, coins, verdict, height, late)
+
+    def mining(self):
+        """Open discrepancies, each account's latest reconciled day, and what each fleet wallet holds unswept
+        (from the database and the reconciliation reports in the event log: the node is not asked)."""
+        found = GaugeMetricFamily("custody_mining_open_discrepancies", "Open mining reconciliation findings",
+                                  labels=["category", "severity"])
+        paid = GaugeMetricFamily("custody_mining_paid_sats", "Earnings the pool credited on the latest reconciled day",
+                                 labels=["account"])
+        expected = GaugeMetricFamily("custody_mining_expected_sats",
+                                     "Earnings expected from the node on the latest reconciled day", labels=["account"])
+        unswept = GaugeMetricFamily("custody_mining_fleet_unswept_sats",
+                                    "Satoshis in a fleet payout wallet not yet swept into custody", labels=["policy"])
+        with self.sessions() as s:
+            figures = mining_service.metrics(s)
+        for row in figures["open"]:
+            found.add_metric([row["category"], row["severity"]], row["count"])
+        for row in figures["days"]:
+            paid.add_metric([row["account"]], row["paid"])
+            if row["expected"] is not None:
+                expected.add_metric([row["account"]], row["expected"])
+        for row in figures["unswept"]:
+            unswept.add_metric([row["policy"]], row["sats"])
+        yield from (found, paid, expected, unswept)
 
 
 def make_registry(sessions, node_factory) -> tuple[CollectorRegistry, Histogram]:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 
-from . import device_cli, ledger, reserve_cli, service
+from . import device_cli, ledger, mining_cli, reserve_cli, service
 from .db import default_url, open_database
 from .errors import CustodyError
 from .jsonlog import setup_json_logging
@@ -188,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
 
     device_cli.add_commands(sub, command, _in_transaction)
     reserve_cli.add_commands(sub, command, _in_transaction, _client)
+    mining_cli.add_commands(sub, command, _in_transaction, _client)
 
     users = sub.add_parser("user", help="console and API accounts").add_subparsers(dest="user_command", required=True)
     c = command("add", _user_add, "add an account (prints its password and TOTP secret once)", users)

@@ -114,6 +114,7 @@ def sweep(session: Session, client: NodeClient, fleet_name: str, custody_name: s
     """Plan, then for each batch: a sweep spend of the fleet policy to a fresh custody address, approved
     as a custody sweep, with its PSBT built (the fleet's signer signs it next)."""
     fleet, custody = get_policy(session, fleet_name), get_policy(session, custody_name)
+    custody_destination(session, custody, set())          # refuse a destination that is not custody, even idle
     rate = spends.estimate_fee_rate(client) if fee_rate is None else fee_rate
     planned = plan(session, fleet, fee_rate=rate, max_fee_rate=max_fee_rate, max_inputs=max_inputs)
     taken = _pending_destinations(session)

@@ -357,14 +357,10 @@ def import_samples(session: Session, path_or_text: str | Path, fmt: str, *, acto
 
 
 def _read(path_or_text: str | Path) -> tuple[str, str]:
-    """A Path is a file; a str is a file name if it is one line naming an existing file, else the text."""
+    """A Path is a file; a str is always the text itself (never taken as a file name: text that arrives
+    over the API must not make the server read its own files)."""
     if isinstance(path_or_text, str):
-        try:
-            is_file = "\n" not in path_or_text and Path(path_or_text).is_file()
-        except (OSError, ValueError):   # too long for a file name, a NUL, ...: text
-            is_file = False
-        if not is_file:
-            return "(text)", path_or_text
+        return "(text)", path_or_text
     path = Path(path_or_text)
     try:
         return path.name, path.read_text(encoding="utf-8")

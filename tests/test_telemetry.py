@@ -295,7 +295,7 @@ def test_import_braiins_samples_and_unknown_workers(db, clock):
         make_fleet(session, 4)
         csv_report = import_samples(session, FIXTURES / "braiins-samples.csv", "braiins")
         assert (csv_report.stored, csv_report.unknown_workers) == (5, ["stranger.rig99"])
-        jsonl_report = import_samples(session, str(FIXTURES / "braiins-samples.jsonl"), "braiins")
+        jsonl_report = import_samples(session, FIXTURES / "braiins-samples.jsonl", "braiins")
         assert (jsonl_report.stored, jsonl_report.unknown_workers) == (3, [])
         session.commit()
         end = start + timedelta(minutes=20)
