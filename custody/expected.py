@@ -361,7 +361,7 @@ class Expected:
 
 
 def expected_for_day(client, day: str, *, scheme: str, pool_fee_bps: int, fee_method: str,
-                     work=None, hashrate=None) -> Expected:
+                     work=None, hashrate=None, net: "DayNetwork | None" = None) -> Expected:
     """Expected earnings for a day's `work` (difficulty accepted) or average `hashrate` (H/s), assumed
     spread evenly over the day. PPS has no fee component, so it only takes fee_method "none"."""
     scheme = scheme.lower()
@@ -373,7 +373,7 @@ def expected_for_day(client, day: str, *, scheme: str, pool_fee_bps: int, fee_me
         raise ValueError("give either work (difficulty accepted) or hashrate (H/s), not both or neither")
     _pool_share(pool_fee_bps)
     shares = _exact(work, "work") if work is not None else work_from_hashrate(hashrate, DAY_SECONDS)
-    net = day_network(client, day)
+    net = net or day_network(client, day)      # a caller asking about one day many times passes it
     if not net.segments:
         raise ValueError(f"no block data covers {day}")
     ratio = fee_ratio(net.blocks, fee_method)

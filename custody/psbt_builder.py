@@ -174,8 +174,10 @@ def describe_inputs(scopes: list, spec: PolicySpec, coins: list[Coin], previous_
             if raw is None:
                 raise BuildError(f"previous transaction {coin.txid} is not available from the node")
             parsed[coin.txid] = Transaction.parse(raw)
+            if parsed[coin.txid].txid().hex() != coin.txid:     # hashed once per transaction, not per coin
+                raise BuildError(f"the node's copy of transaction {coin.txid} has another txid")
         previous = parsed[coin.txid]
-        if previous.txid().hex() != coin.txid or previous.vout[coin.vout].value != coin.value \
+        if coin.vout >= len(previous.vout) or previous.vout[coin.vout].value != coin.value \
                 or previous.vout[coin.vout].script_pubkey.data != coin.script_pubkey:
             raise BuildError(f"the node's copy of {coin.outpoint} does not match the ledger")
         scope.witness_utxo = previous.vout[coin.vout]

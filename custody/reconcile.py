@@ -114,9 +114,11 @@ def reconcile(session: Session, client: NodeClient, account: PoolAccount, first_
     lines = statements.latest_lines(session, account)
     earnings = [ln for ln in lines if ln.kind == "earning"]
     payouts = [ln for ln in lines if ln.kind == "payout"]
+    devices_ix = telemetry.fleet_index(session)
+    networks: dict = {}
     for day in days:
         row, found = _earnings_day(session, client, account, day, [ln for ln in earnings if ln.day == day],
-                                   tolerances)
+                                   tolerances, devices_ix, networks)
         report.days.append(row)
         report.findings += found
     report.findings += _luck(account, report.days, tolerances)
@@ -167,14 +169,26 @@ def _number(details: dict, *names: str) -> Decimal | None:
     return None
 
 
+def _day_network(client, day: str, cache: dict):
+    """The day's blocks from the node, once per run (None when the node has none for that day)."""
+    if day not in cache:
+        try:
+            net = expected.day_network(client, day)
+            cache[day] = net if net.segments else None
+        except ValueError:
+            cache[day] = None
+    return cache[day]
+
+
 def _earnings_day(session, client, account: PoolAccount, day: str, lines: list[StatementLine],
-                  tol: Tolerances) -> tuple[DayRow, list[Finding]]:
+                  tol: Tolerances, devices_ix: tuple, networks: dict) -> tuple[DayRow, list[Finding]]:
     ref = f"{account.id}:{day}"
     found: list[Finding] = []
     paid = sum(ln.amount for ln in lines)
     details = [json.loads(ln.details) for ln in lines]
     start = datetime.combine(date.fromisoformat(day), time(), tzinfo=timezone.utc)
-    work = telemetry.accepted_work(session, account, start, start + timedelta(days=1), max_gap=tol.telemetry_max_gap)
+    work = telemetry.accepted_work(session, account, start, start + timedelta(days=1), max_gap=tol.telemetry_max_gap,
+                                   fleet=devices_ix)
     started = session.scalar(select(func.min(TelemetrySample.time)).join(
         MiningDevice, MiningDevice.id == TelemetrySample.device_id).where(MiningDevice.account_id == account.id))
     if started is None or _utc(started) >= start + timedelta(days=1):
@@ -189,14 +203,13 @@ def _earnings_day(session, client, account: PoolAccount, day: str, lines: list[S
     terms = dict(scheme=account.scheme.lower(), pool_fee_bps=account.pool_fee_bps,
                  fee_method="none" if account.scheme.lower() == "pps" else account.fee_method)
     fleet = pool = None
-    try:
+    net = _day_network(client, day, networks)
+    if net is not None:                     # no block of that day on our node yet: nothing to expect
         if work.samples and work.difficulty > 0:
-            fleet = expected.expected_for_day(client, day, work=work.difficulty, **terms)
+            fleet = expected.expected_for_day(client, day, work=work.difficulty, net=net, **terms)
         hashrate = next((h for d in details if (h := _number(d, "hashrate", "hash_rate")) is not None), None)
         if hashrate:
-            pool = expected.expected_for_day(client, day, hashrate=hashrate, **terms)
-    except ValueError:                      # no block of that day on our node yet: nothing to expect
-        pass
+            pool = expected.expected_for_day(client, day, hashrate=hashrate, net=net, **terms)
     base = pool or fleet
     pay = Fraction(paid, base.expected) if base and base.expected else None
     capture = Fraction(pool.expected, fleet.expected) if pool and fleet and fleet.expected else None

@@ -127,10 +127,10 @@ def sweep(session: Session, client: NodeClient, fleet_name: str, custody_name: s
                                      memo=f"fleet sweep into {custody.name}")
         approve_custody_sweep(session, spend, actor=actor)
         spends.create_psbt(session, spend, client, actor=actor)
-        _describe_destination(session, spend, custody, destination)
+        vsize = _describe_destination(spend, custody, destination)
         row = Sweep(fleet_policy_id=fleet.id, spend_id=spend.id, destination=destination.address,
                     inputs=len(batch), amount=spend.amount - spend.fee, fee=spend.fee,
-                    vsize=_vsize(spend), deferred=json.dumps(planned.deferred))
+                    vsize=vsize, deferred=json.dumps(planned.deferred))
         session.add(row)
         session.flush()
         record(session, "mining.sweep", actor, f"spend:{spend.id}",
@@ -156,16 +156,14 @@ def approve_custody_sweep(session: Session, spend: Spend, *, actor: str) -> None
            {"officer": None, "reason": "fleet sweep into custody", "approvals": 0})
 
 
-def _describe_destination(session: Session, spend: Spend, custody: Policy, destination: Address) -> None:
-    """Put the custody keys' derivations (and witness script) on the output so a signer can re-derive it."""
+def _describe_destination(spend: Spend, custody: Policy, destination: Address) -> int:
+    """Put the custody keys' derivations (and witness script) on the output so a signer can re-derive it;
+    returns the finished transaction's vsize (72-byte signatures assumed)."""
     psbt = PSBT.from_string(spend.psbt)
-    for scope, out in zip(psbt.outputs, psbt.tx.vout):
+    tx = psbt.tx
+    for scope, out in zip(psbt.outputs, tx.vout):
         if out.script_pubkey.data == destination.script_pubkey:
             describe_output(scope, spec_of(custody), destination.branch, destination.index)
     spend.psbt = psbt.to_string()
-
-
-def _vsize(spend: Spend) -> int:
-    psbt = PSBT.from_string(spend.psbt)
-    weight = len(psbt.tx.serialize()) * 4 + 2 + len(psbt.inputs) * (1 + 1 + 73 + 1 + 33)
+    weight = len(tx.serialize()) * 4 + 2 + len(psbt.inputs) * (1 + 1 + 73 + 1 + 33)
     return (weight + 3) // 4

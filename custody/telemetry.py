@@ -449,17 +449,23 @@ def _braiins_sample(obj: dict) -> Sample | str:
 
 
 # -- accepted work -----------------------------------------------------------------------------------
+def fleet_index(session: Session) -> tuple[list[MiningDevice], "_WorkerIndex"]:
+    """Every device and the worker-name index: made once by a caller asking about many days."""
+    devices_all = session.scalars(select(MiningDevice)).all()
+    return devices_all, _WorkerIndex(devices_all, _account_names(session))
+
+
 def accepted_work(session: Session, who: MiningDevice | PoolAccount | str | None, start: datetime,
                   end: datetime, *, max_gap: timedelta = DEFAULT_MAX_GAP,
-                  lookback: timedelta = timedelta(days=1)) -> Work:
+                  lookback: timedelta = timedelta(days=1), fleet: tuple | None = None) -> Work:
     """Difficulty accepted in (start, end] (module docstring) by `who`: a device; an account's devices;
     a serial or worker name (one naming no device is reported as an unknown worker); None, the whole
-    fleet. The last reading at or before `start` (within `lookback`) is the baseline."""
+    fleet. The last reading at or before `start` (within `lookback`) is the baseline. `fleet` is a
+    `fleet_index` to reuse."""
     start, end = _utc(start), _utc(end)
     if end <= start:
         raise CustodyError("accepted work needs start < end")
-    devices_all = session.scalars(select(MiningDevice)).all()
-    index = _WorkerIndex(devices_all, _account_names(session))
+    devices_all, index = fleet or fleet_index(session)
     devices, unknown_wanted = _scope(who, devices_all, index)
     ids = {d.id for d in devices}
     t = TelemetrySample
