@@ -154,23 +154,18 @@ def get_run(session: Session, run_id: int) -> ReserveRun:
     return run
 
 
-def _thresholds(session: Session, run: ReserveRun) -> list[int | None]:
-    by_name = {name: get_policy(session, name) for name in json.loads(run.policies)}
-    thresholds: list[int | None] = [None]
-    for utxo in _run_coins(session, run):
-        thresholds.append(next(p.threshold for p in by_name.values() if p.id == utxo.policy_id))
-    return thresholds
-
-
-def _run_coins(session: Session, run: ReserveRun) -> list[Utxo]:
-    tx = PSBT.from_string(run.psbt).tx
-    coins = []
-    for vin in tx.vin[1:]:
-        utxo = session.scalar(select(Utxo).where(Utxo.txid == vin.txid.hex(), Utxo.vout == vin.vout))
-        if utxo is None:
-            raise CustodyError(f"coin {vin.txid.hex()}:{vin.vout} of run #{run.id} is no longer in the ledger")
-        coins.append(utxo)
-    return coins
+def _run_coins(session: Session, run: ReserveRun, tx) -> list[Utxo]:
+    """The ledger's rows for the proof's coins (inputs 1..n of `tx`), in input order."""
+    wanted = [(vin.txid.hex(), vin.vout) for vin in tx.vin[1:]]
+    rows = {}
+    txids = sorted({txid for txid, _ in wanted})
+    for start in range(0, len(txids), 500):
+        for utxo in session.scalars(select(Utxo).where(Utxo.txid.in_(txids[start:start + 500]))):
+            rows[(utxo.txid, utxo.vout)] = utxo
+    missing = next((o for o in wanted if o not in rows), None)
+    if missing is not None:
+        raise CustodyError(f"coin {missing[0]}:{missing[1]} of run #{run.id} is no longer in the ledger")
+    return [rows[o] for o in wanted]
 
 
 def add_signatures(session: Session, run: ReserveRun, upload: bytes | str, *, actor: str) -> list[str]:
@@ -198,14 +193,17 @@ def finalize_run(session: Session, run: ReserveRun, *, actor: str) -> dict:
     if run.state != "signing":
         raise CustodyError(f"run #{run.id} is {run.state}")
     psbt = PSBT.from_string(run.psbt)
-    thresholds = _thresholds(session, run)
+    policies = [get_policy(session, n) for n in json.loads(run.policies)]
+    coins = _run_coins(session, run, psbt.tx)
+    threshold = {p.id: p.threshold for p in policies}
+    thresholds: list[int | None] = [None] + [threshold[u.policy_id] for u in coins]   # input 0: nobody's
     if not is_complete(psbt, thresholds):
-        raise CustodyError(f"run #{run.id} is not fully signed yet: signatures so far {signers(run)}")
+        raise CustodyError(f"run #{run.id} is not fully signed yet: signatures so far {signed_fingerprints(psbt)}")
     try:
         raw = finalize(psbt, thresholds)
     except SignatureError as e:
         raise CustodyError(str(e)) from None
-    package = _package(session, run, raw)
+    package = _package(session, run, raw, policies, coins)
     run.package = json.dumps(package, indent=1)
     run.state, run.finalized_at = "complete", datetime.now(timezone.utc)
     record(session, "reserves.finalized", actor, f"reserves:{run.id}",
@@ -214,15 +212,14 @@ def finalize_run(session: Session, run: ReserveRun, *, actor: str) -> dict:
     return package
 
 
-def _package(session: Session, run: ReserveRun, raw: bytes) -> dict:
+def _package(session: Session, run: ReserveRun, raw: bytes, policies: list[Policy], coins: list[Utxo]) -> dict:
     """What the auditor needs and nothing they must trust: every claim here is checked on their node."""
-    policies = [get_policy(session, n) for n in json.loads(run.policies)]
     position = {p.id: n for n, p in enumerate(policies)}
-    coins = _run_coins(session, run)
-    addresses = {a.id: a for a in session.scalars(select(Address).where(
-        Address.id.in_({u.address_id for u in coins})))}
-    last_index = {p.id: max([a.index for a in session.scalars(select(Address).where(Address.policy_id == p.id))],
-                            default=0) for p in policies}
+    ids = sorted({u.address_id for u in coins})
+    addresses = {a.id: a for start in range(0, len(ids), 500)
+                 for a in session.scalars(select(Address).where(Address.id.in_(ids[start:start + 500])))}
+    last_index = {p.id: session.scalar(select(func.max(Address.index)).where(Address.policy_id == p.id)) or 0
+                  for p in policies}
     network = policies[0].network
     return {
         "format": proof_format.PACKAGE_FORMAT, "network": network, "kind": run.kind,
