@@ -95,6 +95,9 @@ class ChainState:
         self.lock = threading.RLock()
         self.utxos: dict[tuple[bytes, int], Coin] = {}
         self.txindex: dict[bytes, tuple[bytes, int]] = {}   # txid -> (block hash, position)
+        # Transactions of blocks that left the best chain: Core's -txindex keeps them (it is not
+        # rewound on a reorg), so getrawtransaction still finds an orphaned coinbase.
+        self.stale_txindex: dict[bytes, tuple[bytes, int]] = {}
         self._block_cache: OrderedDict[bytes, Block] = OrderedDict()
         self.on_connect = []     # callables(block: Block, height: int)
         self.on_disconnect = []  # callables(block: Block, height: int)
@@ -134,6 +137,7 @@ class ChainState:
                 if out.script_pubkey[:1] != b"\x6a":
                     utxos[(txid, n)] = Coin(out.value, out.script_pubkey, height, coinbase)
             self.txindex[txid] = (block_hash, pos)
+            self.stale_txindex.pop(txid, None)
         self._remember(block)
 
     def _disconnect(self, block: Block, entry) -> None:
@@ -144,7 +148,7 @@ class ChainState:
             for n in range(len(tx.vout)):
                 self.utxos.pop((txid, n), None)
             if self.txindex.get(txid, (None,))[0] == block.header.hash_bytes:
-                del self.txindex[txid]
+                self.stale_txindex[txid] = self.txindex.pop(txid)
             if pos:
                 coins = undo.transactions[pos - 1].coins
                 for txin, coin in zip(tx.vin, coins):
@@ -246,12 +250,13 @@ class ChainState:
     def chainwork(self, entry) -> int:
         return (entry.height + 1) * block_work(entry.block_header.bits)
 
-    def get_tx(self, txid: bytes) -> tuple[Tx, bytes] | None:
-        loc = self.txindex.get(txid)
+    def get_tx(self, txid: bytes) -> tuple[Tx, bytes, int] | None:
+        """(transaction, block hash, position) from the index, best chain first, then stale blocks."""
+        loc = self.txindex.get(txid) or self.stale_txindex.get(txid)
         if loc is None:
             return None
         block = self.block(loc[0])
-        return block.txs[loc[1]], loc[0]
+        return block.txs[loc[1]], loc[0], loc[1]
 
     # -- persistence of the node's own indexes -------------------------------------------
     @property
@@ -265,6 +270,7 @@ class ChainState:
                 saved = pickle.load(f)
             if saved.get("format") == INDEX_FORMAT and saved.get("tip") == tip_hash:
                 self.utxos, self.txindex = saved["utxos"], saved["txindex"]
+                self.stale_txindex = saved.get("stale_txindex", {})
                 self._index_path.unlink()  # a crash from here on must rebuild, not trust a stale file
                 return
         except FileNotFoundError:
@@ -286,7 +292,8 @@ class ChainState:
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             pickle.dump({"format": INDEX_FORMAT, "tip": bytes(self.tip.block_hash),
-                         "utxos": self.utxos, "txindex": self.txindex}, f, protocol=pickle.HIGHEST_PROTOCOL)
+                         "utxos": self.utxos, "txindex": self.txindex,
+                         "stale_txindex": self.stale_txindex}, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)
 
     def close(self) -> None:

@@ -1,7 +1,6 @@
 """`custody-regtest`: run the embedded regtest node in the foreground, like `bitcoind -regtest`."""
 from __future__ import annotations
 
-import argparse
 import fcntl
 import logging
 import os
@@ -11,23 +10,32 @@ import sys
 import threading
 from pathlib import Path
 
+from . import options
 from .node import Node
 from .server import RPCServer
 
 
+USAGE = """Usage: custody-regtest -datadir=DIR [options]
+
+A regtest node that validates with Bitcoin Core's own engine (libbitcoinkernel) and answers Bitcoin
+Core's JSON-RPC on 127.0.0.1. Options are Bitcoin Core's, in its syntax (-name=value, -noname):
+  -datadir=<dir>  -rpcport=<port> (18443)  -rpcuser=<user> -rpcpassword=<pw> (else a cookie)
+  -txindex (0)  -persistmempool (1)  -acceptnonstdtxn (0)  -datacarrier (1)  -datacarriersize=<n> (83)
+  -minrelaytxfee=<amt> (0.000001)  -incrementalrelayfee=<amt> (0.000001)  -mempoolexpiry=<hours> (336)
+  -mocktime=<t>  -testactivationheight=name@height  -debug  -regtest  -server  -listen=0
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="custody-regtest",
-        description="A regtest node that validates with Bitcoin Core's own engine (libbitcoinkernel) "
-                    "and answers Bitcoin Core's JSON-RPC on 127.0.0.1.")
-    parser.add_argument("--datadir", required=True, type=Path, help="data directory (chain in DATADIR/regtest)")
-    parser.add_argument("--rpcport", type=int, default=18443)
-    parser.add_argument("--rpcuser")
-    parser.add_argument("--rpcpassword")
-    parser.add_argument("--debug", action="store_true", help="log every RPC call")
-    args = parser.parse_args(argv)
-    if bool(args.rpcuser) != bool(args.rpcpassword):
-        parser.error("--rpcuser and --rpcpassword go together")
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.lstrip("-") in ("h", "help", "?") for a in argv):
+        print(USAGE, end="")
+        return 0
+    try:
+        args = options.parse(argv)
+    except options.OptionError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -37,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        print(f"custody-regtest: cannot obtain a lock on data directory {netdir}: "
-              "another node is probably already running there", file=sys.stderr)
+        print(f"Error: Cannot obtain a lock on directory {netdir}. custody-regtest is probably already running.",
+              file=sys.stderr)
         return 1
 
     cookie = None
@@ -54,15 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, cookie)
 
     try:
-        node = Node(netdir)
+        node = Node(netdir, args.node)
     except Exception as e:
-        print(f"custody-regtest: cannot open the chain in {netdir}: {e}", file=sys.stderr)
+        print(f"Error: cannot open the chain in {netdir}: {e}", file=sys.stderr)
         return 1
     try:
         server = RPCServer(node, args.rpcport, credentials)
     except OSError as e:
         node.close()
-        print(f"custody-regtest: cannot bind RPC on 127.0.0.1:{args.rpcport}: {e.strerror}", file=sys.stderr)
+        print(f"Error: Unable to bind to 127.0.0.1:{args.rpcport} for RPC: {e.strerror}", file=sys.stderr)
         return 1
 
     def on_signal(signum, _frame):
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                                       node.chain.height, args.rpcport, netdir)
     serve = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     serve.start()
+    node.scheduler.start()
     while serve.is_alive():
         serve.join(0.2)
     server.server_close()

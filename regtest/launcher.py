@@ -78,7 +78,7 @@ def start_node(datadir: Path, *, port: int | None = None, bitcoind: str | None =
         kind = "embedded"
         exe = shutil.which("custody-regtest", path=str(Path(sys.executable).parent)) or shutil.which("custody-regtest")
         prefix = [exe] if exe else [sys.executable, "-m", "regtest.cli"]
-        cmd = prefix + ["--datadir", str(datadir), "--rpcport", str(port), *extra_args]
+        cmd = prefix + [f"-datadir={datadir}", f"-rpcport={port}", "-txindex=1", *extra_args]
     log = open(log_path, "ab")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     node = RunningNode(kind, datadir, port, process, log_path, credentials)

@@ -10,6 +10,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import Callable
 
 import pbk
 from pbk.script import PrecomputedTransactionData
@@ -18,8 +19,8 @@ from . import script as S
 from .chainstate import COINBASE_MATURITY, ChainState, Coin
 from .serialize import COIN, Tx
 
-MIN_RELAY_FEE = 1000           # sat/kvB
-INCREMENTAL_RELAY_FEE = 1000   # sat/kvB
+MIN_RELAY_FEE = 100            # sat/kvB: Core 29.1+ default -minrelaytxfee
+INCREMENTAL_RELAY_FEE = 100    # sat/kvB: Core 29.1+ default -incrementalrelayfee
 MAX_STANDARD_TX_WEIGHT = 400_000
 MIN_STANDARD_TX_NONWITNESS_SIZE = 65
 MAX_ANCESTORS = MAX_DESCENDANTS = 25
@@ -35,6 +36,7 @@ TRUC_VERSION = 3
 TRUC_MAX_VSIZE = 10_000
 TRUC_CHILD_MAX_VSIZE = 1_000
 SCRIPT_FLAGS = pbk.ScriptVerificationFlags.ALL
+DEFAULT_MEMPOOL_EXPIRY = 336 * 3600
 
 
 class Rejected(Exception):
@@ -72,6 +74,16 @@ def fee_for(feerate_per_kvb: int, vsize: int) -> int:
     return -(-feerate_per_kvb * vsize // 1000)
 
 
+@dataclass(frozen=True)
+class Policy:
+    """The start-up options of Core's that shape mempool policy, with Core 29.2's regtest defaults."""
+    require_standard: bool = True            # -acceptnonstdtxn=0
+    datacarrier_size: int | None = S.MAX_OP_RETURN_RELAY   # -datacarriersize; None: -datacarrier=0
+    min_relay_fee: int = MIN_RELAY_FEE       # -minrelaytxfee, sat/kvB
+    incremental_relay_fee: int = INCREMENTAL_RELAY_FEE   # -incrementalrelayfee, sat/kvB
+    expiry: int = DEFAULT_MEMPOOL_EXPIRY     # -mempoolexpiry, in seconds
+
+
 @dataclass(slots=True)
 class Entry:
     tx: Tx
@@ -87,8 +99,10 @@ class Entry:
 
 
 class Mempool:
-    def __init__(self, chain: ChainState):
+    def __init__(self, chain: ChainState, policy: Policy = Policy(), clock: Callable[[], int] = lambda: int(time.time())):
         self.chain = chain
+        self.policy = policy
+        self.clock = clock
         self.entries: dict[bytes, Entry] = {}
         self.spenders: dict[tuple[bytes, int], bytes] = {}   # outpoint -> txid spending it
         self.by_wtxid: dict[bytes, bytes] = {}
@@ -96,7 +110,7 @@ class Mempool:
 
     def copy(self) -> "Mempool":
         """A scratch mempool to try transactions in without touching this one."""
-        other = Mempool(self.chain)
+        other = Mempool(self.chain, self.policy, self.clock)
         other.entries = {t: replace(e, parents=set(e.parents), children=set(e.children))
                          for t, e in self.entries.items()}
         other.spenders, other.by_wtxid = dict(self.spenders), dict(self.by_wtxid)
@@ -143,7 +157,9 @@ class Mempool:
         _check_transaction(tx)
         if tx.is_coinbase():
             raise Rejected("coinbase")
-        _check_standard(tx)
+        policy = self.policy
+        if policy.require_standard:
+            _check_standard(tx, policy.datacarrier_size)
         if len(tx.serialize_no_witness()) < MIN_STANDARD_TX_NONWITNESS_SIZE:
             raise Rejected("tx-size-small")
         tip = self.chain.tip
@@ -189,12 +205,13 @@ class Mempool:
                            f"value in ({format_money(value_in)}) < value out ({format_money(value_out)})")
         fee = value_in - value_out
 
-        _check_inputs_standard(tx, coins)
         vsize, weight = tx.vsize, tx.weight
-        _check_ephemeral_dust(tx, fee)
+        if policy.require_standard:
+            _check_inputs_standard(tx, coins)
+            _check_ephemeral_dust(tx, fee)
         self._check_truc(tx, vsize, parents)
 
-        min_fee = fee_for(MIN_RELAY_FEE, vsize)
+        min_fee = fee_for(policy.min_relay_fee, vsize)
         if fee < min_fee:
             raise Rejected("min relay fee not met", f"{fee} < {min_fee}")
 
@@ -225,12 +242,21 @@ class Mempool:
         checked = self.check(tx, max_fee_rate=max_fee_rate)
         for txid in checked["evicted"]:
             self._remove(txid)
-        return self._add(tx, checked)
+        entry = self._add(tx, checked)
+        self.expire()
+        return entry
+
+    def expire(self) -> int:
+        """Drop entries older than -mempoolexpiry, with their descendants (Core's Expire, run after
+        every acceptance and reorg). Returns how many were removed."""
+        cutoff = self.clock() - self.policy.expiry
+        old = [t for t, e in self.entries.items() if e.time < cutoff]
+        return sum(len(self._remove(t)) for t in old if t in self.entries)
 
     def _add(self, tx: Tx, checked: dict) -> Entry:
         txid = tx.txid_bytes
         self._sequence += 1
-        entry = Entry(tx, checked["fee"], checked["vsize"], checked["weight"], int(time.time()),
+        entry = Entry(tx, checked["fee"], checked["vsize"], checked["weight"], self.clock(),
                       checked["height"], checked["coins"], set(checked["parents"]), set(), self._sequence)
         self.entries[txid] = entry
         self.by_wtxid[tx.wtxid_bytes] = txid
@@ -330,7 +356,7 @@ class Mempool:
             raise Rejected("insufficient fee",
                            f"rejecting replacement {hexid}, less fees than conflicting txs; "
                            f"{format_money(fee)} < {format_money(old_fees)}")
-        relay_fee = fee_for(INCREMENTAL_RELAY_FEE, vsize)
+        relay_fee = fee_for(self.policy.incremental_relay_fee, vsize)
         if fee - old_fees < relay_fee:
             raise Rejected("insufficient fee",
                            f"rejecting replacement {hexid}, not enough additional fees to relay; "
@@ -358,11 +384,14 @@ class Mempool:
         self.entries.clear()
         self.spenders.clear()
         self.by_wtxid.clear()
+        kept_time = {e.tx.txid_bytes: e.time for e in previous}
         for tx in txs + [e.tx for e in previous]:
             try:
-                self.accept(tx)
+                entry = self.accept(tx)
             except Rejected:
-                pass
+                continue
+            entry.time = kept_time.get(tx.txid_bytes, entry.time)
+        self.expire()
 
     def info(self) -> dict:
         return {"size": len(self.entries), "bytes": sum(e.vsize for e in self.entries.values()),
@@ -400,7 +429,7 @@ def _check_transaction(tx: Tx) -> None:
         raise Rejected("bad-txns-prevout-null")
 
 
-def _check_standard(tx: Tx) -> None:
+def _check_standard(tx: Tx, datacarrier_size: int | None) -> None:
     """Core's IsStandardTx."""
     if not 1 <= tx.version <= TRUC_VERSION:
         raise Rejected("version")
@@ -417,7 +446,7 @@ def _check_standard(tx: Tx) -> None:
         if kind == "nonstandard":
             raise Rejected("scriptpubkey")
         if kind == "nulldata":
-            if len(out.script_pubkey) > S.MAX_OP_RETURN_RELAY:
+            if datacarrier_size is None or len(out.script_pubkey) > datacarrier_size:
                 raise Rejected("scriptpubkey")
             data_outputs += 1
         elif kind == "multisig":
@@ -480,7 +509,10 @@ def _verify_scripts(tx: Tx, coins: list[Coin]) -> None:
     for i, coin in enumerate(coins):
         ok = pbk.ScriptPubkey(coin.script_pubkey).verify(coin.value, ktx, pre, i, SCRIPT_FLAGS)
         if not ok:
-            raise Rejected(f"mandatory-script-verify-flag-failed ({_explain_failure(tx, i, coin)})")
+            txin = tx.vin[i]
+            raise Rejected(f"mandatory-script-verify-flag-failed ({_explain_failure(tx, i, coin)})",
+                           f"input {i} of {tx.txid} (wtxid {tx.wtxid}), "
+                           f"spending {txin.prev_txid[::-1].hex()}:{txin.prev_vout}")
 
 
 def _explain_failure(tx: Tx, index: int, coin: Coin) -> str:

@@ -1,33 +1,55 @@
 """The regtest node: the kernel-backed chain, the mempool, and mining, kept consistent under one lock."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chainstate import ChainState
-from .mempool import Mempool, Rejected
-from .mining import assemble, select_transactions
+from .clock import Clock, Scheduler
+from .mempool import Mempool, Policy, Rejected
+from .mining import VersionBits, assemble, select_transactions
 from .serialize import Block, DecodeError, Tx
 
 log = logging.getLogger("regtest.node")
 
 
+FEE_FLUSH_INTERVAL = 3600            # Core flushes its fee estimates hourly
+MAX_FEE_ESTIMATES_AGE = 60 * 3600    # and ignores a file older than 60 hours on start
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the start-up options decide (see regtest/options.py)."""
+    policy: Policy = field(default_factory=Policy)
+    mocktime: int = 0
+    txindex: bool = True
+    persist_mempool: bool = True
+
+
 class Node:
-    def __init__(self, datadir: Path):
+    def __init__(self, datadir: Path, options: Options = Options()):
         self.datadir = Path(datadir)
-        self.started = time.time()
+        self.options = options
+        self.clock = Clock(options.mocktime)
+        self.started = self.clock.now()
         self.chain = ChainState(self.datadir)
         self.lock = self.chain.lock
-        self.mempool = Mempool(self.chain)
+        self.mempool = Mempool(self.chain, options.policy, self.clock.now)
+        self.versionbits = VersionBits(self.chain)
+        self.scheduler = Scheduler()
+        self.scheduler.every(FEE_FLUSH_INTERVAL, self.save_fee_estimates)
         self._disconnected: list[Tx] = []
         self.chain.on_connect.append(self._on_connect)
         self.chain.on_disconnect.append(self._on_disconnect)
         self.stopping = threading.Event()
         self.recent_feerates: list[tuple[int, list[float]]] = []  # (height, sat/vB of mined txs)
-        self._load_mempool()
+        self._load_fee_estimates()
+        if options.persist_mempool:
+            self._load_mempool()
 
     # -- chain events -> mempool -----------------------------------------------------------
     def _on_connect(self, block: Block, height: int) -> None:
@@ -71,7 +93,8 @@ class Node:
             else:
                 fees = self._fees_of(txs)
             block = assemble(bytes(tip.block_hash), tip.height + 1, self.chain.median_time_past(tip),
-                             script_pubkey, txs, fees, max_tries=max_tries)
+                             script_pubkey, txs, fees, now=self.clock.now(), max_tries=max_tries,
+                             version=self.versionbits.block_version(tip.height + 1))
             if block is None or not submit:
                 return block, None
             return block, self.submit_block(block.serialize())
@@ -108,20 +131,48 @@ class Node:
 
     def _load_mempool(self) -> None:
         try:
-            lines = self._mempool_path.read_text().split()
+            lines = self._mempool_path.read_text().splitlines()
         except FileNotFoundError:
             return
         for line in lines:
+            entry_time, _, raw = line.rpartition(" ")
             try:
-                self.mempool.accept(Tx.parse(bytes.fromhex(line)))
+                entry = self.mempool.accept(Tx.parse(bytes.fromhex(raw)))
+                entry.time = int(entry_time or entry.time)   # Core keeps each entry's time
             except (Rejected, DecodeError, ValueError):
                 pass
+        self.mempool.expire()
         self._mempool_path.unlink()
 
-    def close(self) -> None:
+    @property
+    def _fee_estimates_path(self) -> Path:
+        return self.datadir / "fee_estimates.json"
+
+    def save_fee_estimates(self) -> None:
         with self.lock:
-            entries = sorted(self.mempool.entries.values(), key=lambda e: e.sequence)
-            tmp = self._mempool_path.with_suffix(".tmp")
-            tmp.write_text("".join(e.tx.serialize().hex() + "\n" for e in entries))
-            os.replace(tmp, self._mempool_path)
+            state = {"time": self.clock.now(), "tip": self.chain.height, "feerates": self.recent_feerates}
+        tmp = self._fee_estimates_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self._fee_estimates_path)
+
+    def _load_fee_estimates(self) -> None:
+        try:
+            state = json.loads(self._fee_estimates_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        if self.clock.now() - state.get("time", 0) > MAX_FEE_ESTIMATES_AGE:
+            log.info("fee estimates are older than 60 hours: not read")
+            return
+        tip = self.chain.height
+        self.recent_feerates = [(h, rates) for h, rates in state.get("feerates", []) if h <= tip]
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.save_fee_estimates()
+        with self.lock:
+            if self.options.persist_mempool:
+                entries = sorted(self.mempool.entries.values(), key=lambda e: e.sequence)
+                tmp = self._mempool_path.with_suffix(".tmp")
+                tmp.write_text("".join(f"{e.time} {e.tx.serialize().hex()}\n" for e in entries))
+                os.replace(tmp, self._mempool_path)
             self.chain.close()

@@ -10,19 +10,22 @@ from decimal import Decimal
 from . import descriptors as D
 from . import script as S
 from .errors import (RPC_DESERIALIZATION_ERROR, RPC_INVALID_ADDRESS_OR_KEY, RPC_INVALID_PARAMETER,
-                     RPC_METHOD_NOT_FOUND, RPC_MISC_ERROR, RPC_VERIFY_ALREADY_IN_CHAIN, RPC_VERIFY_ERROR,
+                     RPC_METHOD_NOT_FOUND, RPC_MISC_ERROR, RPC_TYPE_ERROR, RPC_VERIFY_ALREADY_IN_CHAIN, RPC_VERIFY_ERROR,
                      RPC_VERIFY_REJECTED, RPCError)
-from .mempool import Rejected
-from .mining import block_subsidy
+from .mempool import INCREMENTAL_RELAY_FEE, MIN_RELAY_FEE, Rejected
+from .mining import (MAX_BLOCK_WEIGHT, REGTEST_BITS, TESTDUMMY_BIT, block_subsidy, make_coinbase,
+                     select_transactions, test_block_validity)
 from .node import Node
 from .rpc_args import REQUIRED, amount_to_sats, bind, parse_hash, sats_to_amount, usage
 from .serialize import DecodeError, Tx, bits_to_target, ser_compact_size
 
-VERSION = 290000
-SUBVERSION = "/Satoshi:29.0.0(custody-regtest)/"
+VERSION = 290200
+SUBVERSION = "/Satoshi:29.2.0(custody-regtest)/"
 DEFAULT_MAX_FEE_RATE = Decimal("0.10")
 MAX_TIP_AGE = 24 * 3600
 NOT_FOUND_TX = "No such mempool or blockchain transaction. Use gettransaction for wallet transactions."
+NOT_FOUND_TX_WITHOUT_INDEX = ("No such mempool transaction. Use -txindex or provide a block hash to enable "
+                              "blockchain transaction queries. Use gettransaction for wallet transactions.")
 
 METHODS: dict[str, tuple] = {}
 
@@ -179,7 +182,7 @@ def getblockchaininfo(node):
                 "bestblockhash": _hex(bytes(tip.block_hash)), "bits": f"{header.bits:08x}",
                 "target": f"{bits_to_target(header.bits):064x}", "difficulty": difficulty(header.bits),
                 "time": tip_time, "mediantime": chain.median_time_past(tip), "verificationprogress": 1,
-                "initialblockdownload": tip_time < time.time() - MAX_TIP_AGE,
+                "initialblockdownload": tip_time < node.clock.now() - MAX_TIP_AGE,
                 "chainwork": f"{chain.chainwork(tip):064x}", "size_on_disk": size, "pruned": False,
                 "warnings": []}
 
@@ -378,11 +381,12 @@ def getrawtransaction(node, txid, verbosity, blockhash):
                 if chain.height >= 0 and txid_b == chain.block(bytes(chain.entry_at(0).block_hash)).txs[0].txid_bytes:
                     raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "The genesis block coinbase is not considered an "
                                    "ordinary transaction and cannot be retrieved")
-                loc = chain.get_tx(txid_b)
+                loc = chain.get_tx(txid_b) if node.options.txindex else None
                 if loc is None:
-                    raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, NOT_FOUND_TX)
-                tx, bh = loc
-                found_block = (bh, chain.txindex[txid_b][1])
+                    raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, NOT_FOUND_TX if node.options.txindex
+                                   else NOT_FOUND_TX_WITHOUT_INDEX)
+                tx, bh, pos = loc
+                found_block = (bh, pos)
         if verbosity <= 0:
             return tx.serialize().hex()
         fee = prevouts = None
@@ -578,8 +582,8 @@ def getmempoolinfo(node):
         info = node.mempool.info()
     return {"loaded": True, "size": info["size"], "bytes": info["bytes"], "usage": info["usage"],
             "total_fee": sats_to_amount(info["total_fee"]), "maxmempool": 300_000_000,
-            "mempoolminfee": sats_to_amount(1000), "minrelaytxfee": sats_to_amount(1000),
-            "incrementalrelayfee": sats_to_amount(1000), "unbroadcastcount": 0, "fullrbf": True}
+            "mempoolminfee": sats_to_amount(MIN_RELAY_FEE), "minrelaytxfee": sats_to_amount(MIN_RELAY_FEE),
+            "incrementalrelayfee": sats_to_amount(INCREMENTAL_RELAY_FEE), "unbroadcastcount": 0, "fullrbf": True}
 
 
 @method("gettxout", ("txid", "str", REQUIRED), ("n", "int", REQUIRED), ("include_mempool", "bool", True))
@@ -693,7 +697,7 @@ with the target), and answers a high percentile for short targets and the median
     quantile = 0.95 if target <= 2 else 0.85 if target <= 6 else 0.5
     if estimate_mode.lower() == "conservative":
         quantile = min(0.99, quantile + 0.05)
-    sat_per_vb = max(rates[min(len(rates) - 1, int(quantile * len(rates)))], 1.0)
+    sat_per_vb = max(rates[min(len(rates) - 1, int(quantile * len(rates)))], MIN_RELAY_FEE / 1000)
     return {"feerate": sats_to_amount(int(round(sat_per_vb * 1000))), "blocks": target}
 
 
@@ -792,6 +796,104 @@ def generateblock(node, output, transactions, submit):
     return result
 
 
+@method("getblocktemplate", ("template_request", "object", None))
+def getblocktemplate(node, template_request):
+    """If the request parameters include a 'mode' key, that is used to explicitly select between the default
+'template' request or a 'proposal'. It returns data needed to construct a block to work on."""
+    request = template_request or {}
+    mode = request.get("mode")
+    if mode is None:
+        mode = "template"
+    elif not isinstance(mode, str):
+        raise RPCError(RPC_INVALID_PARAMETER, "Invalid mode")
+    if mode == "proposal":
+        return _proposal(node, request.get("data"))
+    rules = request.get("rules")
+    client_rules = set()
+    if isinstance(rules, list):
+        for rule in rules:
+            if not isinstance(rule, str):
+                raise RPCError(RPC_TYPE_ERROR, "JSON value is not a string as expected")
+            client_rules.add(rule)
+    if mode != "template":
+        raise RPCError(RPC_INVALID_PARAMETER, "Invalid mode")
+    longpollid = request.get("longpollid")
+    if longpollid is not None:
+        if not isinstance(longpollid, str):
+            raise RPCError(RPC_TYPE_ERROR, "JSON value is not a string as expected")
+        _wait_longpoll(node, longpollid)
+    if "segwit" not in client_rules:
+        raise RPCError(RPC_INVALID_PARAMETER, "getblocktemplate must be called with the segwit rule set "
+                       "(call with {\"rules\": [\"segwit\"]})")
+    with node.lock:
+        return _template(node)
+
+
+def _longpoll_id(node) -> str:
+    return _hex(bytes(node.chain.tip.block_hash)) + str(node.mempool._sequence)
+
+
+def _wait_longpoll(node, longpollid: str) -> None:
+    """Core's long poll: wait for a new tip; after a minute, also return when the mempool changed."""
+    watched, since = longpollid[:64], longpollid[64:]
+    started = time.monotonic()
+    while not node.stopping.is_set():
+        with node.lock:
+            tip = _hex(bytes(node.chain.tip.block_hash))
+            updated = str(node.mempool._sequence)
+        if tip != watched or (time.monotonic() - started >= 60 and updated != since):
+            return
+        time.sleep(0.1)
+
+
+def _template(node) -> dict:
+    chain, mempool = node.chain, node.mempool
+    tip = chain.tip
+    height = tip.height + 1
+    txs = select_transactions(mempool)
+    position = {tx.txid_bytes: n for n, tx in enumerate(txs, 1)}
+    entries, fees = [], 0
+    for tx in txs:
+        entry = mempool.entries[tx.txid_bytes]
+        fees += entry.fee
+        depends = sorted({position[i.prev_txid] for i in tx.vin if i.prev_txid in position})
+        entries.append({"data": tx.serialize().hex(), "txid": tx.txid, "hash": tx.wtxid, "depends": depends,
+                        "fee": entry.fee, "weight": entry.weight,
+                        "sigops": S.sigop_cost(tx, [c.script_pubkey for c in entry.spent_coins])})
+    mtp = chain.median_time_past(tip)
+    state = node.versionbits.state(height)
+    commitment = make_coinbase(height, 0, b"", txs).vout[1].script_pubkey
+    return {"capabilities": ["proposal"], "version": node.versionbits.block_version(height),
+            "rules": ["csv", "!segwit", "taproot"],
+            "vbavailable": {"testdummy": TESTDUMMY_BIT} if state in ("STARTED", "LOCKED_IN") else {},
+            "vbrequired": 0, "previousblockhash": _hex(bytes(tip.block_hash)), "transactions": entries,
+            "coinbaseaux": {}, "coinbasevalue": block_subsidy(height) + fees, "longpollid": _longpoll_id(node),
+            "target": f"{bits_to_target(REGTEST_BITS):064x}", "mintime": mtp + 1,
+            "mutable": ["time", "transactions", "prevblock"], "noncerange": "00000000ffffffff",
+            "sigoplimit": 80_000, "sizelimit": 4_000_000, "weightlimit": MAX_BLOCK_WEIGHT,
+            "curtime": max(mtp + 1, node.clock.now()), "bits": f"{REGTEST_BITS:08x}", "height": height,
+            "default_witness_commitment": commitment.hex()}
+
+
+def _proposal(node, data):
+    """BIP 23 block proposal, answered as Core's BIP22ValidationResult."""
+    from .serialize import Block
+    if not isinstance(data, str):
+        raise RPCError(RPC_TYPE_ERROR, "Missing data String key for proposal")
+    try:
+        block = Block.parse(bytes.fromhex(data))
+    except (ValueError, DecodeError):
+        raise RPCError(RPC_DESERIALIZATION_ERROR, "Block decode failed") from None
+    with node.lock:
+        chain = node.chain
+        block_hash = block.header.hash_bytes
+        if chain.entry(block_hash) is not None:
+            return "duplicate" if chain.block(block_hash) is not None else "duplicate-inconclusive"
+        if block.header.prev_hash != bytes(chain.tip.block_hash):
+            return "inconclusive-not-best-prevblk"
+        return test_block_validity(node.mempool, block, node.clock.now())
+
+
 @method("submitblock", ("hexdata", "str", REQUIRED), ("dummy", "any", None))
 def submitblock(node, hexdata, dummy):
     """Attempts to submit new block to network. Returns null when accepted, else a BIP22 reason."""
@@ -880,14 +982,47 @@ def getnetworkinfo(node):
     return {"version": VERSION, "subversion": SUBVERSION, "protocolversion": 70016,
             "localservices": "0000000000000c08", "localservicesnames": ["WITNESS", "NETWORK_LIMITED", "P2P_V2"],
             "localrelay": True, "timeoffset": 0, "networkactive": False, "connections": 0, "connections_in": 0,
-            "connections_out": 0, "networks": [], "relayfee": sats_to_amount(1000),
-            "incrementalfee": sats_to_amount(1000), "localaddresses": [], "warnings": []}
+            "connections_out": 0, "networks": _networks(), "relayfee": sats_to_amount(MIN_RELAY_FEE),
+            "incrementalfee": sats_to_amount(INCREMENTAL_RELAY_FEE), "localaddresses": [], "warnings": []}
+
+
+def _networks() -> list[dict]:
+    """Core's GetNetworksInfo with no proxy and no -onion, -i2psam or -cjdnsreachable: only IPv4 and
+    IPv6 are reachable."""
+    return [{"name": name, "limited": name not in ("ipv4", "ipv6"), "reachable": name in ("ipv4", "ipv6"),
+             "proxy": "", "proxy_randomize_credentials": False}
+            for name in ("ipv4", "ipv6", "onion", "i2p", "cjdns")]
+
+
+@method("setmocktime", ("timestamp", "int", REQUIRED))
+def setmocktime(node, timestamp):
+    """Set the local time to given timestamp (-regtest only). Pass 0 to go back to using the system time."""
+    if timestamp < 0:
+        raise RPCError(RPC_INVALID_PARAMETER, f"Mocktime cannot be negative: {timestamp}.")
+    with node.lock:
+        node.clock.set_mocktime(timestamp)
+
+
+@method("mockscheduler", ("delta_time", "int", REQUIRED))
+def mockscheduler(node, delta_time):
+    """Bump the scheduler into the future (-regtest only)."""
+    if not 1 <= delta_time <= 3600:
+        raise RPCError(RPC_MISC_ERROR, "delta_time must be between 1 and 3600 seconds (1 hr)")
+    node.scheduler.mock_forward(delta_time)
+
+
+@method("syncwithvalidationinterfacequeue")
+def syncwithvalidationinterfacequeue(node):
+    """Waits for the validation interface queue to catch up on everything that was there when we entered
+this function. This node delivers every validation event before the call that caused it returns."""
+    with node.lock:
+        return None
 
 
 @method("uptime")
 def uptime(node):
     """Returns the total uptime of the server in seconds."""
-    return int(time.time() - node.started)
+    return node.clock.now() - node.started
 
 
 @method("help", ("command", "str", None))

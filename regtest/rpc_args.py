@@ -1,6 +1,7 @@
 """Bitcoin Core's RPC argument handling: positional or named parameters, types and defaults."""
 from __future__ import annotations
 
+import json
 from decimal import Decimal, InvalidOperation
 
 from .errors import RPC_INVALID_PARAMETER, RPC_MISC_ERROR, RPC_TYPE_ERROR, RPCError
@@ -22,7 +23,8 @@ def type_error(value, expected: str) -> RPCError:
 
 def bind(method: str, spec: list[tuple[str, str, object]], params) -> list:
     """Bind params (list or dict) to spec [(name, type, default)]; types: str, int, bool, amount,
-    array, object, any, or 'a|b' unions. Raises Core's errors."""
+    array, object, any, or 'a|b' unions. Raises Core's errors, in Core's order: the argument count,
+    then every argument's JSON type at once (RPCHelpMan::HandleRequest), then each value."""
     if params is None:
         params = []
     if isinstance(params, dict):
@@ -32,20 +34,33 @@ def bind(method: str, spec: list[tuple[str, str, object]], params) -> list:
                 raise RPCError(RPC_INVALID_PARAMETER, f"Unknown named parameter {key}")
         values = [params.get(name, None) for name, _, _ in spec]
     elif isinstance(params, list):
-        if len(params) > len(spec):
+        required = sum(1 for _, _, default in spec if default is REQUIRED)
+        if not required <= len(params) <= len(spec):
             raise RPCError(RPC_MISC_ERROR, usage(method, spec))
         values = list(params) + [None] * (len(spec) - len(params))
     else:
         raise RPCError(-32600, "Params must be an array or object")
+    mismatches = {}
+    for position, ((name, kind, default), value) in enumerate(zip(spec, values), 1):
+        expected = _CHECKED_TYPE.get(kind)
+        if expected is None or (value is None and default is not REQUIRED):
+            continue
+        if json_type(value) != expected:
+            mismatches[f"Position {position} ({name})"] = (f"JSON value of type {json_type(value)} "
+                                                          f"is not of expected type {expected}")
+    if mismatches:
+        raise RPCError(RPC_TYPE_ERROR, "Wrong type passed:\n" + json.dumps(mismatches, indent=4))
     out = []
     for (name, kind, default), value in zip(spec, values):
-        if value is None:
-            if default is REQUIRED:
-                raise RPCError(RPC_MISC_ERROR, usage(method, spec))
-            out.append(default)
-            continue
-        out.append(check_type(value, kind))
+        if value is None and default is REQUIRED:
+            raise RPCError(RPC_MISC_ERROR, usage(method, spec))
+        out.append(default if value is None else check_type(value, kind))
     return out
+
+
+# The types Core checks before a method runs (RPCArg's ExpectedType); amounts, ranges and the
+# arguments Core marks skip_type_check (here: unions) are checked by the method itself.
+_CHECKED_TYPE = {"str": "string", "int": "number", "bool": "bool", "array": "array", "object": "object"}
 
 
 def check_type(value, kind: str):
@@ -67,6 +82,8 @@ def check_type(value, kind: str):
             return value
         if k == "object" and isinstance(value, dict):
             return value
+    if kinds == ["int"] and isinstance(value, Decimal):
+        raise RPCError(RPC_TYPE_ERROR, "JSON integer out of range")
     expected = {"str": "string", "int": "number", "amount": "number", "bool": "bool",
                 "array": "array", "object": "object"}[kinds[0]]
     raise type_error(value, expected)

@@ -214,3 +214,49 @@ def _decode_num(data: bytes) -> int:
     if data[-1] & 0x80:
         return -(v & ~(0x80 << (8 * (len(data) - 1))))
     return v
+
+
+OP_CHECKSIGVERIFY, OP_CHECKMULTISIGVERIFY = 0xAD, 0xAF
+WITNESS_SCALE_FACTOR = 4
+
+
+def sigop_count(script: bytes, accurate: bool) -> int:
+    """Core's CScript::GetSigOpCount: a multisig counts its key count when `accurate` and the count
+    is an OP_n just before it, else 20. A truncated script counts what came before the fault."""
+    count, last = 0, None
+    try:
+        for op, _ in iter_ops(script):
+            if op in (OP_CHECKSIG, OP_CHECKSIGVERIFY):
+                count += 1
+            elif op in (OP_CHECKMULTISIG, OP_CHECKMULTISIGVERIFY):
+                count += last - OP_1 + 1 if accurate and last is not None and OP_1 <= last <= OP_16 else 20
+            last = op
+    except ValueError:
+        pass
+    return count
+
+
+def sigop_cost(tx, spent_scripts: list[bytes]) -> int:
+    """Core's GetTransactionSigOpCost: legacy and P2SH sigops scaled by 4, plus witness sigops."""
+    cost = sum(sigop_count(i.script_sig, False) for i in tx.vin) + \
+        sum(sigop_count(o.script_pubkey, False) for o in tx.vout)
+    cost *= WITNESS_SCALE_FACTOR
+    if tx.is_coinbase():
+        return cost
+    for txin, spk in zip(tx.vin, spent_scripts):
+        program_source = spk
+        if classify(spk) == "scripthash":
+            pushes = [data for _, data in iter_ops(txin.script_sig)] if is_push_only(txin.script_sig) else []
+            if pushes and pushes[-1] is not None:
+                redeem = pushes[-1]
+                cost += sigop_count(redeem, True) * WITNESS_SCALE_FACTOR
+                program_source = redeem
+        program = witness_program(program_source)
+        if program is None:
+            continue
+        version, data = program
+        if version == 0 and len(data) == 20:
+            cost += 1
+        elif version == 0 and len(data) == 32 and txin.witness:
+            cost += sigop_count(txin.witness[-1], True)
+    return cost

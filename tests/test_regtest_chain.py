@@ -151,9 +151,8 @@ def test_stop_rpc_and_sigterm_shut_down_cleanly(tmp_path):
     assert node.process.wait(30) == 0
 
 
-@embedded_only()
 def test_user_and_password_instead_of_cookie(tmp_path):
-    node = start_node(tmp_path / "c", extra_args=["--rpcuser", "alice", "--rpcpassword", "s3cret"],
+    node = start_node(tmp_path / "c", extra_args=["-rpcuser=alice", "-rpcpassword=s3cret"],
                       credentials=("alice", "s3cret"))
     try:
         assert not node.cookie_file.exists()
@@ -166,6 +165,6 @@ def test_user_and_password_instead_of_cookie(tmp_path):
 def test_second_node_on_same_datadir_is_refused(node):
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, "-m", "regtest.cli", "--datadir", str(node.datadir), "--rpcport", "1"],
+    result = subprocess.run([sys.executable, "-m", "regtest.cli", f"-datadir={node.datadir}", "-rpcport=1"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "lock" in result.stderr
