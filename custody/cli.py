@@ -6,47 +6,128 @@ problem and exits 1 (argument errors exit 2), leaving the database as it was.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import importlib
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
-
-from . import device_cli, ledger, mining_cli, reserve_cli, service
-from .db import default_url, open_database
 from .errors import CustodyError
-from .jsonlog import setup_json_logging
-from .node_client import NodeClient, NodeError
+
+# Only what every command needs is imported here: `custody --help` and `custody derive` should start in
+# a few tens of milliseconds, and the database layer (SQLAlchemy, Alembic) and the services take 0.7 to
+# 2 s to import. The rest is imported by the handler that uses it.
+
+
+class _OnFirstUse:
+    """A module imported when one of its attributes is first used, so a handler pays only for its own."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+service = _OnFirstUse("custody.service")
+
+# Copies of constants whose modules import SQLAlchemy (tests/test_cli_startup.py keeps them equal).
+_COIN_STATES = ("unconfirmed", "confirmed", "immature", "frozen", "reserved", "spent")   # ledger.STATES
+_LABEL_TYPES = ("tx", "addr", "pubkey", "input", "output", "xpub")                        # ledger.LABEL_TYPES
+
+# Command groups whose parsers are built only when one of them is chosen: their modules import the
+# services at once. name -> help as `custody --help` lists it (the modules' own, checked by a test).
+_GROUPS = {
+    "device_cli": {"device": "signing devices: inventory, status, signing",
+                   "ceremony": "key ceremonies: keys with proof, registration, confirmation",
+                   "firmware": "firmware releases, minimum versions, upgrades",
+                   "rotation": "replace devices: successor policy, test spend, migration"},
+    "reserve_cli": {"reserves": "proof of reserves for auditors"},
+    "mining_cli": {"mining": "mining treasury: pools, fleet, statements, reconciliation, sweeps"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         result = args.handler(args)
-    except (CustodyError, ValueError, NodeError, OSError) as e:
-        print(f"custody: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if not isinstance(e, _refusals()):
+            raise
+        print(f"custody: error: {e}", file=sys.stderr)
+        return 1
     if result is not None:
         _print(result, args.json)
     return 0
 
 
+def _refusals() -> tuple[type[BaseException], ...]:
+    """What a command may refuse with (one line, exit 1); NodeError's module is imported only when needed."""
+    from .node_client import NodeError
+    return CustodyError, ValueError, NodeError, OSError
+
+
 # -- plumbing -------------------------------------------------------------------------------
 def _version() -> str:
+    import importlib.metadata
     try:
         return importlib.metadata.version("custody-toolkit")
     except importlib.metadata.PackageNotFoundError:   # a source tree that was never installed
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """`--version`, reading the installed version only when asked (importlib.metadata costs ~20 ms)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
+def _default_db() -> str:
+    """custody.db.default_url(), without importing SQLAlchemy and Alembic to print it in the help."""
+    home = Path(os.environ.get("CUSTODY_HOME", Path.home() / ".custody"))
+    return os.environ.get("CUSTODY_DB") or f"sqlite:///{home / 'custody.db'}"
+
+
+class _Subcommands(argparse._SubParsersAction):
+    """Sub-commands of which some are placeholders until chosen (`add_later`): `custody --help` lists
+    them, and only `custody mining ...` imports what the mining commands need."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._later: dict = {}
+
+    def add_later(self, commands: dict[str, str], build) -> None:
+        """Placeholders for `commands` (name: help), replaced by the parsers `build(self)` adds when one is chosen."""
+        for name, help_ in commands.items():
+            self.add_parser(name, help=help_)
+            self._later[name] = (tuple(commands), build)
+
+    def _build(self, name: str) -> None:
+        names, build = self._later[name]
+        listed = list(self._choices_actions)       # the help list stays as it was, in its order
+        for n in names:
+            del self._name_parser_map[n], self._later[n]
+        build(self)
+        self._choices_actions[:] = listed
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values[0] in self._later:
+            self._build(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="custody", description="Institutional Bitcoin custody toolkit")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    p.add_argument("--db", default=None, help=f"database URL (default $CUSTODY_DB or {default_url()})")
+    p.add_argument("--version", action=_Version)
+    p.add_argument("--db", default=None, help=f"database URL (default $CUSTODY_DB or {_default_db()})")
     p.add_argument("--node", default=os.environ.get("CUSTODY_NODE", "http://127.0.0.1:18443"),
                    help="Bitcoin Core RPC URL (default $CUSTODY_NODE or http://127.0.0.1:18443)")
     p.add_argument("--node-cookie", default=os.environ.get("CUSTODY_NODE_COOKIE"), help="RPC cookie file")
@@ -58,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--actor", default=os.environ.get("CUSTODY_ACTOR") or _login(),
                    help="who is acting, for the event log (default $CUSTODY_ACTOR or the login name)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", action=_Subcommands)
 
     def command(name, handler, help_, parent=sub):
         c = parent.add_parser(name, help=help_, description=help_)
@@ -117,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c = command("utxos", _utxos, "coins of a policy")
     c.add_argument("name")
-    c.add_argument("--state", action="append", choices=list(ledger.STATES))
+    c.add_argument("--state", action="append", choices=list(_COIN_STATES))
     c.add_argument("--all", action="store_true", help="include spent coins")
     c = command("history", _history, "transactions of a policy")
     c.add_argument("name")
@@ -186,9 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--fee-rate", type=float, required=True)
     c.add_argument("--requester", required=True)
 
-    device_cli.add_commands(sub, command, _in_transaction)
-    reserve_cli.add_commands(sub, command, _in_transaction, _client)
-    mining_cli.add_commands(sub, command, _in_transaction, _client)
+    for module, commands in _GROUPS.items():
+        sub.add_later(commands, lambda sub, module=module: importlib.import_module(f".{module}", __package__)
+                      .add_commands(sub, command, _in_transaction, *(() if module == "device_cli" else (_client,))))
 
     users = sub.add_parser("user", help="console and API accounts").add_subparsers(dest="user_command", required=True)
     c = command("add", _user_add, "add an account (prints its password and TOTP secret once)", users)
@@ -233,7 +314,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("export", _labels_export, "export BIP-329 JSON Lines", lab)
     c.add_argument("file", nargs="?", default="-")
     c = command("label", _label, "set one label")
-    c.add_argument("type", choices=list(ledger.LABEL_TYPES))
+    c.add_argument("type", choices=list(_LABEL_TYPES))
     c.add_argument("ref")
     c.add_argument("text")
     return p
@@ -248,6 +329,7 @@ def _login() -> str:
 
 
 def _sessions(args):
+    from .db import open_database
     return open_database(args.db)
 
 
@@ -259,7 +341,8 @@ def _in_transaction(fn):
     return handler
 
 
-def _client(args) -> NodeClient:
+def _client(args):
+    from .node_client import NodeClient
     return NodeClient(args.node, user=args.rpcuser, password=args.rpcpassword, cookie_file=args.node_cookie,
                       datadir=args.node_datadir, network=args.network)
 
@@ -368,6 +451,8 @@ def _sync(args):
 
 def _worker(args):
     import signal
+    import threading
+    from .jsonlog import setup_json_logging
     from .sync import Syncer
     setup_json_logging()
     stop = threading.Event()
