@@ -13,8 +13,9 @@ import pytest
 os.environ["CUSTODY_HOME"] = tempfile.mkdtemp(prefix="custody-home-")
 
 from custody.node_client import NodeClient
-from regtest.launcher import start_node
 from regtest.testwallet import TestWallet, Utxo
+
+from .support import start_node
 
 
 
@@ -54,8 +55,10 @@ def signer_discovery(directory):
             os.environ["CUSTODY_SIGNER_DISCOVERY"] = previous
 
 
-def embedded_only():
-    return pytest.mark.skipif(bool(os.environ.get("BITCOIND")), reason="behaviour of the embedded node only")
+def embedded_only(reason: str = "behaviour of the embedded node only"):
+    """Skip a test under BITCOIND=...: it checks something only the embedded node has (its command line, its
+    files, its own extensions); `reason` says what."""
+    return pytest.mark.skipif(bool(os.environ.get("BITCOIND")), reason=f"embedded node only: {reason}")
 
 
 def mine_coins(rpc, wallet: TestWallet, count: int, *, kind: str = "wpkh", mature: bool = True) -> list[Utxo]:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -15,6 +14,8 @@ import pytest
 
 from custody import accounts
 from regtest.launcher import free_port
+
+from .support import stop, wait_healthy, wait_until
 
 
 def run(node, db_url, *args, stdin=None, check=True):
@@ -30,7 +31,7 @@ def run(node, db_url, *args, stdin=None, check=True):
 def get(url: str, token: str | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -58,29 +59,23 @@ def test_accounts_and_tokens_from_the_cli_then_served(node, db, tmp_path):
 
     port = free_port()
     env = {**os.environ, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
-    server = subprocess.Popen([sys.executable, "-m", "custody.cli", "serve", "--db", db, "--node", node.url,
-                               "--port", str(port), "--workers", "2", "--sync-interval", "0.5"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = tmp_path / "serve.out", tmp_path / "serve.err"     # files, not pipes: nothing blocks the server
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        server = subprocess.Popen([sys.executable, "-m", "custody.cli", "serve", "--db", db, "--node", node.url,
+                                   "--port", str(port), "--workers", "2", "--sync-interval", "0.5"],
+                                  env=env, stdout=stdout, stderr=stderr)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                status, health = get(base + "/health")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
-        assert status == 200 and health["node"]["ok"] and health["database"]["ok"]
+        health = wait_healthy(base, server, (out, err))
+        assert health["node"]["ok"] and health["database"]["ok"]
         assert get(base + "/api/me", token) == (200, {"username": "olga", "role": "officer", "via": "token"})
         assert get(base + "/api/me")[0] == 401
-        for _ in range(50):               # the service's own sync loop reaches the node's tip
-            if get(base + "/health")[1]["database"]["ledger_height"] == health["node"]["height"]:
-                break
-            time.sleep(0.2)
-        assert get(base + "/health")[1]["database"]["ledger_height"] == health["node"]["height"]
+        wait_until(lambda: get(base + "/health")[1]["database"]["ledger_height"] == health["node"]["height"],
+                   what="the service's own sync loop reaching the node's tip", process=server, logs=(out, err),
+                   retry_on=(OSError, KeyError))
     finally:
-        server.terminate()
-        _, stderr = server.communicate(timeout=20)
-    logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+        stop(server)
+    logs = [json.loads(line) for line in err.read_text().splitlines() if line.startswith("{")]
     requests = [entry for entry in logs if entry.get("message") == "request"]
     assert {"method", "path", "status", "duration_ms", "user"} <= set(requests[0])
     assert any(entry["user"] == "olga" and entry["path"] == "/api/me" for entry in requests)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ from regtest.launcher import free_port
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys, mine_coins
+from .support import READY_TIMEOUT, stop, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -43,7 +43,7 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 PASSWORD = "correct horse battery staple"
 SEED = 7100                       # hd_keys(3, seed_base=SEED): devices "test device 7100" … 7102
 PAYEE = TestWallet("payee")
-LIVE_TIMEOUT = 20_000             # ms: the page polls every 2 s, the service syncs every 0.5 s
+LIVE_TIMEOUT = int(READY_TIMEOUT * 1000)   # ms: the page polls every 2 s, the service syncs every 0.5 s
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and not REQUIRED,
                                 reason=f"no Chromium at {CHROMIUM} (install Debian's chromium, or set "
@@ -99,30 +99,10 @@ def served(node, rpc, wallet, other_address, tmp_path_factory):
     with open(log_path, "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_healthy(base, server, log_path)
+        wait_healthy(base, server, (log_path,))
         yield base, secrets_
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=15)
-
-
-def _wait_healthy(base: str, server: subprocess.Popen, log_path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"custody serve exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"custody serve did not answer /health with 200 in {timeout} s:\n{log_path.read_text()[-3000:]}")
+        stop(server)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 
 
 from .conftest import hd_keys, mine_coins
+from .support import STOP_TIMEOUT, stop, wait_until
 
 
 def custody(node, db_url, *args, check=True):
@@ -25,10 +26,17 @@ def custody(node, db_url, *args, check=True):
     return result
 
 
-def worker(node, db_url):
+def worker(node, db_url, log):
+    """`custody worker` as its own process, its output appended to the file `log` (a pipe nobody reads
+    would fill and stop it)."""
     env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
-    return subprocess.Popen([sys.executable, "-m", "custody.cli", "worker", "--interval", "0.2"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(log, "a") as out:
+        return subprocess.Popen([sys.executable, "-m", "custody.cli", "worker", "--interval", "0.2"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def confirmed(node, db) -> int:
+    return custody(node, db, "balance")[0]["confirmed"]
 
 
 @pytest.fixture(scope="module")
@@ -128,38 +136,34 @@ def _setup_funded_policy(node, rpc, wallet, coins, db, seed, payments: int, othe
 def test_worker_killed_mid_sync_resumes_without_double_counting(node, rpc, wallet, coins, tmp_path, other_address):
     db = f"sqlite:///{tmp_path}/w.db"
     total = _setup_funded_policy(node, rpc, wallet, coins, db, 330, 150, other_address)
-    proc = worker(node, db)
-    time.sleep(1.0)
+    log = tmp_path / "worker.log"
+    proc = worker(node, db, log)
+    time.sleep(1.0)                      # not a wait: whenever the kill lands, the next worker must recover
     proc.send_signal(signal.SIGKILL)     # mid-sync, as a crash would
     proc.wait()
-    proc = worker(node, db)
-    deadline = time.monotonic() + 120
+    proc = worker(node, db, log)
     try:
-        while time.monotonic() < deadline:
-            [balance] = custody(node, db, "balance")
-            if balance["confirmed"] == total:
-                break
-            time.sleep(0.5)
+        wait_until(lambda: confirmed(node, db) == total, what="a restarted worker syncing the ledger to the tip",
+                   process=proc, logs=(log,))
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    assert balance["confirmed"] == total
+        assert proc.wait(STOP_TIMEOUT) == 0
+    assert confirmed(node, db) == total
     assert len(custody(node, db, "utxos", "fleet")) == 150
 
 
 def test_two_workers_on_postgresql_one_leads_the_other_takes_over(node, rpc, wallet, coins, postgres_server,
-                                                                  other_address):
+                                                                  other_address, tmp_path):
     import psycopg
     with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
         conn.execute("CREATE DATABASE custody_workers")
     db = f"{postgres_server}/custody_workers"
     total = _setup_funded_policy(node, rpc, wallet, coins, db, 340, 40, other_address)
-    first, second = worker(node, db), worker(node, db)
+    logs = (tmp_path / "first.log", tmp_path / "second.log")
+    first, second = worker(node, db, logs[0]), worker(node, db, logs[1])
     try:
-        deadline = time.monotonic() + 120
-        while custody(node, db, "balance")[0]["confirmed"] != total and time.monotonic() < deadline:
-            time.sleep(0.3)
-        assert custody(node, db, "balance")[0]["confirmed"] == total
+        wait_until(lambda: confirmed(node, db) == total, what="two workers syncing the ledger to the tip",
+                   process=second, logs=logs)
         first.send_signal(signal.SIGKILL)          # the leader (or the follower) dies
         first.wait()
         coin = coins.pop()
@@ -167,16 +171,12 @@ def test_two_workers_on_postgresql_one_leads_the_other_takes_over(node, rpc, wal
         spk = bytes.fromhex(rpc.validateaddress(addresses[199]["address"])["scriptPubKey"])
         rpc.sendrawtransaction(wallet.sign([coin], [(spk, 777_000), (wallet.wpkh, coin.value - 779_000)]))
         rpc.generatetoaddress(1, other_address)
-        deadline = time.monotonic() + 120
-        while custody(node, db, "balance")[0]["confirmed"] != total + 777_000 and time.monotonic() < deadline:
-            time.sleep(0.3)
-        assert custody(node, db, "balance")[0]["confirmed"] == total + 777_000
+        wait_until(lambda: confirmed(node, db) == total + 777_000, what="the surviving worker taking over",
+                   process=second, logs=logs)
         assert len(custody(node, db, "utxos", "fleet")) == 41      # nothing applied twice
     finally:
         for p in (first, second):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(30)
+            stop(p)
 
 
 @pytest.mark.parametrize("fmt", ["core", "bsms", "coldcard", "caravan"])

@@ -32,6 +32,7 @@ from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
 
 from .conftest import mine_coins, signer_discovery
+from .support import stop
 
 APPROVERS = {name: nacl.signing.SigningKey.generate() for name in ("olga", "omar")}
 PAYEE = TestWallet("lifecycle payee")
@@ -63,8 +64,7 @@ def fleet(backend, tmp_path_factory):
             yield found
         finally:
             for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=10)
+                stop(proc)
 
 
 @pytest.fixture(scope="module")

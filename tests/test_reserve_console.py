@@ -30,6 +30,7 @@ from regtest.launcher import free_port
 
 from . import test_console_e2e as e2e
 from .conftest import fund_policy, hd_keys, mine_coins
+from .support import stop, wait_healthy
 from .test_api import Service, _metrics
 from .test_console_pages import PASSWORD, Console
 from .test_reserves import sign
@@ -258,11 +259,10 @@ def served(node, rpc, spec, tmp_path_factory):
     with open(home / "serve.log", "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
-        e2e._wait_healthy(f"http://127.0.0.1:{port}", server, home / "serve.log")
+        wait_healthy(f"http://127.0.0.1:{port}", server, (home / "serve.log",))
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        server.wait(timeout=15)
+        stop(server)
 
 
 @pytest.mark.skipif(not os.path.exists(e2e.CHROMIUM) and not e2e.REQUIRED, reason=f"no Chromium at {e2e.CHROMIUM}")

@@ -45,6 +45,7 @@ from custody_signer.wallets import MAX_INDEX
 from regtest.testwallet import TestWallet
 
 from .conftest import mine_coins
+from .support import stop
 
 BTC = 100_000_000
 ACCOUNT = "m/48h/1h/0h/2h"                    # BIP-48, regtest coin type, account 0, native segwit
@@ -939,8 +940,7 @@ def fleet(tmp_path_factory, rpc, wallet, mined):
         yield running
     finally:
         for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
+            stop(process)
         patch.undo()
 
 

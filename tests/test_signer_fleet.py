@@ -32,6 +32,8 @@ from custody_signer.simulator import spawn
 from custody_signer.wallets import MAX_INDEX
 from regtest.testwallet import TestWallet
 
+from .support import stop
+
 BTC = 100_000_000
 THIEF = TestWallet("fleet thief")
 POLICY = {"approvers": {}, "rules": [{"wallet": "fleet", "to_wallets": ["custody"], "max_amount": 100 * BTC}]}
@@ -291,5 +293,4 @@ def test_the_fleet_through_hwi(tmp_path, monkeypatch):
         assert signed["signed"] is True and core_accepts(*finalize(PSBT.from_string(signed["psbt"])))
         assert client.policy_log()[-1]["destination_wallets"] == ["custody"]
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)

@@ -18,6 +18,7 @@ from hwilib.common import Chain
 from custody import bip322
 from custody_signer.simulator import spawn
 
+from .support import stop
 from .test_signer_attacks import spend
 
 HWI = str(Path(sys.executable).with_name("hwi"))
@@ -30,8 +31,7 @@ def simulator(tmp_path_factory):
     processes = [spawn(root / name, env) for name in ("one", "two")]
     yield env, [{**info, "state": root / name} for (_, info), name in zip(processes, ("one", "two"))]
     for process, _ in processes:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
 
 
 def hwi(env, *argv) -> dict | list:

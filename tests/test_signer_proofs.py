@@ -27,6 +27,8 @@ from custody_signer.proofs import ExactPSBT
 from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
 
+from .support import stop
+
 THIEF = TestWallet("proof thief")
 MESSAGE = proof_format.compose_message("Acme Treasury", "2025-Q4 reserves", "auditor-nonce-0001", "ab" * 32, 120)
 OTHER_AUDIT = proof_format.compose_message("Acme Treasury", "2026-Q1 reserves", "auditor-nonce-0002", "cd" * 32, 130)
@@ -310,5 +312,4 @@ def test_a_simulator_signs_a_proof_through_hwi(tmp_path, monkeypatch):
         log = client.policy_log()
         assert [e["event"] for e in log] == ["proof", "proof"] and verify_log(log) is None
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
