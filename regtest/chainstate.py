@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pbk
 
-from .serialize import Block, Tx, bits_to_target
+from .serialize import Block, Tx, bits_to_target, sha256d
 
 log = logging.getLogger("regtest.chain")
 
@@ -87,9 +87,10 @@ class ChainState:
         self._checked: dict[bytes, tuple[object, object]] = {}
         callbacks = pbk.ValidationInterfaceCallbacks(
             block_checked=self._on_checked,
-            block_connected=lambda _u, block, entry: self._events.append(("connect", bytes(block), entry)),
-            block_disconnected=lambda _u, block, entry: self._events.append(("disconnect", bytes(block), entry)),
+            block_connected=lambda _u, block, entry: self._events.append(("connect", self._raw(block), entry)),
+            block_disconnected=lambda _u, block, entry: self._events.append(("disconnect", self._raw(block), entry)),
         )
+        self._submitted: tuple[bytes, bytes] | None = None    # (hash, raw) of the block being processed
         self._callbacks = callbacks
         self.kernel = pbk.load_chainman(self.datadir, pbk.ChainType.REGTEST, validation_callbacks=callbacks)
         self.lock = threading.RLock()
@@ -99,12 +100,20 @@ class ChainState:
         # rewound on a reorg), so getrawtransaction still finds an orphaned coinbase.
         self.stale_txindex: dict[bytes, tuple[bytes, int]] = {}
         self._block_cache: OrderedDict[bytes, Block] = OrderedDict()
+        self._mtp: dict[bytes, int] = {}
         self.on_connect = []     # callables(block: Block, height: int)
         self.on_disconnect = []  # callables(block: Block, height: int)
         self._load_or_rebuild_indexes()
         self._events.clear()
 
     # -- kernel events --------------------------------------------------------------------
+    def _raw(self, block) -> bytes:
+        """The block's bytes: the submitted ones when it is that block (serialising a block back
+        out of the kernel costs a callback per chunk)."""
+        if self._submitted is not None and bytes(block.block_hash) == self._submitted[0]:
+            return self._submitted[1]
+        return bytes(block)
+
     def _on_checked(self, _u, block, state) -> None:
         self._checked[bytes(block.block_hash)] = (state.validation_mode, state.block_validation_result)
 
@@ -161,8 +170,9 @@ class ChainState:
         """Hand a block to the kernel. Returns (outcome, reason): outcome is 'connected', 'stored'
         (valid but not on the best chain), 'duplicate', 'duplicate-invalid' or 'invalid'."""
         with self.lock:
-            block_hash = Block.parse(raw).header.hash_bytes
+            block_hash = sha256d(raw[:80])
             known = self.entry(block_hash)
+            self._submitted = (block_hash, raw)
             self._checked.pop(block_hash, None)
             self._klog.lines = []
             self._klog.capturing = True
@@ -173,6 +183,7 @@ class ChainState:
                 error = e
             finally:
                 self._klog.capturing = False
+                self._submitted = None
             self._apply_events()
             reason = self._klog.reason()
             checked = self._checked.pop(block_hash, None)
@@ -240,6 +251,17 @@ class ChainState:
                  for c in txu.coins] for txu in undo.transactions]
 
     def median_time_past(self, entry) -> int:
+        """Median of the last 11 block times, cached by block hash (mempool checks ask for the tip's
+        on every transaction)."""
+        key = bytes(entry.block_hash)
+        mtp = self._mtp.get(key)
+        if mtp is None:
+            if len(self._mtp) > 100_000:
+                self._mtp.clear()
+            mtp = self._mtp[key] = self._median_time_past(entry)
+        return mtp
+
+    def _median_time_past(self, entry) -> int:
         times = []
         while entry is not None and len(times) < 11:
             times.append(int(entry.block_header.timestamp.timestamp()))

@@ -133,6 +133,21 @@ class Mempool:
                 stack.extend(getattr(self.entries[t], direction))
         return seen
 
+    def _descendant_sets(self, txids: set[bytes]) -> dict[bytes, set[bytes]]:
+        """Descendants of each of `txids`, sharing the work down a chain (one walk, not one each)."""
+        memo: dict[bytes, set[bytes]] = {}
+
+        def of(txid: bytes) -> set[bytes]:
+            found = memo.get(txid)
+            if found is None:
+                found = set()
+                for child in self.entries[txid].children:
+                    found.add(child)
+                    found |= of(child)
+                memo[txid] = found
+            return found
+        return {t: of(t) for t in txids}
+
     def _ancestors_of_parents(self, parents: set[bytes]) -> set[bytes]:
         result = set(parents)
         for p in parents:
@@ -221,10 +236,11 @@ class Mempool:
         if sum(self.entries[a].vsize for a in ancestors) + vsize > MAX_ANCESTOR_VSIZE:
             raise Rejected("too-long-mempool-chain",
                            f"exceeds ancestor size limit [limit: {MAX_ANCESTOR_VSIZE}]")
+        descendant_sets = self._descendant_sets(ancestors)
         for a in ancestors:
             if a in conflicts:
                 continue
-            desc = self.descendants(a)
+            desc = descendant_sets[a]
             if len(desc) + 2 > MAX_DESCENDANTS:
                 raise Rejected("too-long-mempool-chain",
                                f"too many descendants for tx {a[::-1].hex()} [limit: {MAX_DESCENDANTS}]")

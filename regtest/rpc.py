@@ -7,7 +7,6 @@ import threading
 import time
 from decimal import Decimal
 
-from . import descriptors as D
 from . import script as S
 from .errors import (RPC_DESERIALIZATION_ERROR, RPC_INVALID_ADDRESS_OR_KEY, RPC_INVALID_PARAMETER,
                      RPC_METHOD_NOT_FOUND, RPC_MISC_ERROR, RPC_TYPE_ERROR, RPC_VERIFY_ALREADY_IN_CHAIN, RPC_VERIFY_ERROR,
@@ -61,6 +60,7 @@ def script_json(spk: bytes, *, with_desc: bool = True) -> dict:
 
 @functools.lru_cache(maxsize=100_000)
 def _script_json(spk: bytes, with_desc: bool) -> dict:
+    from . import descriptors as D     # on first use: embit's descriptors cost start-up
     out = {"asm": S.asm(spk)}
     if with_desc:
         out["desc"] = D.infer_descriptor(spk)
@@ -622,6 +622,7 @@ class _Scan:
 @method("scantxoutset", ("action", "str", REQUIRED), ("scanobjects", "array", None))
 def scantxoutset(node, action, scanobjects):
     """Scans the unspent transaction output set for entries that match certain output descriptors."""
+    from . import descriptors as D     # on first use: embit's descriptors cost start-up
     if action == "status":
         return None if _Scan.progress is None else {"progress": _Scan.progress}
     if action == "abort":
@@ -714,6 +715,7 @@ def _script_for_output(output: str) -> bytes:
 
 
 def _script_for_descriptor(descriptor: str) -> bytes:
+    from . import descriptors as D     # on first use: embit's descriptors cost start-up
     try:
         obj = D.parse_scan_objects([descriptor])[0]
         if obj.range is not None:
@@ -920,6 +922,7 @@ def submitblock(node, hexdata, dummy):
 @method("getdescriptorinfo", ("descriptor", "str", REQUIRED))
 def getdescriptorinfo(node, descriptor):
     """Analyses a descriptor."""
+    from . import descriptors as D     # on first use: embit's descriptors cost start-up
     try:
         body = D.check_and_strip_checksum(descriptor)
         obj = D.parse_scan_objects([body])[0]
@@ -939,6 +942,7 @@ def getdescriptorinfo(node, descriptor):
 def deriveaddresses(node, descriptor, range_):
     """Derives one or more addresses corresponding to an output descriptor (one array per path of a
 multipath descriptor)."""
+    from . import descriptors as D     # on first use: embit's descriptors cost start-up
     try:
         body = D.check_and_strip_checksum(descriptor, require=True)
         spec = body if range_ is None else {"desc": body, "range": range_}

@@ -5,8 +5,6 @@ following Bitcoin Core 29's `policy/policy.cpp` defaults.
 """
 from __future__ import annotations
 
-from embit import script as embit_script
-from embit.networks import NETWORKS
 
 OP_0, OP_PUSHDATA1, OP_PUSHDATA2, OP_PUSHDATA4 = 0x00, 0x4C, 0x4D, 0x4E
 OP_1NEGATE, OP_1, OP_16 = 0x4F, 0x51, 0x60
@@ -22,7 +20,6 @@ MAX_STANDARD_TAPSCRIPT_STACK_ITEM_SIZE = 80
 DUST_RELAY_FEE = 3000              # sat/kvB
 ANCHOR_SCRIPT = bytes.fromhex("51024e73")
 
-REGTEST = NETWORKS["regtest"]
 
 
 def push_number(n: int) -> bytes:
@@ -154,19 +151,29 @@ def dust_threshold(spk: bytes, dust_relay_fee: int = DUST_RELAY_FEE) -> int:
     return size * dust_relay_fee // 1000
 
 
-def address_of(spk: bytes, network: dict = REGTEST) -> str | None:
+def _embit():
+    """embit is imported on first use of an address: its curve library costs the node's start-up."""
+    from embit import script
+    from embit.networks import NETWORKS
+    return script, NETWORKS["regtest"]
+
+
+def address_of(spk: bytes, network: dict | None = None) -> str | None:
     """The address for a scriptPubKey, or None when it has none (bare multisig, OP_RETURN, ...)."""
     kind = classify(spk)
     if kind in ("nulldata", "multisig", "pubkey", "nonstandard"):
         return None
+    embit_script, regtest = _embit()
     try:
-        return embit_script.Script(spk).address(network)
+        return embit_script.Script(spk).address(network or regtest)
     except Exception:
         return None
 
 
-def address_to_script(address: str, network: dict = REGTEST) -> bytes:
+def address_to_script(address: str, network: dict | None = None) -> bytes:
     """Decode an address of this network; raises ValueError for any other network or bad checksum."""
+    embit_script, regtest = _embit()
+    network = network or regtest
     hrp = network["bech32"]
     low = address.lower()
     if "1" in low and low.rsplit("1", 1)[0] in ("bc", "tb", "bcrt"):

@@ -4,23 +4,20 @@ HWI finds device modules by name under `hwilib.devices` and enumerates those lis
 Rather than write into HWI's installed files, a one-line `.pth` file (written by
 `python -m custody_signer.hwi_plugin install`, which `make` runs) calls `install()` at interpreter
 start. `install()` only adds an import hook; HWI itself is imported when something imports it, and
-then `hwilib.devices.custodysigner` is this project's `custody_signer.hwi_device`.
+then `hwilib.devices.custodysigner` is this project's `custody_signer.hwi_device`. It runs in every
+process, so it imports only what the interpreter has already loaded (loaders are duck-typed).
 """
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
-import sysconfig
-from pathlib import Path
 
 MODULE = "hwilib.devices.custodysigner"
 PTH_NAME = "custody_signer_hwi.pth"
 
 
-class _DeviceModuleLoader(importlib.abc.Loader):
+class _DeviceModuleLoader:
     def create_module(self, spec):
         return importlib.import_module("custody_signer.hwi_device")
 
@@ -28,7 +25,7 @@ class _DeviceModuleLoader(importlib.abc.Loader):
         pass
 
 
-class _ListingLoader(importlib.abc.Loader):
+class _ListingLoader:
     """Runs `hwilib/devices/__init__.py` as usual, then lists the reference signer in its `__all__`."""
 
     def __init__(self, inner):
@@ -42,10 +39,10 @@ class _ListingLoader(importlib.abc.Loader):
         _list(module)
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
     def find_spec(self, name, path, target=None):
         if name == MODULE:
-            return importlib.util.spec_from_loader(name, _DeviceModuleLoader())
+            return importlib.machinery.ModuleSpec(name, _DeviceModuleLoader())
         if name == "hwilib.devices":
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             if spec is not None and spec.loader is not None:
@@ -67,7 +64,9 @@ def install() -> None:
         _list(sys.modules["hwilib.devices"])
 
 
-def write_pth(site_packages: Path | None = None) -> Path:
+def write_pth(site_packages=None):
+    import sysconfig
+    from pathlib import Path
     target = Path(site_packages or sysconfig.get_paths()["purelib"]) / PTH_NAME
     target.write_text("import custody_signer.hwi_plugin as p; p.install()\n")
     return target
