@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
+from types import SimpleNamespace
 
 import pytest
 from embit import bip32
@@ -17,8 +18,10 @@ from embit.transaction import SIGHASH, Transaction, TransactionInput, Transactio
 from custody import expected, reconcile, registry, statements, telemetry
 from custody.db import open_database
 from custody.mining_models import Discrepancy, MiningDevice, Pool, PoolAccount, TelemetrySample
+from custody.node_client import RPCError
 from custody.policies import build_policy
 from custody.sync import Syncer
+from regtest.descriptors import add_checksum
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys, mine_coins
@@ -212,3 +215,69 @@ def test_an_honest_account_raises_nothing(rpc, world):
                                                             None, None)]), actor="ops")
         report = reconcile.reconcile(s, rpc, honest, D2, D2, tolerances=TOLERANCES)
         assert report.findings == [] and report.days[0].pay_ratio > Fraction(999, 1000)
+
+
+# -- an orphaned coinbase, whatever the node's getrawtransaction answers -----------------------------------------------
+STALE_BLOCK = "5e" * 32
+COINBASE_TXID = "c0" * 32
+PAYEE = TestWallet("reconcile coinbase payee")
+PAYOUT_ADDRESS = PAYEE.address()
+
+
+def coinbase_json(confirmations: int, **extra) -> dict:
+    """getrawtransaction(txid, true) of a coinbase, as Bitcoin Core 29.2 shapes it: with -txindex, a coinbase
+    whose block was reorganised away still comes back from the stale block, with "confirmations": 0 and
+    neither "time" nor "blocktime" (and "in_active_chain" only when a blockhash argument was given)."""
+    tx = {"txid": COINBASE_TXID, "hash": "c1" * 32, "version": 2, "size": 170, "vsize": 143, "weight": 572,
+          "locktime": 0,
+          "vin": [{"coinbase": "016500", "txinwitness": ["00" * 32], "sequence": 4294967295}],
+          "vout": [{"value": Decimal("50.00000000"), "n": 0,
+                    "scriptPubKey": {"asm": f"0 {PAYEE.wpkh[2:].hex()}",
+                                     "desc": add_checksum(f"addr({PAYOUT_ADDRESS})"), "hex": PAYEE.wpkh.hex(),
+                                     "address": PAYOUT_ADDRESS, "type": "witness_v0_keyhash"}},
+                   {"value": Decimal("0E-8"), "n": 1,
+                    "scriptPubKey": {"asm": f"OP_RETURN aa21a9ed{'00' * 32}",
+                                     "desc": add_checksum(f"raw(6a24aa21a9ed{'00' * 32})"),
+                                     "hex": f"6a24aa21a9ed{'00' * 32}", "type": "nulldata"}}],
+          "hex": "02000000...", "blockhash": STALE_BLOCK, "confirmations": confirmations}
+    if confirmations > 0:
+        tx.update(time=1_700_000_000, blocktime=1_700_000_000)
+    return {**tx, **extra}
+
+
+class OneAnswer:
+    """A node client whose getrawtransaction gives one answer (or raises it)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def getrawtransaction(self, txid, verbose=False, blockhash=None):
+        assert (txid, verbose) == (COINBASE_TXID, True)
+        if isinstance(answer := self.answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.mark.parametrize("answer", [
+    RPCError(-5, "No such mempool or blockchain transaction. Use gettransaction for wallet transactions."),
+    coinbase_json(0),                                            # Core 29.2 with -txindex
+    coinbase_json(0, in_active_chain=False),                     # asked with the stale block's hash
+], ids=["no-such", "confirmations-0", "not-in-active-chain"])
+@pytest.mark.parametrize("generation", [True, False], ids=["coinbase", "payout"])
+def test_a_transaction_off_the_best_chain_is_flagged_whatever_the_node_answers(answer, generation):
+    line = SimpleNamespace(txid=COINBASE_TXID, amount=5_000_000_000, day=D2, address=PAYOUT_ADDRESS)
+    details = {"is_generation_txn": True} if generation else {}
+    used = set()
+    [finding] = reconcile._check_tx(OneAnswer(answer), None, line, "1:payout:cb", {PAYOUT_ADDRESS}, details, used)
+    assert finding.category == ("COINBASE_ORPHANED" if generation else "PAYOUT_NOT_ON_CHAIN")
+    assert COINBASE_TXID in finding.detail and finding.amount == 5_000_000_000 and used == set()
+
+
+def test_the_same_coinbase_on_the_best_chain_is_not_orphaned():
+    line = SimpleNamespace(txid=COINBASE_TXID, amount=5_000_000_000, day=D2, address=PAYOUT_ADDRESS)
+    used = set()
+    found = reconcile._check_tx(OneAnswer(coinbase_json(3)), None, line, "1:payout:cb", {PAYOUT_ADDRESS},
+                                {"is_generation_txn": True}, used)
+    assert [f.category for f in found] == ["COINBASE_IMMATURE"] and used == {(COINBASE_TXID, 0)}
+    assert reconcile._check_tx(OneAnswer(coinbase_json(100)), None, line, "1:payout:cb", {PAYOUT_ADDRESS},
+                               {"is_generation_txn": True}, set()) == []
