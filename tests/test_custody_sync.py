@@ -13,10 +13,10 @@ from custody.models import Address, Block, Utxo
 from custody.node_client import NodeClient
 from custody.policies import build_policy
 from custody.sync import Syncer
-from regtest.launcher import start_node
 from regtest.testwallet import TestWallet, Utxo as Coin
 
 from .conftest import hd_keys, mine_coins, sign_multisig_spend
+from .support import start_node
 
 OTHER = TestWallet("someone else")
 

@@ -53,7 +53,7 @@ def test_btc_to_sats_refuses_floats():
 
 
 def test_client_reconnects_after_node_restart(tmp_path):
-    from regtest.launcher import start_node
+    from .support import start_node
     node = start_node(tmp_path / "n")
     client = NodeClient(node.url, cookie_file=node.cookie_file)
     assert client.getblockcount() == 0

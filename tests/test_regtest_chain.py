@@ -6,10 +6,10 @@ import signal
 import pytest
 
 from custody.node_client import NodeClient, NodeUnreachable
-from regtest.launcher import start_node
 from regtest.testwallet import TestWallet
 
 from .conftest import embedded_only, mine_coins
+from .support import STOP_TIMEOUT, start_node, wait_until
 
 OTHER = TestWallet("someone else")
 MINER_B = TestWallet("miner b").address()
@@ -104,11 +104,14 @@ def test_restart_reopens_the_same_chain_with_its_mempool(tmp_path, wallet):
     rpc.generatetoaddress(1, OTHER.address())
     pending = rpc.sendrawtransaction(wallet.sign([coins[1]], [(OTHER.wpkh, coins[1].value - 2000)]))
     tip, height = rpc.getbestblockhash(), rpc.getblockcount()
-    assert node.stop() == 0
+    assert node.stop(STOP_TIMEOUT) == 0
     assert not node.cookie_file.exists()
     node = start_node(tmp_path / "n", port=node.port)
     rpc = NodeClient(node.url, cookie_file=node.cookie_file)
     try:
+        # Core answers RPC before its background thread has loaded mempool.dat; "loaded" says when it has
+        wait_until(lambda: rpc.getmempoolinfo()["loaded"], what="the restarted node loading its saved mempool",
+                   process=node.process, logs=(node.log_path,))
         assert (rpc.getbestblockhash(), rpc.getblockcount()) == (tip, height)
         assert rpc.getrawtransaction(confirmed, True)["confirmations"] == 1
         assert rpc.gettxout(confirmed, 0) is not None
@@ -119,7 +122,7 @@ def test_restart_reopens_the_same_chain_with_its_mempool(tmp_path, wallet):
         node.stop()
 
 
-@embedded_only()
+@embedded_only("the embedded node's own index files, rebuilt after a kill")
 def test_killed_node_rebuilds_its_indexes(tmp_path, wallet):
     node = start_node(tmp_path / "n")
     rpc = NodeClient(node.url, cookie_file=node.cookie_file)
@@ -143,12 +146,12 @@ def test_stop_rpc_and_sigterm_shut_down_cleanly(tmp_path):
     node = start_node(tmp_path / "a")
     rpc = NodeClient(node.url, cookie_file=node.cookie_file)
     assert "stopping" in rpc.stop()
-    assert node.process.wait(30) == 0
+    assert node.process.wait(STOP_TIMEOUT) == 0
     with pytest.raises(NodeUnreachable):
         NodeClient(node.url, user="x", password="y", timeout=2).getblockcount()
     node = start_node(tmp_path / "b")
     node.process.send_signal(signal.SIGINT)
-    assert node.process.wait(30) == 0
+    assert node.process.wait(STOP_TIMEOUT) == 0
 
 
 def test_user_and_password_instead_of_cookie(tmp_path):
@@ -161,7 +164,7 @@ def test_user_and_password_instead_of_cookie(tmp_path):
         node.stop()
 
 
-@embedded_only()
+@embedded_only("runs the embedded node's own command line (regtest.cli)")
 def test_second_node_on_same_datadir_is_refused(node):
     import subprocess
     import sys

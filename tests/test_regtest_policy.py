@@ -31,12 +31,22 @@ def reason(rpc, raw: str) -> str:
     return result["reject-reason"]
 
 
+def fee_at_relay_rate(rpc, raw: str) -> int:
+    """What Core 29.1+'s default -minrelaytxfee and -incrementalrelayfee (100 sat/kvB, 0.1 sat/vB) ask of a
+    transaction of this size: CFeeRate::GetFee, rounded up."""
+    return -(-rpc.decoderawtransaction(raw)["vsize"] * 100 // 1000)
+
+
 def test_min_relay_fee_not_met(rpc, wallet, coins):
     coin = coins.pop()
-    raw = wallet.sign([coin], [(OTHER.wpkh, coin.value - 100)])  # ~110 vB at 1 sat/vB needs ~110 sats
+    raw = wallet.sign([coin], [(OTHER.wpkh, coin.value - 10)])  # ~110 vB at 0.1 sat/vB needs 11 sats
+    needed = fee_at_relay_rate(rpc, raw)
+    assert needed > 10
     code, message = rejected(rpc, raw)
-    assert code == -26 and message.startswith("min relay fee not met, 100 < ")
+    assert (code, message) == (-26, f"min relay fee not met, 10 < {needed}")
     assert reason(rpc, raw) == "min relay fee not met"
+    enough = wallet.sign([coin], [(OTHER.wpkh, coin.value - needed - 1)])   # one more: its size may differ by 1 vB
+    assert rpc.testmempoolaccept([enough])[0]["allowed"] is True          # 0.1 sat/vB is enough, not 1 sat/vB
 
 
 def test_missing_and_spent_inputs(rpc, wallet, coins, other_address):
@@ -75,16 +85,26 @@ def test_premature_coinbase_spend(rpc, wallet):
     assert rpc.testmempoolaccept([raw])[0]["allowed"] is True           # depth 100
 
 
+def script_failure(rpc, raw: str, index: int, spent: Utxo, error: str) -> str:
+    """Core 29's wording of a failed input script: the reason, then (CScriptCheck's debug message) which
+    input of which transaction, spending which outpoint."""
+    tx = rpc.decoderawtransaction(raw)
+    return (f"mandatory-script-verify-flag-failed ({error}), input {index} of {tx['txid']} (wtxid {tx['hash']}), "
+            f"spending {spent.txid}:{spent.vout}")
+
+
 def test_bad_signature_fails_script_verification(rpc, wallet, coins):
     coin = coins.pop()
     lying = Utxo(coin.txid, coin.vout, coin.value + 1, coin.script_pubkey)  # segwit sighash commits to the amount
     raw = wallet.sign([lying], [(OTHER.wpkh, coin.value - 1000)])
     code, message = rejected(rpc, raw)
-    assert code == -26 and message.startswith("mandatory-script-verify-flag-failed (")
+    assert code == -26 and message == script_failure(
+        rpc, raw, 0, coin, "Script evaluated without error but finished with a false/empty top stack element")
     someone = TestWallet("thief")
     stolen = Utxo(coin.txid, coin.vout, coin.value, someone.wpkh)
     raw = someone.sign([stolen], [(someone.wpkh, coin.value - 1000)])
-    assert rejected(rpc, raw)[1] == "mandatory-script-verify-flag-failed (Script failed an OP_EQUALVERIFY operation)"
+    assert rejected(rpc, raw) == (-26, script_failure(rpc, raw, 0, coin, "Script failed an OP_EQUALVERIFY operation"))
+    assert reason(rpc, raw) == "mandatory-script-verify-flag-failed (Script failed an OP_EQUALVERIFY operation)"
 
 
 def test_taproot_spend_needs_every_spent_output(rpc, wallet, coins, other_address):
@@ -96,7 +116,7 @@ def test_taproot_spend_needs_every_spent_output(rpc, wallet, coins, other_addres
     # the taproot inputs' signatures no longer verify, although their own amounts are right.
     lying = tr_coins + [Utxo(segwit_coin.txid, segwit_coin.vout, segwit_coin.value - 1, segwit_coin.script_pubkey)]
     tampered = wallet.sign(lying, outputs)
-    assert rejected(rpc, tampered)[1] == "mandatory-script-verify-flag-failed (Invalid Schnorr signature)"
+    assert rejected(rpc, tampered)[1] == script_failure(rpc, tampered, 0, tr_coins[0], "Invalid Schnorr signature")
     txid = rpc.sendrawtransaction(wallet.sign(inputs, outputs))
     rpc.generatetoaddress(1, other_address)
     assert rpc.getrawtransaction(txid, True)["confirmations"] == 1
@@ -135,17 +155,23 @@ def test_relative_timelock_bip68(rpc, wallet, coins):
 
 
 def test_full_rbf_replacement_rules(rpc, wallet, coins):
+    """Full RBF with Core 29.1+'s -incrementalrelayfee of 100 sat/kvB: a replacement pays a higher fee rate
+    than what it replaces and, on top of its fee, 0.1 sat/vB of its own size."""
     coin = coins.pop()
-    original = wallet.sign([coin], [(OTHER.wpkh, coin.value - 2000)], sequence=0xFFFFFFFE)  # no BIP125 signal
+    original = wallet.sign([coin], [(OTHER.wpkh, coin.value - 200)], sequence=0xFFFFFFFE)  # ~1.8 sat/vB, no signal
     txid = rpc.sendrawtransaction(original)
-    same_rate = wallet.sign([coin], [(OTHER.pkh, coin.value - 2000)])
-    code, message = rejected(rpc, same_rate)
+    same_fee = wallet.sign([coin], [(OTHER.pkh, coin.value - 200)])     # 3 vB larger: a lower fee rate
+    code, message = rejected(rpc, same_fee)
     assert code == -26 and message.startswith("insufficient fee, rejecting replacement")
     assert "new feerate" in message
-    tiny_bump = wallet.sign([coin], [(OTHER.wpkh, coin.value - 2050)])
+    tiny_bump = wallet.sign([coin], [(OTHER.wpkh, coin.value - 205)])   # a higher fee rate, but 5 sats more only
+    needed = fee_at_relay_rate(rpc, tiny_bump)
+    assert 5 < needed < 20
     code, message = rejected(rpc, tiny_bump)
-    assert message.startswith("insufficient fee") and "not enough additional fees to relay" in message
-    replacement = wallet.sign([coin], [(OTHER.wpkh, coin.value - 2200)])
+    tiny_txid = rpc.decoderawtransaction(tiny_bump)["txid"]
+    assert (code, message) == (-26, f"insufficient fee, rejecting replacement {tiny_txid}, not enough additional fees "
+                                    f"to relay; 0.00000005 < 0.{needed:08d}")
+    replacement = wallet.sign([coin], [(OTHER.wpkh, coin.value - 220)])   # 20 sats more: enough at 0.1 sat/vB
     new_txid = rpc.sendrawtransaction(replacement)   # full-RBF: replaces even without the signal
     mempool = rpc.getrawmempool()
     assert new_txid in mempool and txid not in mempool

@@ -23,10 +23,10 @@ from custody.policies import build_policy
 from custody.psbt_builder import Coin, describe_inputs
 from custody.signatures import finalize
 from custody.sync import Syncer
-from regtest.launcher import start_node
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys, mine_coins, sign_multisig_spend
+from .support import start_node
 
 SEED_BASE = 71
 NONCE = "auditor-nonce-7f3a9c"
