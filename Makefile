@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	@if $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 13))'; then \
+	  $(PY) -m pip install --quiet --ignore-requires-python 'hwi>=3.2.0,<4'; fi
 	$(PY) -m custody_signer.hwi_plugin install
 	@touch $(STAMP)
 
