@@ -35,8 +35,10 @@ from .eventlog import record
 from .ledger import tip_height, utxo_state
 from .mining_models import Discrepancy, MiningDevice, PoolAccount, StatementLine, TelemetrySample
 from .models import Address, Block, Policy, Utxo
-from .node_client import NodeClient, NodeError, btc_to_sats
+from .node_client import NodeClient, RPCError, btc_to_sats
 from .spend_models import Spend
+
+RPC_INVALID_ADDRESS_OR_KEY = -5     # Core's code for a transaction it does not have
 
 SEVERITY = {
     "UNDERPAID_VS_EXPECTED": "alert", "FEE_RATE_MISMATCH": "warn", "STATEMENT_RESTATED": "warn",
@@ -307,7 +309,9 @@ def _payouts_on_chain(session, client, account: PoolAccount, payouts: list[State
 def _check_tx(client, account, line, ref, whitelist, details, used) -> list[Finding]:
     try:
         tx = client.getrawtransaction(line.txid, True)
-    except NodeError:
+    except RPCError as e:
+        if e.code != RPC_INVALID_ADDRESS_OR_KEY:      # only "no such transaction" means not on chain
+            raise
         tx = None
     generation = bool(details.get("is_generation_txn") or details.get("coinbase"))
     if tx is None or tx.get("confirmations", 0) < 1 or tx.get("in_active_chain") is False:
@@ -455,7 +459,9 @@ def _spent_outside_custody(session: Session, client: NodeClient, fleet: Policy) 
     for txid in sorted(spent):
         try:
             tx = client.getrawtransaction(txid, True)
-        except NodeError:
+        except RPCError as e:
+            if e.code != RPC_INVALID_ADDRESS_OR_KEY:
+                raise
             continue
         for n, vout in enumerate(tx["vout"]):
             address = vout["scriptPubKey"].get("address")

@@ -18,7 +18,7 @@ from embit.transaction import SIGHASH, Transaction, TransactionInput, Transactio
 from custody import expected, reconcile, registry, statements, telemetry
 from custody.db import open_database
 from custody.mining_models import Discrepancy, MiningDevice, Pool, PoolAccount, TelemetrySample
-from custody.node_client import RPCError
+from custody.node_client import NodeAuthError, NodeUnreachable, RPCError
 from custody.policies import build_policy
 from custody.sync import Syncer
 from regtest.descriptors import add_checksum
@@ -281,3 +281,14 @@ def test_the_same_coinbase_on_the_best_chain_is_not_orphaned():
     assert [f.category for f in found] == ["COINBASE_IMMATURE"] and used == {(COINBASE_TXID, 0)}
     assert reconcile._check_tx(OneAnswer(coinbase_json(100)), None, line, "1:payout:cb", {PAYOUT_ADDRESS},
                                {"is_generation_txn": True}, set()) == []
+
+
+@pytest.mark.parametrize("failure", [NodeUnreachable("cannot reach the node at http://127.0.0.1:1"),
+                                     NodeAuthError("the node refused the credentials"),
+                                     RPCError(-28, "Loading block index...")])
+def test_a_node_that_cannot_answer_flags_nothing(failure):
+    """Only Core's "no such transaction" (-5) means not on chain: an outage raises, it is no finding."""
+    line = SimpleNamespace(txid=COINBASE_TXID, amount=5_000_000_000, day=D2, address=PAYOUT_ADDRESS)
+    with pytest.raises(type(failure)):
+        reconcile._check_tx(OneAnswer(failure), None, line, "1:payout:cb", {PAYOUT_ADDRESS},
+                            {"is_generation_txn": True}, set())
