@@ -473,9 +473,7 @@ def testmempoolaccept(node, rawtxs, maxfeerate):
         try:
             checked = node.mempool.check(tx, max_fee_rate=max_rate)
         except Rejected as r:
-            item["allowed"] = False
-            item["reject-reason"] = "missing-inputs" if r.missing_inputs else r.reason
-            item["reject-details"] = "missing-inputs" if r.missing_inputs else str(r)
+            item.update(_rejection(r))
         else:
             item.update({"allowed": True, "vsize": checked["vsize"],
                          "fees": {"base": sats_to_amount(checked["fee"]),
@@ -483,6 +481,13 @@ def testmempoolaccept(node, rawtxs, maxfeerate):
                                   "effective-includes": [tx.wtxid]}})
         results.append(item)
     return results
+
+
+def _rejection(r: Rejected) -> dict:
+    """Core's testmempoolaccept answer for a refusal: missing inputs get a reason and no details."""
+    if r.missing_inputs:
+        return {"allowed": False, "reject-reason": "missing-inputs"}
+    return {"allowed": False, "reject-reason": r.reason, "reject-details": str(r)}
 
 
 def _test_package(node, txs, max_rate):
@@ -503,8 +508,7 @@ def _test_package(node, txs, max_rate):
                                   "effective-includes": [tx.wtxid]}})
         except Rejected as r:
             failed = True
-            item.update({"allowed": False, "reject-reason": "missing-inputs" if r.missing_inputs else r.reason,
-                         "reject-details": str(r)})
+            item.update(_rejection(r))
         results.append(item)
     return results
 

@@ -78,6 +78,14 @@ def test_script_failure_names_input_transaction_and_coin(rpc, wallet, coins):
                        f"input 0 of {tx.txid} (wtxid {tx.wtxid}), spending {coin.txid}:{coin.vout}")
     result = rpc.testmempoolaccept([raw])[0]
     assert result["reject-reason"] == "mandatory-script-verify-flag-failed (Script failed an OP_EQUALVERIFY operation)"
+    assert result["reject-details"] == message
+
+
+def test_missing_inputs_have_a_reason_and_no_details(rpc, wallet):
+    ghost = Utxo("ab" * 32, 0, 100_000, wallet.wpkh)
+    result = rpc.testmempoolaccept([wallet.sign([ghost], [(OTHER.wpkh, 90_000)])])[0]
+    assert result["allowed"] is False and result["reject-reason"] == "missing-inputs"
+    assert "reject-details" not in result
 
 
 def test_json_type_errors_are_worded_as_core(rpc):
@@ -160,7 +168,7 @@ def test_mockscheduler_and_validation_queue(rpc):
     assert rpc.syncwithvalidationinterfacequeue() is None
 
 
-@embedded_only()
+@embedded_only("the embedded node's own fee-estimate file (Core writes fee_estimates.dat on its schedule)")
 def test_mockscheduler_runs_the_hourly_fee_estimate_flush(node, rpc):
     path = node.datadir / "regtest" / "fee_estimates.json"
     path.unlink(missing_ok=True)
@@ -257,7 +265,7 @@ def test_bad_start_up_options_are_refused_with_cores_error(tmp_path, arg, error)
     assert error in _refused(tmp_path, arg)
 
 
-@embedded_only()
+@embedded_only("options Core honours and libbitcoinkernel's C API cannot")
 @pytest.mark.parametrize("arg, error", [
     ("-testactivationheight=csv@432", "-testactivationheight=csv@432 cannot be honoured"),
     ("-fastprune", "-fastprune cannot be honoured"),
