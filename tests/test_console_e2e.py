@@ -5,7 +5,7 @@ An officer logs in with TOTP and requests a spend (after previewing its fee), a 
 it and makes the PSBT, two signatories download it, sign it on their "devices" and upload it, the first
 officer broadcasts, and the open spend page follows the transaction to its first confirmation by itself.
 On the way: a wrong TOTP code keeps an officer out, and a signatory can neither see nor use Approve.
-Screenshots of the main pages are written to docs/screenshots/ (the README shows them).
+Screenshots of the main pages are taken (CUSTODY_SCREENSHOTS_DIR=docs/screenshots refreshes the README's).
 
 One flow, run once, on SQLite (not the `db_url` fixture, which also runs PostgreSQL).
 """
@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -39,7 +40,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 REQUIRED = bool(os.environ.get("CUSTODY_REQUIRE_BROWSER"))
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# A run writes its screenshots to a temporary folder; CUSTODY_SCREENSHOTS_DIR=docs/screenshots refreshes
+# the README's (a test run leaves tracked files as they were).
+SCREENSHOTS = Path(os.environ.get("CUSTODY_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="custody-screenshots-"))
 PASSWORD = "correct horse battery staple"
 SEED = 7100                       # hd_keys(3, seed_base=SEED): devices "test device 7100" … 7102
 PAYEE = TestWallet("payee")
