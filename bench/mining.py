@@ -285,8 +285,7 @@ def sweep_part(rpc: NodeClient, sessions, args) -> dict:
             finalize(PSBT.from_string(spends.get_spend(s, b.spend_id).psbt), 1)
             b.finalize_s = time.perf_counter() - t
         t = time.perf_counter()
-        with sessions.begin() as s:
-            b.txid = spends.broadcast(s, spends.get_spend(s, b.spend_id), rpc, actor="bench sweeper")
+        b.txid = spends.broadcast(sessions, b.spend_id, rpc, actor="bench sweeper")
         b.broadcast_s = time.perf_counter() - t
     t = time.perf_counter()
     rpc.generatetoaddress(1, TestWallet("bench miner").address())

@@ -373,8 +373,7 @@ def _sign(request: Request, spend_id: Id, data: bytes) -> dict:
 
 @route(router, "POST", "/spends/{spend_id}/broadcast", "spend.operate")
 def broadcast(request: Request, spend_id: Id) -> dict:
-    with write(request) as s:
-        return service.spend_broadcast(s, spend_id, client=node(request), actor=actor(request))
+    return service.spend_broadcast(request.app.state.sessions, spend_id, client=node(request), actor=actor(request))
 
 
 @route(router, "POST", "/spends/{spend_id}/track", "spend.operate")

@@ -175,8 +175,7 @@ def spend_story(sessions, syncer, rpc) -> None:
             device = devices.get(s, SERIALS[holder])
             device_signing.sign_on_device(s, spend, device, actor=holder)
             print(f"  {SIGNATORIES[holder]:18} device checked and signed through HWI -> verified, {spend.state}")
-    with sessions.begin() as s:
-        txid = spends.broadcast(s, spends.get_spend(s, spend_id), rpc)
+    txid = spends.broadcast(sessions, spend_id, rpc)
     print(f"  broadcast {txid[:16]}… after the node's testmempoolaccept")
     rpc.generatetoaddress(1, TestWallet("demo miner").address())
     with sessions.begin() as s:
@@ -319,7 +318,7 @@ def fleet_story(sessions, syncer, rpc, tmp: Path, processes: list) -> None:
         with sessions.begin() as s:
             spend = spends.get_spend(s, spend_id)
             device_signing.sign_on_device(s, spend, devices.get(s, info["serial"]), actor=mia)
-            spends.broadcast(s, spend, rpc, actor="sweeper")
+        spends.broadcast(sessions, spend_id, rpc, actor="sweeper")
     rpc.generatetoaddress(1, miner.address())
     with sessions.begin() as s:
         states = [spends.track(s, spends.get_spend(s, i), rpc).state for i in sweep_ids]

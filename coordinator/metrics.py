@@ -40,8 +40,8 @@ class LedgerCollector:
                 for state in ("confirmed", "unconfirmed", "immature", "frozen", "reserved"):
                     balance.add_metric([b.policy, state], getattr(b, state))
             by_state = service.spends_by_state(s)
-            for state in ("requested", "approved", "signing", "signed", "broadcast", "confirmed", "rejected",
-                          "cancelled", "replaced"):
+            for state in ("requested", "approved", "signing", "signed", "broadcasting", "broadcast", "confirmed",
+                          "rejected", "cancelled", "replaced", "conflicted"):
                 spends.add_metric([state], by_state.get(state, 0))
             missing.add_metric([], service.signatures_outstanding(s))
             tip = ledger.tip_height(s)

@@ -30,7 +30,7 @@ templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 templates.env.filters["btc"] = charts.btc
 # JSON as text (autoescaping makes it safe for HTML), not Jinja's tojson, which writes < as \u003c
 templates.env.filters["json_text"] = lambda value: json.dumps(value, ensure_ascii=False, sort_keys=True)
-PENDING = ("requested", "approved", "signing", "signed", "broadcast")
+PENDING = ("requested", "approved", "signing", "signed", "broadcasting", "broadcast")
 PAGE_SIZE = 50
 
 
@@ -347,8 +347,7 @@ def _upload(request: Request, spend_id: Id, data: bytes):
 
 @route(router, "POST", "/spends/{spend_id}/broadcast", "spend.operate", page=True)
 def broadcast(request: Request, spend_id: Id):
-    with write(request) as s:
-        result = service.spend_broadcast(s, spend_id, client=node(request), actor=actor(request))
+    result = service.spend_broadcast(request.app.state.sessions, spend_id, client=node(request), actor=actor(request))
     return back(f"/spends/{spend_id}", flash=f"broadcast {result['txid']}")
 
 

@@ -6,10 +6,8 @@ import logging
 import threading
 import time
 
-from sqlalchemy import select
 
 from custody import service
-from custody.spend_models import Spend
 
 log = logging.getLogger("coordinator.watcher")
 
@@ -32,14 +30,14 @@ class Watcher:
         self.thread.join(timeout=10)
 
     def tick(self) -> None:
-        """One round: sync the ledger, then track every broadcast spend."""
+        """One round: sync the ledger, then track every spend the chain can still change."""
         from custody.sync import Syncer
         client = self.node_factory()
         if Syncer(self.sessions, client).try_sync_once() is None:
             return                               # another process leads; it syncs and tracks for us
         with self.sessions() as s:
-            broadcast = list(s.scalars(select(Spend.id).where(Spend.state == "broadcast")))
-        for spend_id in broadcast:
+            followed = service.spends_to_track(s)
+        for spend_id in followed:
             with self.sessions.begin() as s:
                 service.spend_track(s, spend_id, client=client)
 

@@ -590,8 +590,7 @@ def _spend_sign(args):
 
 
 def _spend_broadcast(args):
-    with _sessions(args).begin() as s:
-        return service.spend_broadcast(s, args.id, client=_client(args), actor=args.actor)
+    return service.spend_broadcast(_sessions(args), args.id, client=_client(args), actor=args.actor)
 
 
 def _spend_track(args):

@@ -275,10 +275,21 @@ def spend_sign(s: Session, spend_id: int, data: bytes | str, *, actor: str | Non
     return {**spends.summary(s, spend), "new_signers": signers}
 
 
-def spend_broadcast(s: Session, spend_id: int, *, client: NodeClient, actor: str = "coordinator") -> dict:
-    spend = spends.get_spend(s, spend_id)
-    spends.broadcast(s, spend, client, actor=actor)
-    return spends.summary(s, spend)
+def spend_broadcast(sessions, spend_id: int, *, client: NodeClient, actor: str = "coordinator") -> dict:
+    """Two transactions (see spends.broadcast): `sessions` is the sessionmaker, not a session."""
+    spends.broadcast(sessions, spend_id, client, actor=actor)
+    with sessions() as s:
+        return spends.summary(s, spends.get_spend(s, spend_id))
+
+
+def spends_to_track(s: Session) -> list[int]:
+    """Spends whose state the chain can still change: broadcasting, broadcast, and confirmed within
+    the reorganisation window."""
+    tip = ledger.tip_height(s) or 0
+    return list(s.scalars(select(Spend.id).where(
+        (Spend.state.in_(("broadcasting", "broadcast")))
+        | ((Spend.state == "confirmed") & (Spend.confirmed_height > tip - spends.REORG_WINDOW)))
+        .order_by(Spend.id)))
 
 
 def spend_track(s: Session, spend_id: int, *, client: NodeClient, confirmations: int = 1) -> dict:

@@ -12,9 +12,10 @@ from decimal import Decimal, InvalidOperation
 
 from embit.networks import NETWORKS
 from embit.script import address_to_scriptpubkey
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from . import faults
 from .device_models import Rotation
 from .errors import CustodyError, NotFound
 from .eventlog import record
@@ -30,7 +31,7 @@ from embit.psbt import PSBT
 
 FEE_RATE_FLOOR = 1.0        # sat/vB
 FEE_RATE_CAP = 500.0        # sat/vB: a typo here costs real money
-ACTIVE_STATES = ("requested", "approved", "signing", "signed", "broadcast")
+ACTIVE_STATES = ("requested", "approved", "signing", "signed", "broadcasting", "broadcast")
 
 
 def _now() -> datetime:
@@ -187,7 +188,7 @@ def _check_rule(session: Session, spend: Spend, rule: ApprovalRule) -> None:
         since = _now() - timedelta(hours=24)
         recent = [s for s in session.scalars(select(Spend).where(
             Spend.policy_id == spend.policy_id, Spend.id != spend.id,
-            Spend.state.in_(("approved", "signing", "signed", "broadcast", "confirmed"))))
+            Spend.state.in_(("approved", "signing", "signed", "broadcasting", "broadcast", "confirmed"))))
             if _aware(s.created_at) >= since]
         total = sum(s.amount for s in recent) + spend.amount
         if total > rule.daily_limit:
@@ -338,44 +339,149 @@ def add_signatures(session: Session, spend: Spend, upload: bytes | str, *, actor
     return sorted(result.signers)
 
 
-def broadcast(session: Session, spend: Spend, client: NodeClient, *, actor: str = "coordinator") -> str:
-    if spend.state != "signed":
+ALREADY_SENT = ("txn-already-in-mempool", "txn-already-known")   # the node has it: counts as broadcast
+RPC_VERIFY_ALREADY_IN_CHAIN = -27
+
+
+def broadcast(sessions, spend_id: int, client: NodeClient, *, actor: str = "coordinator") -> str:
+    """Broadcast a fully signed spend, recorded before it is made: the txid and the state
+    'broadcasting' are committed in one transaction, the transaction is sent after it, and 'broadcast'
+    is committed in a second one. A crash between the two leaves a spend `track` finds on the node or
+    sends again (the same transaction: it can pay only once). Re-running is harmless: a spend already
+    broadcasting is sent again, one already broadcast is left as it is. `sessions` is a sessionmaker."""
+    with sessions.begin() as s:
+        raw = begin_broadcast(s, get_spend(s, spend_id), client, actor=actor)
+    faults.point("broadcast.committed")
+    with sessions.begin() as s:
+        spend = get_spend(s, spend_id)
+        if raw is not None:
+            send(s, spend, client, raw, actor=actor)
+        return spend.txid
+
+
+def begin_broadcast(session: Session, spend: Spend, client: NodeClient, *, actor: str) -> bytes | None:
+    """Check the signed transaction with the node and mark the spend 'broadcasting' with its txid.
+    Returns the raw transaction to send, or None when the spend is past broadcasting."""
+    if spend.state in ("broadcast", "confirmed") and spend.txid:
+        return None
+    if spend.state not in ("signed", "broadcasting"):
         raise CustodyError(f"spend #{spend.id} is {spend.state}; only fully signed spends are broadcast")
     policy = session.get(Policy, spend.policy_id)
-    raw = finalize(PSBT.from_string(spend.psbt), policy.threshold).hex()
-    verdict = client.testmempoolaccept([raw])[0]
-    if not verdict["allowed"]:
+    raw = finalize(PSBT.from_string(spend.psbt), policy.threshold)
+    if spend.state == "broadcasting":
+        return raw
+    verdict = client.testmempoolaccept([raw.hex()])[0]
+    if not verdict["allowed"] and verdict.get("reject-reason") not in ALREADY_SENT:
         raise CustodyError(f"the node refuses the transaction: {verdict.get('reject-reason')}")
+    txid = verdict["txid"]
+    # One writer wins: a conditional update whose row count is checked (two broadcasts at once).
+    claimed = session.execute(update(Spend).where(Spend.id == spend.id, Spend.state == "signed")
+                              .values(state="broadcasting", txid=txid, broadcast_at=_now())).rowcount
+    session.refresh(spend)
+    if claimed:
+        record(session, "spend.broadcasting", actor, f"spend:{spend.id}", {"txid": txid, "fee": spend.fee})
+    return raw
+
+
+def send(session: Session, spend: Spend, client: NodeClient, raw: bytes, *, actor: str) -> None:
+    """Send a 'broadcasting' spend's transaction; a node that already has it counts as sent. A refusal
+    leaves the spend 'broadcasting' for `track` to resolve against the chain."""
     try:
-        spend.txid = client.sendrawtransaction(raw)
+        client.sendrawtransaction(raw.hex())
+        faults.point("broadcast.sent")
     except RPCError as e:
-        raise CustodyError(f"broadcast failed: {e.message}") from None
-    spend.state, spend.broadcast_at = "broadcast", _now()
-    record(session, "spend.broadcast", actor, f"spend:{spend.id}", {"txid": spend.txid, "fee": spend.fee})
-    return spend.txid
+        if e.code != RPC_VERIFY_ALREADY_IN_CHAIN and e.message not in ALREADY_SENT:
+            raise CustodyError(f"broadcast failed: {e.message}; spend #{spend.id} stays broadcasting "
+                               f"(transaction {spend.txid}) until its coins are seen spent") from None
+    if spend.state == "broadcasting":
+        spend.state = "broadcast"
+        record(session, "spend.broadcast", actor, f"spend:{spend.id}", {"txid": spend.txid, "fee": spend.fee})
+
+
+REORG_WINDOW = 100     # blocks: a confirmed spend is followed this deep, in case a reorganisation undoes it
 
 
 def track(session: Session, spend: Spend, client: NodeClient, confirmations: int = 1) -> Spend:
-    """Follow a broadcast spend: confirmed at depth, or replaced when its inputs went elsewhere."""
-    if spend.state != "broadcast":
+    """Follow a spend to the chain and back. Broadcasting or broadcast: confirmed once `confirmations`
+    deep. Confirmed: back to broadcast if its transaction left the best chain. Not in the mempool nor on
+    the best chain: sent again (its coins stay reserved) unless the ledger shows one of its coins spent
+    by another transaction in a block of the best chain, which makes it conflicted. Every change is
+    logged."""
+    if spend.state not in ("broadcasting", "broadcast", "confirmed") or not spend.txid:
         return spend
     try:
         info = client.getrawtransaction(spend.txid, True)
     except RPCError as e:
-        if e.code != -5:      # only "no such transaction" means it left the mempool unconfirmed
+        if e.code != -5:      # only "no such transaction" means the node does not have it
             raise
         info = None
-    if info is not None and info.get("confirmations", 0) >= confirmations:
-        spend.state = "confirmed"
-        spend.confirmed_height = client.getblockcount() - info["confirmations"] + 1
-        _release(session, spend)
-        record(session, "spend.confirmed", "coordinator", f"spend:{spend.id}",
-               {"txid": spend.txid, "height": spend.confirmed_height, "confirmations": info["confirmations"]})
-    elif info is None:
-        spend.state = "replaced"
-        _release(session, spend)
-        record(session, "spend.replaced", "coordinator", f"spend:{spend.id}", {"txid": spend.txid})
+    depth = info.get("confirmations", 0) if info else 0
+    if info is None or (depth == 0 and "blockhash" in info):      # neither in the mempool nor on the chain
+        return _off_chain(session, spend, client)
+    if spend.state == "broadcasting":
+        _set_state(session, spend, "broadcast", "spend.broadcast", found_on_node=True)
+    if depth >= confirmations:
+        height = client.getblockcount() - depth + 1
+        if spend.state != "confirmed":
+            spend.confirmed_height = height
+            _release(session, spend)
+            _set_state(session, spend, "confirmed", "spend.confirmed", height=height, confirmations=depth)
+        elif height != spend.confirmed_height:              # reorganised into another block
+            spend.confirmed_height = height
+            record(session, "spend.reconfirmed", "coordinator", f"spend:{spend.id}",
+                   {"txid": spend.txid, "height": height})
+    elif spend.state == "confirmed" and depth == 0:          # back in the mempool after a reorganisation
+        _unconfirm(session, spend, in_mempool=True)
     return spend
+
+
+def _off_chain(session: Session, spend: Spend, client: NodeClient) -> Spend:
+    psbt = PSBT.from_string(spend.psbt)
+    outpoints = [(i.txid.hex(), i.vout) for i in psbt.tx.vin]
+    coins = [session.scalar(select(Utxo).where(Utxo.txid == t, Utxo.vout == n)) for t, n in outpoints]
+    others = sorted({(c.spent_txid, c.txid, c.vout) for c in coins if c is not None and c.spent_txid
+                     and c.spent_txid != spend.txid and c.spent_height is not None})
+    if others:
+        spender, txid, vout = others[0]
+        spend.confirmed_height = None
+        _release(session, spend)
+        _set_state(session, spend, "conflicted", "spend.conflicted", spent_by=spender, coin=f"{txid}:{vout}")
+        return spend
+    ours = [c.spent_height for c in coins if c is not None and c.spent_txid == spend.txid and c.spent_height]
+    if ours and len(ours) == len(coins):     # the ledger saw it confirmed; this node keeps no index of it
+        if spend.state != "confirmed":
+            spend.confirmed_height = min(ours)
+            _release(session, spend)
+            _set_state(session, spend, "confirmed", "spend.confirmed", height=min(ours))
+        return spend
+    if spend.state == "confirmed":
+        _unconfirm(session, spend, in_mempool=False)
+    raw = finalize(psbt, session.get(Policy, spend.policy_id).threshold)
+    try:
+        client.sendrawtransaction(raw.hex())
+    except RPCError as e:
+        if e.code != RPC_VERIFY_ALREADY_IN_CHAIN and e.message not in ALREADY_SENT:
+            return spend                # refused for now (e.g. a conflict still in the mempool): next round
+    record(session, "spend.rebroadcast", "coordinator", f"spend:{spend.id}", {"txid": spend.txid})
+    if spend.state == "broadcasting":
+        _set_state(session, spend, "broadcast", "spend.broadcast")
+    return spend
+
+
+def _unconfirm(session: Session, spend: Spend, *, in_mempool: bool) -> None:
+    """A reorganisation took the spend's block away: its coins are reserved for it again."""
+    former = spend.confirmed_height
+    spend.confirmed_height = None
+    for outpoint in PSBT.from_string(spend.psbt).tx.vin:
+        coin = session.scalar(select(Utxo).where(Utxo.txid == outpoint.txid.hex(), Utxo.vout == outpoint.vout))
+        if coin is not None and coin.reserved_by is None:
+            coin.reserved_by = f"spend:{spend.id}"
+    _set_state(session, spend, "broadcast", "spend.unconfirmed", former_height=former, in_mempool=in_mempool)
+
+
+def _set_state(session: Session, spend: Spend, state: str, event: str, **details) -> None:
+    spend.state = state
+    record(session, event, "coordinator", f"spend:{spend.id}", {"txid": spend.txid, **details})
 
 
 def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float, *, cancel: bool = False,

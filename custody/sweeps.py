@@ -92,7 +92,7 @@ def custody_destination(session: Session, custody: Policy, taken: set[str]) -> A
 
 def _pending_destinations(session: Session) -> set[str]:
     pending = session.scalars(select(Spend.destinations).where(
-        Spend.state.in_(("requested", "approved", "signing", "signed", "broadcast"))))
+        Spend.state.in_(("requested", "approved", "signing", "signed", "broadcasting", "broadcast"))))
     return {d["address"] for text in pending for d in json.loads(text)}
 
 

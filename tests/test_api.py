@@ -315,7 +315,8 @@ def test_spend_lifecycle_over_the_api(service, vault, rpc, other_address):
     assert tracked.json()["state"] == "confirmed"
     shown = service.call("GET", f"/api/spends/{sid}", "aude").json()
     assert [e["kind"] for e in shown["timeline"]] == ["spend.requested", "spend.approved", "psbt.created",
-                                                      "psbt.signed", "psbt.signed", "spend.broadcast", "spend.confirmed"]
+                                                      "psbt.signed", "psbt.signed", "spend.broadcasting",
+                                                      "spend.broadcast", "spend.confirmed"]
     actors = {e["kind"]: e["actor"] for e in shown["timeline"]}     # the log names who acted
     assert actors["spend.requested"] == "olga" and actors["spend.approved"] == "omar"
     assert actors["psbt.created"] == "omar" and actors["spend.broadcast"] == "omar"

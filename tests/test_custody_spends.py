@@ -4,6 +4,11 @@ confirmation, and the ledger following it."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -15,9 +20,12 @@ from embit.script import Script
 from custody import ledger, registry, spends
 from custody.db import open_database
 from custody.errors import CustodyError
+from custody.node_client import NodeClient
+from custody.models import EventLogEntry, Utxo
 from custody.policies import build_policy
 from custody.sync import Syncer
-from sqlalchemy import select
+from sqlalchemy import func, select
+from regtest.launcher import start_node
 from regtest.testwallet import TestWallet
 
 from .conftest import fund_policy, hd_keys, mine_coins
@@ -33,7 +41,7 @@ def device(n: int) -> bip32.HDKey:
 
 @pytest.fixture(scope="module")
 def coins(rpc, wallet):
-    return mine_coins(rpc, wallet, 45)     # below height 150: still 50 BTC each
+    return mine_coins(rpc, wallet, 70)
 
 
 @pytest.fixture
@@ -84,10 +92,9 @@ def test_full_lifecycle(rpc, vault, other_address):
     assert sign_as(sessions, spend_id, seed + 2) == [device(seed + 2).my_fingerprint.hex()]
     assert sign_as(sessions, spend_id, seed + 2) == []           # the same upload again changes nothing
     sign_as(sessions, spend_id, seed)
-    with sessions.begin() as s:
-        spend = spends.get_spend(s, spend_id)
-        assert spend.state == "signed"
-        txid = spends.broadcast(s, spend, rpc)
+    with sessions() as s:
+        assert spends.get_spend(s, spend_id).state == "signed"
+    txid = spends.broadcast(sessions, spend_id, rpc)
     assert txid in rpc.getrawmempool()
     rpc.generatetoaddress(1, other_address)
     with sessions.begin() as s:
@@ -105,7 +112,8 @@ def test_full_lifecycle(rpc, vault, other_address):
         events = [(e.kind, e.actor) for e in s.scalars(select(EventLogEntry).where(
             EventLogEntry.subject == f"spend:{spend_id}").order_by(EventLogEntry.seq))]
         assert [k for k, _ in events] == ["spend.requested", "spend.approved", "spend.approved", "psbt.created",
-                                          "psbt.signed", "psbt.signed", "spend.broadcast", "spend.confirmed"]
+                                          "psbt.signed", "psbt.signed", "spend.broadcasting", "spend.broadcast",
+                                          "spend.confirmed"]
         assert events[0][1] == "ray" and events[1][1] == "olga" and events[2][1] == "omar"
 
 
@@ -239,8 +247,7 @@ def _approved_and_broadcast(sessions, rpc, seed, amount=50_000_000) -> int:
         spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
     sign_as(sessions, spend_id, seed)
     sign_as(sessions, spend_id, seed + 1)
-    with sessions.begin() as s:
-        spends.broadcast(s, spends.get_spend(s, spend_id), rpc)
+    spends.broadcast(sessions, spend_id, rpc)
     return spend_id
 
 
@@ -257,8 +264,7 @@ def test_rbf_bump_and_cancel(vault, rpc, other_address, cancel):
         assert spend.state == "signing" and spend.fee > first_fee and spends.summary(s, spend)["signed_by"] == []
     sign_as(sessions, spend_id, seed + 1)
     sign_as(sessions, spend_id, seed + 2)
-    with sessions.begin() as s:
-        new_txid = spends.broadcast(s, spends.get_spend(s, spend_id), rpc)
+    new_txid = spends.broadcast(sessions, spend_id, rpc)
     mempool = rpc.getrawmempool()
     assert new_txid in mempool and first_txid not in mempool
     rpc.generatetoaddress(1, other_address)
@@ -271,9 +277,11 @@ def test_rbf_bump_and_cancel(vault, rpc, other_address, cancel):
     assert total == 600_000_000 - spend.fee - (0 if cancel else 50_000_000)
 
 
-def test_a_replaced_broadcast_is_detected(vault, rpc, wallet, other_address):
+def test_a_double_spend_conflicts_only_once_mined(vault, rpc, wallet, other_address):
     """Someone else's double-spend of the same coins (here: a bump signed outside this spend's
-    record) wins: the spend is shown as replaced and its coins are released."""
+    record): while it is only in the mempool the spend stays broadcast with its coins reserved (it may
+    still be mined instead); once the rival is in a block of the best chain the spend is conflicted and
+    its coins are released."""
     sessions, syncer, seed = vault
     spend_id = _approved_and_broadcast(sessions, rpc, seed)
     with sessions() as s:
@@ -294,9 +302,17 @@ def test_a_replaced_broadcast_is_detected(vault, rpc, wallet, other_address):
     rival.sign_with(device(seed + 2))
     rival.sign_with(device(seed + 1))
     rpc.sendrawtransaction(finalize(rival, 2).hex())
-    rpc.generatetoaddress(1, other_address)
     with sessions.begin() as s:
-        assert spends.track(s, spends.get_spend(s, spend_id), rpc).state == "replaced"
+        assert spends.track(s, spends.get_spend(s, spend_id), rpc).state == "broadcast"
+        assert s.scalar(select(func.count()).select_from(Utxo).where(Utxo.reserved_by == f"spend:{spend_id}")) \
+            == len(stored.inputs)
+    rpc.generatetoaddress(1, other_address)
+    syncer.sync_once()
+    with sessions.begin() as s:
+        assert spends.track(s, spends.get_spend(s, spend_id), rpc).state == "conflicted"
+        assert s.scalar(select(func.count()).select_from(Utxo).where(Utxo.reserved_by == f"spend:{spend_id}")) == 0
+        kinds = [e.kind for e in s.scalars(select(EventLogEntry).where(EventLogEntry.subject == f"spend:{spend_id}"))]
+        assert kinds[-1] == "spend.conflicted"
 
 
 def test_cpfp_child_pays_for_a_stuck_parent(vault, rpc, other_address):
@@ -308,8 +324,8 @@ def test_cpfp_child_pays_for_a_stuck_parent(vault, rpc, other_address):
         assert child.state == "signing" and child.amount == 0
     sign_as(sessions, child_id, seed)
     sign_as(sessions, child_id, seed + 2)
-    with sessions.begin() as s:
-        child_txid = spends.broadcast(s, spends.get_spend(s, child_id), rpc)
+    child_txid = spends.broadcast(sessions, child_id, rpc)
+    with sessions() as s:
         parent_txid = spends.get_spend(s, spend_id).txid
     package = rpc.getmempoolentry(child_txid)
     rate = (package["fees"]["ancestor"] * 100_000_000) / package["ancestorsize"]
@@ -335,3 +351,167 @@ def test_sweep_of_chosen_coins(vault, rpc, other_address):
         spend = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
         tx = PSBT.from_string(spend.psbt).tx
         assert len(tx.vin) == 2 and len(tx.vout) == 1 and tx.vout[0].value == swept - spend.fee
+
+
+# -- money moves exactly once: kills, drops and reorganisations (issue 15) ----------------------------------
+def _signed(sessions, rpc, seed, amount=50_000_000) -> int:
+    spend_id = request(sessions, amount, fee_rate=1.0)
+    decide(sessions, spend_id, "olga")
+    decide(sessions, spend_id, "omar")
+    with sessions.begin() as s:
+        spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+    sign_as(sessions, spend_id, seed)
+    sign_as(sessions, spend_id, seed + 1)
+    return spend_id
+
+
+def _cli(node, db_url, *args, kill_at=None):
+    env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
+    env.pop("CUSTODY_KILL_AT", None)
+    if kill_at:
+        env["CUSTODY_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "custody.cli", "--json", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _payments_to_payee(rpc, block_hash) -> int:
+    return sum(1 for tx in rpc.getblock(block_hash, 2)["tx"] for out in tx["vout"]
+               if out["scriptPubKey"].get("address") == OTHER.address())
+
+
+@pytest.mark.parametrize("marker, recovery", [("broadcast.committed", "track"), ("broadcast.committed", "broadcast"),
+                                              ("broadcast.sent", "track"), ("broadcast.sent", "broadcast")])
+def test_a_broadcast_killed_at_a_marker_pays_exactly_once(vault, node, db_url, rpc, other_address, marker, recovery):
+    """`custody spend broadcast` SIGKILLed after the txid is committed (nothing sent yet) or after the
+    node accepted the transaction (nothing recorded yet): the spend is 'broadcasting' with its txid, it
+    cannot be cancelled, and the watcher's tracking or a second broadcast finishes it: one payment."""
+    sessions, syncer, seed = vault
+    spend_id = _signed(sessions, rpc, seed)
+    killed = _cli(node, db_url, "spend", "broadcast", str(spend_id), kill_at=marker)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with sessions() as s:
+        spend = spends.get_spend(s, spend_id)
+        assert spend.state == "broadcasting" and spend.txid
+        txid = spend.txid
+    assert (txid in rpc.getrawmempool()) == (marker == "broadcast.sent")
+    with sessions.begin() as s, pytest.raises(CustodyError, match="can no longer be cancelled"):
+        spends.cancel(s, spends.get_spend(s, spend_id))
+    if recovery == "track":
+        with sessions.begin() as s:
+            assert spends.track(s, spends.get_spend(s, spend_id), rpc).state == "broadcast"
+    else:
+        again = _cli(node, db_url, "spend", "broadcast", str(spend_id))
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["state"] == "broadcast" and json.loads(again.stdout)["txid"] == txid
+    assert rpc.getrawmempool().count(txid) == 1
+    block = rpc.generatetoaddress(1, other_address)[0]
+    with sessions.begin() as s:
+        assert spends.track(s, spends.get_spend(s, spend_id), rpc).state == "confirmed"
+    assert txid in rpc.getblock(block)["tx"] and _payments_to_payee(rpc, block) == 1
+    with sessions() as s:
+        kinds = [e.kind for e in s.scalars(select(EventLogEntry).where(EventLogEntry.subject == f"spend:{spend_id}"))]
+    assert kinds.count("spend.broadcasting") == 1 and kinds.count("spend.broadcast") == 1
+
+
+def test_a_second_broadcast_of_a_broadcast_spend_is_logged_once(vault, rpc):
+    sessions, syncer, seed = vault
+    spend_id = _signed(sessions, rpc, seed)
+    first = spends.broadcast(sessions, spend_id, rpc)
+    assert spends.broadcast(sessions, spend_id, rpc) == first
+    with sessions() as s:
+        kinds = [e.kind for e in s.scalars(select(EventLogEntry).where(EventLogEntry.subject == f"spend:{spend_id}"))]
+    assert kinds.count("spend.broadcasting") == 1 and kinds.count("spend.broadcast") == 1
+
+
+def test_a_spend_dropped_from_the_mempool_keeps_its_coins_and_is_sent_again(vault, node, rpc, other_address, tmp_path):
+    """The node restarts without its mempool: the spend's transaction is gone but still valid. It is not
+    'replaced': its coins stay reserved, tracking sends it again, and it confirms."""
+    sessions, syncer, seed = vault
+    spend_id = _approved_and_broadcast(sessions, rpc, seed)
+    with sessions() as s:
+        txid = spends.get_spend(s, spend_id).txid
+    (node.datadir / "regtest" / "mempool.dat").unlink(missing_ok=True)
+    node.stop()
+    (node.datadir / "regtest" / "mempool.dat").unlink(missing_ok=True)   # restarted without its mempool
+    restarted = start_node(node.datadir, port=node.port)
+    node.process = restarted.process
+    assert txid not in rpc.getrawmempool()
+    with sessions.begin() as s:
+        spend = spends.track(s, spends.get_spend(s, spend_id), rpc)
+        assert spend.state == "broadcast"
+        assert s.scalar(select(func.count()).select_from(Utxo).where(Utxo.reserved_by == f"spend:{spend_id}")) > 0
+    assert txid in rpc.getrawmempool()
+    rpc.generatetoaddress(1, other_address)
+    with sessions.begin() as s:
+        assert spends.track(s, spends.get_spend(s, spend_id), rpc).state == "confirmed"
+
+
+def _longer_branch(rpc, tmp_path, blocks: int, raw_txs=()) -> None:
+    """A second node copies the chain up to the tip's parent, mines `blocks` blocks there (the first
+    with `raw_txs`), and the branch is handed to `rpc`'s node: a reorganisation of the tip."""
+    other = start_node(tmp_path / "branch")
+    try:
+        rpc_b = NodeClient(other.url, cookie_file=other.cookie_file)
+        for height in range(1, rpc.getblockcount()):
+            rpc_b.submitblock(rpc.getblock(rpc.getblockhash(height), 0))
+        for raw in raw_txs:
+            rpc_b.sendrawtransaction(raw)
+        for block_hash in rpc_b.generatetoaddress(blocks, TestWallet("branch miner").address()):
+            assert rpc.submitblock(rpc_b.getblock(block_hash, 0)) in (None, "inconclusive")
+    finally:
+        other.stop()
+
+
+def test_a_reorganisation_unconfirms_then_reconfirms_a_spend(vault, rpc, other_address, tmp_path):
+    sessions, syncer, seed = vault
+    spend_id = _approved_and_broadcast(sessions, rpc, seed)
+    rpc.generatetoaddress(1, other_address)
+    syncer.sync_once()
+    with sessions.begin() as s:
+        spend = spends.track(s, spends.get_spend(s, spend_id), rpc)
+        assert spend.state == "confirmed" and spend.confirmed_height == rpc.getblockcount()
+    _longer_branch(rpc, tmp_path, 2)                          # its block is gone; the node re-adds it to its mempool
+    syncer.sync_once()
+    with sessions.begin() as s:
+        spend = spends.track(s, spends.get_spend(s, spend_id), rpc)
+        assert spend.state == "broadcast" and spend.confirmed_height is None
+        assert s.scalar(select(func.count()).select_from(Utxo).where(Utxo.reserved_by == f"spend:{spend_id}")) > 0
+    rpc.generatetoaddress(1, other_address)
+    with sessions.begin() as s:
+        spend = spends.track(s, spends.get_spend(s, spend_id), rpc)
+        assert spend.state == "confirmed" and spend.confirmed_height == rpc.getblockcount()
+        kinds = [e.kind for e in s.scalars(select(EventLogEntry).where(EventLogEntry.subject == f"spend:{spend_id}"))]
+    assert kinds[-3:] == ["spend.confirmed", "spend.unconfirmed", "spend.confirmed"]
+
+
+def test_a_reorganisation_that_double_spends_a_confirmed_spend_makes_it_conflicted(vault, rpc, other_address,
+                                                                                   tmp_path):
+    """The branch that wins spends the same coins elsewhere: the spend was 'confirmed'; after the
+    reorganisation it is 'conflicted', its coins released, and the ledger shows no payment."""
+    sessions, syncer, seed = vault
+    spend_id = _approved_and_broadcast(sessions, rpc, seed)
+    with sessions() as s:
+        stored = PSBT.from_string(spends.get_spend(s, spend_id).psbt)
+        spec = registry.spec_of(registry.get_policy(s, "vault"))
+    from custody.psbt_builder import Coin, build_spend
+    from custody.signatures import finalize
+    derivations = [next(iter(sc.bip32_derivations.values())).derivation for sc in stored.inputs]
+    coins = [Coin(sc.txid.hex(), sc.vout, sc.witness_utxo.value, d[-2], d[-1], sc.witness_utxo.script_pubkey.data)
+             for sc, d in zip(stored.inputs, derivations)]
+    rival = build_spend(spec, coins, [(TestWallet("thief").wpkh, 1)], fee_rate=20, change=None,
+                        previous_txs={sc.txid.hex(): sc.non_witness_utxo.serialize() for sc in stored.inputs},
+                        locktime=rpc.getblockcount(), select=False, sweep=True).psbt
+    rival.sign_with(device(seed + 2))
+    rival.sign_with(device(seed + 1))
+    rpc.generatetoaddress(1, other_address)
+    syncer.sync_once()
+    with sessions.begin() as s:
+        assert spends.track(s, spends.get_spend(s, spend_id), rpc).state == "confirmed"
+    _longer_branch(rpc, tmp_path, 2, [finalize(rival, 2).hex()])
+    syncer.sync_once()
+    with sessions.begin() as s:
+        spend = spends.track(s, spends.get_spend(s, spend_id), rpc)
+        assert spend.state == "conflicted" and spend.confirmed_height is None
+        assert s.scalar(select(func.count()).select_from(Utxo).where(Utxo.reserved_by == f"spend:{spend_id}")) == 0
+        kinds = [e.kind for e in s.scalars(select(EventLogEntry).where(EventLogEntry.subject == f"spend:{spend_id}"))]
+    assert kinds[-1] == "spend.conflicted"

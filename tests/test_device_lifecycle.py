@@ -139,8 +139,7 @@ def sign_on(sessions, sid, serial):
 
 
 def broadcast_and_confirm(sessions, rpc, world, sid):
-    with sessions.begin() as s:
-        spends.broadcast(s, spends.get_spend(s, sid), rpc, actor="ray")
+    spends.broadcast(sessions, sid, rpc, actor="ray")
     rpc.generatetoaddress(1, PAYEE.address())
     with sessions.begin() as s:
         spends.track(s, spends.get_spend(s, sid), rpc)

@@ -187,7 +187,7 @@ def test_a_fleet_paid_daily_is_reconciled_and_swept_into_custody(rpc, wallet, si
         with sessions.begin() as s:
             spend = spends.get_spend(s, spend_id)
             device_signing.sign_on_device(s, spend, devices.get(s, signer["serial"]), actor="Mia (mining ops)")
-            spends.broadcast(s, spend, rpc, actor="sweeper")
+        spends.broadcast(sessions, spend_id, rpc, actor="sweeper")
     rpc.generatetoaddress(1, MINER)
     with sessions.begin() as s:
         assert all(spends.track(s, spends.get_spend(s, i), rpc).state == "confirmed" for i in spend_ids)

@@ -103,7 +103,7 @@ def test_matured_payouts_are_swept_in_batches_into_custody(rpc, world):
             psbt.sign_with(fleet_root())
             spends.add_signatures(s, spend, psbt.to_string(), actor="fleet signer")
             assert spend.state == "signed"
-            spends.broadcast(s, spend, rpc, actor="sweeper")
+        spends.broadcast(world, spend_id, rpc, actor="sweeper")
     rpc.generatetoaddress(1, MINER)
     with world.begin() as s:
         assert all(spends.track(s, spends.get_spend(s, i), rpc).state == "confirmed" for i in spend_ids)
