@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import nacl.signing
 
 from . import firmware, hsm
 from .device import Device, DeviceError
+from .durable import atomic_write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,13 +115,23 @@ def _build(args) -> None:
     image = firmware.build_image(Path(args.payload).read_bytes(), model=args.model, version=args.firmware_version,
                                  epoch=args.epoch, key_set="production" if args.production else "test",
                                  signers=signers)
-    Path(args.out).write_bytes(image)
+    atomic_write(args.out, image, mode=_file_mode(args.out))
     print(f"{args.out}: sha256 {hashlib.sha256(image).hexdigest()}, {len(signers)} signature(s)")
 
 
 def _sign(args) -> None:
     path = Path(args.image)
-    path.write_bytes(firmware.add_signature(path.read_bytes(), _key(args.key_file)))
+    atomic_write(path, firmware.add_signature(path.read_bytes(), _key(args.key_file)), mode=_file_mode(path))
+
+
+def _file_mode(path) -> int:
+    """An image file keeps its permissions; a new one gets those any new file would (0o666 less the umask)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _verify(args) -> None:

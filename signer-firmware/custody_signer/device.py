@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -25,7 +25,8 @@ from embit.transaction import SIGHASH
 from custody import bip322
 
 from . import firmware
-from .flash import Flash, atomic_write
+from .durable import append, atomic_write, drop_torn_tail, make_dirs, remove_temporaries
+from .flash import Flash
 from .hsm import Hsm, approvals_in
 from .inspection import Coin, FeeCaps, SigningRefused, inspect
 from .proofs import ExactPSBT, inspect_proof, is_proof
@@ -59,29 +60,55 @@ def _flash(state: Path, model: str) -> Flash:
                  threshold=RELEASE_THRESHOLD, production=False)
 
 
+def read_seed(path: Path) -> bytes:
+    """The seed, only if its file is whole: 64 hex digits. A torn or empty file is never taken for a seed
+    (HDKey.from_seed would make a key of whatever bytes it is given, even none)."""
+    text = path.read_text(errors="replace").strip()
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise DeviceError(f"{path} is damaged ({path.stat().st_size} bytes, not a 32-byte seed in hex)")
+    return bytes.fromhex(text)
+
+
 class Device:
     def __init__(self, state: Path, clock=time.time):
         self.state = Path(state)
+        seed = read_seed(self.state / "seed.hex")
         self.config = json.loads((self.state / "device.json").read_text())
         self.flash = _flash(self.state, self.config["model"])
         self.running = self.flash.boot(self_test)
+        for log in ("hsm_log.jsonl", "screen.log"):          # an append a power cut tore, never acted on
+            drop_torn_tail(self.state / log)
         self.hsm = Hsm(self.state, clock)
-        self._root = bip32.HDKey.from_seed(bytes.fromhex((self.state / "seed.hex").read_text()),
-                                           version=NETWORKS[self.network]["xprv"])
+        self._root = bip32.HDKey.from_seed(seed, version=NETWORKS[self.network]["xprv"])
 
     @classmethod
     def create(cls, state: Path, *, model: str = MODEL, network: str = NETWORK, image: bytes | None = None,
                clock=time.time) -> Device:
-        """First start: make the seed on the device and flash the factory image."""
+        """First start: make the seed on the device and flash the factory image.
+
+        Resumable: a first start killed or cut at any point completes at the next one. Each file is written
+        whole (`atomic_write`), so a seed.hex present is a complete seed and is kept; device.json, written
+        last, marks the first start done, and nothing about the device (its fingerprint) is reported before
+        it is. A seed.hex that is not a whole seed can only be one an older firmware tore before finishing
+        its first start, so before anything was derived from it: it is replaced."""
         state = Path(state)
-        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(state, 0o700)
         if (state / "device.json").exists():
             raise DeviceError(f"{state} already holds a device")
+        remove_temporaries(state)
         seed = state / "seed.hex"
-        with os.fdopen(os.open(seed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(secrets.token_bytes(32).hex())
-        _flash(state, model).provision(image or factory_image(model=model))
-        (state / "device.json").write_text(json.dumps({"model": model, "network": network,
+        try:
+            read_seed(seed)
+        except (FileNotFoundError, DeviceError):
+            atomic_write(seed, secrets.token_bytes(32).hex())
+        flash = _flash(state, model)
+        try:
+            provisioned = flash.record()["active"] is not None
+        except firmware.FirmwareError:          # a record an older firmware tore: this first start never ended
+            provisioned = False
+        if not provisioned:
+            flash.provision(image or factory_image(model=model))
+        atomic_write(state / "device.json", json.dumps({"model": model, "network": network,
                                                         "serial": "RS-" + secrets.token_hex(4).upper(),
                                                         "fee_caps": vars(FeeCaps())}))
         return cls(state, clock)
@@ -123,8 +150,7 @@ class Device:
         return self._root.derive(indexes)
 
     def _show(self, *lines: str) -> None:
-        with open(self.state / "screen.log", "a") as f:
-            f.write("\n".join(lines) + "\n--\n")
+        append(self.state / "screen.log", "\n".join(lines) + "\n--\n")
 
     # -- messages ------------------------------------------------------------------------------------------
     def sign_message(self, message: bytes, path: str) -> dict:

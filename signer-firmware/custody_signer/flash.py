@@ -1,29 +1,27 @@
 """The signer's flash: two firmware slots and a boot record in a state directory, installed so that a
 power loss at any step leaves a device that boots.
 
-An install verifies the image, writes it to the inactive slot, then marks that slot pending in the
-boot record (written to a temporary file and renamed: the record is always the old or the new one,
-never half of each). At boot a pending slot is tried: its image must verify against the hash it was
-signed with and pass its self-test; then it becomes active and the anti-rollback counter rises to its
-epoch. Otherwise the device falls back to the slot it ran before.
+Every file here is written by `durable.atomic_write` (temporary file, fsync, rename, fsync of the
+directory). An install verifies the image, writes it to the inactive slot, reads the slot back from the
+disk and verifies those bytes (signatures and hash), and only then marks that slot pending in the boot
+record: the record never names a slot whose image is not complete, durable and verified. At boot a
+pending slot is tried: its image must verify again and pass its self-test; then it becomes active and the
+anti-rollback counter rises to its epoch. Otherwise the device falls back to the slot it ran before. The
+active slot is never written, so a cut at any point leaves the old firmware or the new, never none.
 """
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
+from . import faults
+from .durable import atomic_write, make_dirs, read_back, remove_temporaries
 from .firmware import FirmwareError, Manifest, read_image, verify_image
 
+__all__ = ["Flash", "PowerLoss", "atomic_write", "SLOTS"]
+
 SLOTS = ("a", "b")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace a file whole: a reader (or a restart) sees the old content or the new, never half."""
-    temporary = path.with_suffix(path.suffix + ".new")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 class PowerLoss(Exception):
@@ -36,30 +34,62 @@ class Flash:
         self.state, self.model = Path(state), model
         self.trusted_keys, self.threshold, self.production = trusted_keys, threshold, production
         self.crash_at = crash_at or (lambda step: None)
-        self.state.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.state)
+
+    def _step(self, name: str) -> None:
+        faults.reached(name)
+        self.crash_at(name)
+
+    def _write(self, path: Path, data: bytes | str, older_names: dict[str, str]) -> None:
+        """Durably replace a file of the flash; `crash_at` hears each write point (`boot.json:synced`...) and
+        the names of the steps it had before writes were durable (`slot half written`...)."""
+        def crash_at(point: str) -> None:
+            self.crash_at(point)
+            older = older_names.get(point.split(":", 1)[1])
+            if older:
+                self.crash_at(older)
+        atomic_write(path, data, crash_at=crash_at)
 
     # -- the boot record -----------------------------------------------------------------------------
     def record(self) -> dict:
         path = self.state / "boot.json"
         if not path.exists():
             return {"active": None, "pending": None, "epoch_counter": 0}
-        return json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+            if record["active"] not in SLOTS or record.get("pending") not in (None, *SLOTS):
+                raise ValueError("no such slot")
+        except (ValueError, KeyError, TypeError) as e:
+            raise FirmwareError(f"the boot record is damaged ({e})") from None
+        return record
 
     def _write_record(self, record: dict) -> None:
-        temporary = self.state / "boot.json.new"
-        temporary.write_text(json.dumps(record, sort_keys=True))
-        self.crash_at("boot record written, not yet renamed")
-        os.replace(temporary, self.state / "boot.json")
+        self._write(self.state / "boot.json", json.dumps(record, sort_keys=True),
+                    {"synced": "boot record written, not yet renamed"})
 
     def _slot(self, name: str) -> Path:
         return self.state / f"slot_{name}.img"
 
+    def _write_slot(self, name: str, image: bytes, *, installed_version: tuple[int, int, int],
+                    epoch_counter: int) -> Manifest:
+        """Write a slot durably, then verify what the disk holds: the same bytes, a valid signed image."""
+        self._write(self._slot(name), image, {"partly written": "slot half written"})
+        stored = read_back(self._slot(name))
+        if stored != image:
+            raise FirmwareError(f"slot {name} did not read back as written")
+        return verify_image(stored, trusted_keys=self.trusted_keys, threshold=self.threshold, model=self.model,
+                            installed_version=installed_version, epoch_counter=epoch_counter,
+                            production=self.production)
+
     # -- factory, install, boot ------------------------------------------------------------------------
     def provision(self, image: bytes) -> Manifest:
-        """The factory's first image (verified as any other, against version 0.0.0)."""
-        manifest = verify_image(image, trusted_keys=self.trusted_keys, threshold=self.threshold, model=self.model,
-                                installed_version=(0, 0, 0), epoch_counter=0, production=self.production)
-        self._slot("a").write_bytes(image)
+        """The factory's first image (verified as any other, against version 0.0.0). The boot record is
+        written last: until it is, the device has no firmware and a restarted first start provisions again."""
+        verify_image(image, trusted_keys=self.trusted_keys, threshold=self.threshold, model=self.model,
+                     installed_version=(0, 0, 0), epoch_counter=0, production=self.production)
+        remove_temporaries(self.state)
+        manifest = self._write_slot("a", image, installed_version=(0, 0, 0), epoch_counter=0)
+        self._step("slot written")
         self._write_record({"active": "a", "pending": None, "epoch_counter": manifest.epoch})
         return manifest
 
@@ -73,20 +103,19 @@ class Flash:
         """Stage `image` for the next boot; refuses it (and leaves the flash unchanged) if it fails a check."""
         record = self.record()
         current = self.installed()
-        manifest = verify_image(image, trusted_keys=self.trusted_keys, threshold=self.threshold, model=self.model,
-                                installed_version=current.version, epoch_counter=record["epoch_counter"],
-                                production=self.production)
+        checks = dict(installed_version=current.version, epoch_counter=record["epoch_counter"])
+        verify_image(image, trusted_keys=self.trusted_keys, threshold=self.threshold, model=self.model,
+                     production=self.production, **checks)
         target = SLOTS[1 - SLOTS.index(record["active"])]
-        self.crash_at("verified")
-        with open(self._slot(target), "wb") as slot:
-            half = len(image) // 2
-            slot.write(image[:half])
-            slot.flush()
-            self.crash_at("slot half written")
-            slot.write(image[half:])
-        self.crash_at("slot written")
+        self._step("verified")
+        if record.get("pending") == target:       # staged before and not booted: unstage it before rewriting
+            record = {**record, "pending": None}
+            self._write_record(record)
+        remove_temporaries(self.state)
+        manifest = self._write_slot(target, image, **checks)
+        self._step("slot written")
         self._write_record({**record, "pending": target})
-        self.crash_at("pending recorded")
+        self._step("pending recorded")
         return manifest
 
     def boot(self, self_test: Callable[[bytes], bool] = lambda payload: True) -> Manifest:
@@ -94,20 +123,23 @@ class Flash:
         record = self.record()
         pending = record.get("pending")
         if pending:
+            remove_temporaries(self.state)                # what an interrupted install left unrenamed
             try:
-                image = self._slot(pending).read_bytes()
+                image = read_back(self._slot(pending))
                 manifest = verify_image(image, trusted_keys=self.trusted_keys, threshold=self.threshold,
                                         model=self.model, installed_version=self.installed().version,
                                         epoch_counter=record["epoch_counter"], production=self.production)
                 if not self_test(read_image(image)[2]):
                     raise FirmwareError("the new firmware failed its self-test")
-                self.crash_at("pending verified at boot")
+                self._step("pending verified at boot")
                 record = {"active": pending, "pending": None,
                           "epoch_counter": max(record["epoch_counter"], manifest.epoch)}
             except (FirmwareError, OSError):
                 record = {**record, "pending": None}          # fall back to the slot that ran before
             self._write_record(record)
         # the running image is checked at every boot too (signatures, hardware, hash)
-        return verify_image(self._slot(record["active"]).read_bytes(), trusted_keys=self.trusted_keys,
+        if record["active"] is None:
+            raise FirmwareError("the device has no firmware")
+        return verify_image(read_back(self._slot(record["active"])), trusted_keys=self.trusted_keys,
                             threshold=self.threshold, model=self.model, installed_version=(0, 0, 0),
                             epoch_counter=0, production=self.production)

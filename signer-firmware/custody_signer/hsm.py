@@ -30,7 +30,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
-from .flash import atomic_write
+from .durable import append, atomic_write
 from .inspection import Facts
 from .proofs import ProofFacts
 
@@ -124,9 +124,12 @@ class Hsm:
         return json.loads(path.read_text()) if path.exists() else None
 
     def install(self, policy: dict) -> None:
-        atomic_write(self.state / "hsm_policy.json", json.dumps(check_policy(policy), sort_keys=True, indent=1))
+        checked = check_policy(policy)
+        # logged before it takes effect: a power cut between the two leaves at worst a logged install that
+        # did not happen, never a policy in force that the log does not show
         self._log({"event": "policy installed", "policy_sha256":
                    hashlib.sha256(json.dumps(policy, sort_keys=True).encode()).hexdigest()})
+        atomic_write(self.state / "hsm_policy.json", json.dumps(checked, sort_keys=True, indent=1))
 
     def decide(self, facts: Facts, approvals: dict[bytes, bytes]) -> Decision:
         """Apply the rules; an allowed spend is counted against its rule's velocity before returning."""
@@ -243,10 +246,7 @@ class Hsm:
         body = {"seq": last["seq"] + 1 if last else 0, "time": int(self.clock()), **entry,
                 "prev": last["hash"] if last else GENESIS}
         body["hash"] = entry_hash(body)
-        with open(self.state / "hsm_log.jsonl", "a") as f:
-            f.write(json.dumps(body, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append(self.state / "hsm_log.jsonl", json.dumps(body, sort_keys=True) + "\n")
 
 
 def entry_hash(entry: dict) -> str:

@@ -68,7 +68,8 @@ def write_pth(site_packages=None):
     import sysconfig
     from pathlib import Path
     target = Path(site_packages or sysconfig.get_paths()["purelib"]) / PTH_NAME
-    target.write_text("import custody_signer.hwi_plugin as p; p.install()\n")
+    from .durable import atomic_write
+    atomic_write(target, "import custody_signer.hwi_plugin as p; p.install()\n", mode=0o644)
     return target
 
 
