@@ -302,9 +302,12 @@ class FeeIn(Strict):
 
 @route(router, "GET", "/spends", "spend.read")
 def list_spends(request: Request, policy: str | None = None,
-                state: Annotated[list[str] | None, Query(max_length=20)] = None) -> list[dict]:
+                state: Annotated[list[str] | None, Query(max_length=20)] = None,
+                after: Annotated[int | None, Query(ge=0, description="only spends with a greater id (paging)")] = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> list[dict]:
+    """Spends in id order, a page at a time: pass the last id you got as `after` for the next page."""
     with read(request) as s:
-        return service.spend_list(s, policy=policy, states=state)
+        return service.spend_list(s, policy=policy, states=state, after=after, limit=limit)
 
 
 @route(router, "POST", "/spends", "spend.request", status_code=201)

@@ -12,14 +12,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
 from custody.accounts import AuthError
+from custody.db import probe_write
 from custody.errors import CustodyError, NotFound
 from custody.node_client import NodeClient, NodeError, RPCError
 
 from .auth import LoginRequired, route
 from .metrics import make_registry
+from .node_gate import NodeGate
 from .watcher import Watcher
 
 log = logging.getLogger("coordinator.http")
@@ -70,14 +73,22 @@ class Observe:
                 "duration_ms": round(elapsed * 1000, 2), "user": principal}})
 
 
+def _first_line(error: Exception) -> str:
+    """The driver's own reason (`orig`), without SQLAlchemy's SQL echo and background link."""
+    reason = getattr(error, "orig", None) or error
+    return (str(reason).strip().splitlines() or [type(reason).__name__])[0]
+
+
 def node_factory(url: str, **options):
-    """One NodeClient per thread: a client keeps a connection open and is not shared."""
+    """One NodeClient per thread: a client keeps a connection open and is not shared. The clients share
+    one gate, so a hung node cannot take every request thread (coordinator/node_gate.py)."""
     local = threading.local()
+    gate = NodeGate(slots=THREADS_PER_PROCESS - 1)
 
     def factory() -> NodeClient:
         client = getattr(local, "client", None)
         if client is None:
-            client = local.client = NodeClient(url, **{k: v for k, v in options.items() if v is not None})
+            client = local.client = NodeClient(url, gate=gate, **{k: v for k, v in options.items() if v is not None})
         return client
     return factory
 
@@ -92,7 +103,10 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         import anyio.to_thread
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS_PER_PROCESS
         from custody.db import refresh_statistics
-        refresh_statistics(sessions.kw["bind"])
+        try:
+            refresh_statistics(sessions.kw["bind"])
+        except DBAPIError as e:         # start anyway: /health and every write say what is wrong
+            log.warning("database statistics not refreshed", extra={"fields": {"error": _first_line(e)}})
         watcher = Watcher(sessions, node, sync_interval) if sync_interval > 0 else None
         if watcher:
             watcher.start()
@@ -150,6 +164,17 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
     async def node_down(request: Request, exc: NodeError):
         return refusal(request, 503, f"the Bitcoin node is not available: {exc}")
 
+    @app.exception_handler(DBAPIError)
+    async def database_refused(request: Request, exc: DBAPIError):
+        if isinstance(exc, IntegrityError):
+            return refusal(request, 409, f"the database refused a conflicting change: {_first_line(exc)}; "
+                                         "nothing was changed")
+        return refusal(request, 503, f"the database is not available: {_first_line(exc)}; nothing was changed")
+
+    @app.exception_handler(SQLAlchemyTimeout)
+    async def database_busy(request: Request, exc: SQLAlchemyTimeout):
+        return refusal(request, 503, "the database is busy: no connection was free in time; nothing was changed")
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         if wants_html(request):
@@ -169,11 +194,11 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         report = {"database": {"ok": True}, "node": {"ok": True}}
         try:
             with sessions() as s:
-                s.execute(text("SELECT 1"))
                 from custody.ledger import tip_height
                 report["database"]["ledger_height"] = tip_height(s)
+            probe_write(sessions.kw["bind"])          # reads alone pass on a full disk
         except Exception as e:
-            report["database"] = {"ok": False, "error": str(e).splitlines()[0]}
+            report["database"] = {"ok": False, "error": _first_line(e)}
         try:
             info = node().getblockchaininfo()
             report["node"].update(chain=info["chain"], height=info["blocks"])

@@ -11,6 +11,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# What SQLite promises at COMMIT. FULL: the write-ahead log is fsynced before a commit returns, so a
+# spend request or an approval the API acknowledged survives a power cut (NORMAL syncs only at
+# checkpoints and loses the last commits). bench/durability.py measures what it costs.
+SQLITE_SYNCHRONOUS = "FULL"
 
 
 def default_url() -> str:
@@ -29,7 +33,7 @@ def make_engine(url: str | None = None) -> Engine:
             cur = conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
             cur.close()
         return engine
     if url.startswith("postgresql://"):
@@ -44,6 +48,16 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def probe_write(engine: Engine) -> None:
+    """Rewrite and commit the health-probe row: raises when the database answers reads but refuses
+    commits (a full disk, a read-only file or server, a lost primary)."""
+    from datetime import datetime, timezone
+    from sqlalchemy import text
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE health_probe SET checked_at = :now WHERE id = 1"),
+                           {"now": datetime.now(timezone.utc)})
 
 
 def refresh_statistics(engine: Engine) -> None:

@@ -180,3 +180,11 @@ class EventLogEntry(Base):
     hash: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
     key_id: Mapped[str] = mapped_column(String(64))                  # the signing ed25519 public key, hex
+
+
+class HealthProbe(Base):
+    """The one row /health rewrites and commits: proof that the database still takes writes (a full
+    disk or a read-only database answers reads and refuses commits)."""
+    __tablename__ = "health_probe"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

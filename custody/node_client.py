@@ -92,7 +92,7 @@ class NodeClient:
     def __init__(self, url: str = "http://127.0.0.1:18443", *, user: str | None = None,
                  password: str | None = None, cookie_file: str | Path | None = None,
                  datadir: str | Path | None = None, network: str = "regtest", timeout: float = 30.0,
-                 wallet: str | None = None):
+                 wallet: str | None = None, gate=None):
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"node URL must be http(s)://host:port, not {url!r}")
@@ -100,6 +100,7 @@ class NodeClient:
         self._host, self._port, self._tls = parts.hostname, parts.port or 8332, parts.scheme == "https"
         self._path = f"/wallet/{wallet}" if wallet else (parts.path or "/")
         self.timeout = timeout
+        self._gate = gate           # shared by a server's clients: see coordinator/node_gate.py
         if user is None and parts.username:
             user, password = parts.username, parts.password or ""
         if cookie_file is None and user is None and datadir is not None:
@@ -177,6 +178,15 @@ class NodeClient:
         raise AssertionError("unreachable")
 
     def _exchange(self, payload) -> object:
+        if self._gate is None:
+            return self._exchange_now(payload)
+        self._gate.enter(payload["method"] if isinstance(payload, dict) else "batch")
+        try:
+            return self._exchange_now(payload)
+        finally:
+            self._gate.leave()
+
+    def _exchange_now(self, payload) -> object:
         body = _encode(payload)
         status, data = self._post(body)
         if status in (401, 403) and self._cookie_file is not None and self._user is None:

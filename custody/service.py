@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import eventlog, ledger, registry, spends
 from .errors import CustodyError
-from .models import Address, Key
+from .models import Address, Key, Policy
 from .node_client import NodeClient
 from .spend_models import ApprovalRule, Spend, SpendSignature
 
@@ -314,14 +314,21 @@ def spend_cancel(s: Session, spend_id: int, *, actor: str = "coordinator") -> di
     return spends.summary(s, spends.cancel(s, spends.get_spend(s, spend_id), actor=actor))
 
 
-def spend_list(s: Session, *, policy: str | None = None, states: list[str] | None = None) -> list[dict]:
-    query = select(Spend).order_by(Spend.id)
+def spend_list(s: Session, *, policy: str | None = None, states: list[str] | None = None,
+               after: int | None = None, limit: int | None = None) -> list[dict]:
+    """Spends in id order (those after id `after`, at most `limit`): one query, whatever their number."""
+    query = (select(Spend.id, Policy.name, Spend.state, Spend.amount, Spend.txid, Spend.requester, Spend.memo)
+             .join(Policy, Policy.id == Spend.policy_id).order_by(Spend.id))
     if policy:
         query = query.where(Spend.policy_id == registry.get_policy(s, policy).id)
     if states:
         query = query.where(Spend.state.in_(states))
-    return [{k: v for k, v in spends.summary(s, sp).items()
-             if k in ("id", "policy", "state", "amount", "txid", "requester", "memo")} for sp in s.scalars(query)]
+    if after is not None:
+        query = query.where(Spend.id > after)
+    if limit is not None:
+        query = query.limit(limit)
+    return [{"id": i, "policy": name, "state": state, "amount": amount, "txid": txid, "requester": requester,
+             "memo": memo} for i, name, state, amount, txid, requester, memo in s.execute(query)]
 
 
 def spend_timeline(s: Session, spend_id: int) -> list[dict]:
@@ -342,7 +349,6 @@ def spend_timeline(s: Session, spend_id: int) -> list[dict]:
 
 def signatures_outstanding(s: Session) -> int:
     """Signatures still needed across every spend collecting them."""
-    from .models import Policy
     missing = 0
     for spend, threshold in s.execute(select(Spend, Policy.threshold).join(Policy, Policy.id == Spend.policy_id)
                                       .where(Spend.state == "signing")):

@@ -265,13 +265,42 @@ def fee_preview(session: Session, policy: Policy, destinations: list[tuple[str, 
             "fee": fee, "change": change, "vsize": int(-(-vsize // 1))}
 
 
+RESERVE_ATTEMPTS = 5     # coin selection runs again when another spend took a chosen coin meanwhile
+
+
 def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: int = 0,
                 actor: str = "coordinator") -> Spend:
-    """Build the PSBT once the spend is approved and any delay has passed; reserve its coins."""
+    """Build the PSBT once the spend is approved and any delay has passed; reserve its coins.
+
+    Two spends asking at once must not get one coin: each coin is reserved by a conditional update
+    (only while nobody holds it) whose row count is checked, and the spend moves from 'approved' the
+    same way. When a chosen coin was taken meanwhile, what this attempt reserved is given back and
+    selection runs again on what is left, so a refusal means the free coins do not suffice."""
     if spend.state != "approved":
         raise CustodyError(f"spend #{spend.id} is {spend.state}; a PSBT is made for approved spends only")
     if spend.signable_after is not None and _now() < _aware(spend.signable_after):
         raise CustodyError(f"spend #{spend.id} is a large spend: signable after {spend.signable_after:%Y-%m-%d %H:%M} UTC")
+    previous: dict[str, bytes] = {}
+    for _ in range(RESERVE_ATTEMPTS):
+        built = _build_psbt(session, spend, client, version, previous)
+        if _reserve(session, spend, built.coins):
+            break
+        session.flush()
+        session.expire_all()      # read the coins again: another spend's reservation has landed
+    else:
+        raise CustodyError(f"other spends kept taking the coins chosen for spend #{spend.id}; ask again")
+    claimed = session.execute(update(Spend).where(Spend.id == spend.id, Spend.state == "approved")
+                              .values(psbt=built.psbt.to_string(), fee=built.fee, change_index=built.change_index,
+                                      state="signing")).rowcount
+    if not claimed:
+        raise CustodyError(f"spend #{spend.id} changed while its PSBT was made; look at it again")
+    session.refresh(spend)
+    _record_psbt(session, spend, "psbt.created", built, actor)
+    return spend
+
+
+def _build_psbt(session: Session, spend: Spend, client: NodeClient, version: int, previous: dict[str, bytes]):
+    """Select coins among those free now and build the unsigned transaction (nothing is reserved)."""
     policy = session.get(Policy, spend.policy_id)
     spec = spec_of(policy)
     coins = _coins(session, policy, json.loads(spend.coins) if spend.coins else None)
@@ -283,27 +312,35 @@ def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: 
         change = session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
                                                        Address.used.is_(False), Address.index > change.index)
                                  .order_by(Address.index)).first()
-    previous = {}
     for coin in coins:
         if coin.txid not in previous:
             previous[coin.txid] = bytes.fromhex(client.getrawtransaction(coin.txid))
     outputs = [(_script(d["address"], policy.network), d["amount"]) for d in json.loads(spend.destinations)]
     try:
-        built = build_spend(spec, coins, outputs, fee_rate=spend.fee_rate_milli / 1000,
-                            change=(change.index, change.script_pubkey) if change else None, previous_txs=previous,
-                            locktime=client.getblockcount(), select=not spend.coins and not spend.sweep,
-                            sweep=spend.sweep, version=version)
+        return build_spend(spec, coins, outputs, fee_rate=spend.fee_rate_milli / 1000,
+                           change=(change.index, change.script_pubkey) if change else None, previous_txs=previous,
+                           locktime=client.getblockcount(), select=not spend.coins and not spend.sweep,
+                           sweep=spend.sweep, version=version)
     except (BuildError, ValueError) as e:
         raise CustodyError(str(e)) from None
-    for coin in built.coins:
-        utxo = session.scalar(select(Utxo).where(Utxo.txid == coin.txid, Utxo.vout == coin.vout))
-        if utxo.reserved_by is not None:
-            raise CustodyError(f"coin {coin.outpoint} is reserved by {utxo.reserved_by}")
-        utxo.reserved_by = f"spend:{spend.id}"
-    spend.psbt = built.psbt.to_string()
-    spend.fee, spend.change_index, spend.state = built.fee, built.change_index, "signing"
-    _record_psbt(session, spend, "psbt.created", built, actor)
-    return spend
+
+
+def _reserve(session: Session, spend: Spend, coins: list[Coin]) -> bool:
+    """Reserve every coin for `spend`, or none: True when all were still free. Coins are taken in
+    outpoint order so that two spends never wait on each other's rows (PostgreSQL row locks)."""
+    tag, taken = f"spend:{spend.id}", []
+    for coin in sorted(coins, key=lambda c: (c.txid, c.vout)):
+        won = session.execute(update(Utxo).where(Utxo.txid == coin.txid, Utxo.vout == coin.vout,
+                                                 Utxo.reserved_by.is_(None), Utxo.spent_txid.is_(None),
+                                                 Utxo.frozen.is_(False))
+                              .values(reserved_by=tag)).rowcount
+        if not won:
+            for txid, vout in taken:
+                session.execute(update(Utxo).where(Utxo.txid == txid, Utxo.vout == vout, Utxo.reserved_by == tag)
+                                .values(reserved_by=None))
+            return False
+        taken.append((coin.txid, coin.vout))
+    return True
 
 
 def _record_psbt(session: Session, spend: Spend, kind: str, built, actor: str = "coordinator") -> None:
@@ -424,7 +461,8 @@ def track(session: Session, spend: Spend, client: NodeClient, confirmations: int
         height = client.getblockcount() - depth + 1
         if spend.state != "confirmed":
             spend.confirmed_height = height
-            _release(session, spend)
+            # its coins stay reserved to it: a reorganisation may hand them back to the ledger unspent,
+            # and until this spend is seen conflicted no other spend may take them
             _set_state(session, spend, "confirmed", "spend.confirmed", height=height, confirmations=depth)
         elif height != spend.confirmed_height:              # reorganised into another block
             spend.confirmed_height = height
@@ -451,7 +489,6 @@ def _off_chain(session: Session, spend: Spend, client: NodeClient) -> Spend:
     if ours and len(ours) == len(coins):     # the ledger saw it confirmed; this node keeps no index of it
         if spend.state != "confirmed":
             spend.confirmed_height = min(ours)
-            _release(session, spend)
             _set_state(session, spend, "confirmed", "spend.confirmed", height=min(ours))
         return spend
     if spend.state == "confirmed":
@@ -588,9 +625,15 @@ def _release(session: Session, spend: Spend) -> None:
 
 
 def cancel(session: Session, spend: Spend, *, actor: str = "coordinator") -> Spend:
-    if spend.state not in ("requested", "approved", "signing", "signed"):
+    cancellable = ("requested", "approved", "signing", "signed")
+    if spend.state not in cancellable:
         raise CustodyError(f"spend #{spend.id} is {spend.state}; it can no longer be cancelled here")
-    spend.state = "cancelled"
+    # conditional, like every move out of 'signed': a broadcast that won meanwhile is not cancelled
+    if not session.execute(update(Spend).where(Spend.id == spend.id, Spend.state.in_(cancellable))
+                           .values(state="cancelled")).rowcount:
+        session.refresh(spend)
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; it can no longer be cancelled here")
+    session.refresh(spend)
     _release(session, spend)
     record(session, "spend.cancelled", actor, f"spend:{spend.id}", {})
     return spend

@@ -343,6 +343,70 @@ def test_spend_lifecycle_over_the_api(service, vault, rpc, other_address):
     assert balance["total"] == 600_000_000 - 50_000_000 - shown["fee"]
 
 
+def test_concurrent_psbt_requests_never_share_a_coin(service, vault):
+    """Eight approved spends ask for their PSBTs at the same moment; the vault has three coins. Each coin
+    goes to one spend at most, and nobody is refused while a coin is still free."""
+    import threading
+    from custody.models import Utxo
+    ids = []
+    for _ in range(8):
+        created = _request(service, amount="0.1")
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+        assert service.call("POST", f"/api/spends/{ids[-1]}/approve", "omar").status_code == 200
+    start, answers = threading.Barrier(len(ids)), {}
+
+    def ask(sid):
+        start.wait()
+        answers[sid] = service.call("POST", f"/api/spends/{sid}/psbt", "omar")
+    threads = [threading.Thread(target=ask, args=(sid,)) for sid in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = {sid: PSBT.from_string(r.json()["psbt"]) for sid, r in answers.items() if r.status_code == 200}
+    refused = [r for r in answers.values() if r.status_code != 200]
+    inputs = [f"{i.txid.hex()}:{i.vout}" for psbt in made.values() for i in psbt.inputs]
+    assert len(inputs) == len(set(inputs)), f"a coin is in two PSBTs: {sorted(inputs)}"
+    assert all(r.status_code == 400 and "no spendable coins" in r.json()["detail"] for r in refused), \
+        [r.text for r in refused]
+    with service.sessions() as s:
+        reserved = {f"{u.txid}:{u.vout}": u.reserved_by for u in s.scalars(select(Utxo))}
+    assert sorted(k for k, v in reserved.items() if v) == sorted(inputs)     # the database agrees
+    assert all(reserved[i] == f"spend:{sid}" for sid, p in made.items()
+               for i in (f"{x.txid.hex()}:{x.vout}" for x in p.inputs))
+    assert refused == [] or all(reserved.values()), "a spend was refused while a coin was free"
+    assert len(made) >= 1
+
+
+def test_the_spend_list_costs_the_same_queries_for_3_or_60_spends(service, vault):
+    from sqlalchemy import event
+    engine = service.sessions.kw["bind"]
+    statements = []
+
+    def count(*_):
+        statements.append(1)
+
+    def queries_for_listing() -> tuple[int, list]:
+        statements.clear()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            listed = service.call("GET", "/api/spends", "vic").json()
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        return len(statements), listed
+    for _ in range(3):
+        assert _request(service, amount="0.01").status_code == 201
+    few, listed = queries_for_listing()
+    assert [r["state"] for r in listed] == ["requested"] * 3 and listed[0]["policy"] == "vault"
+    for _ in range(57):
+        assert _request(service, amount="0.01").status_code == 201
+    many, listed = queries_for_listing()
+    assert len(listed) == 60 and many == few
+    page = service.call("GET", f"/api/spends?after={listed[9]['id']}&limit=5", "vic").json()
+    assert [r["id"] for r in page] == [r["id"] for r in listed[10:15]]
+
+
 def test_spend_checks_are_the_clis(service, vault):
     """Refusals of the core reach the API as 400 with the same message, and change nothing."""
     before = service.log_entries()

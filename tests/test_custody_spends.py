@@ -462,7 +462,7 @@ def _longer_branch(rpc, tmp_path, blocks: int, raw_txs=()) -> None:
         other.stop()
 
 
-def test_a_reorganisation_unconfirms_then_reconfirms_a_spend(vault, rpc, other_address, tmp_path):
+def test_a_reorganisation_unconfirms_then_reconfirms_a_spend(vault, rpc, node, other_address, tmp_path):
     sessions, syncer, seed = vault
     spend_id = _approved_and_broadcast(sessions, rpc, seed)
     rpc.generatetoaddress(1, other_address)
@@ -472,16 +472,29 @@ def test_a_reorganisation_unconfirms_then_reconfirms_a_spend(vault, rpc, other_a
         assert spend.state == "confirmed" and spend.confirmed_height == rpc.getblockcount()
     _longer_branch(rpc, tmp_path, 2)                          # its block is gone; the node re-adds it to its mempool
     syncer.sync_once()
+    inputs = len(PSBT.from_string(spends.get_spend(sessions(), spend_id).psbt).inputs)
+    with sessions() as s:       # before anyone tracks it, its coins are not free for another spend
+        assert s.scalar(select(func.count()).select_from(Utxo).where(Utxo.reserved_by == f"spend:{spend_id}")) == inputs
     with sessions.begin() as s:
         spend = spends.track(s, spends.get_spend(s, spend_id), rpc)
         assert spend.state == "broadcast" and spend.confirmed_height is None
-        assert s.scalar(select(func.count()).select_from(Utxo).where(Utxo.reserved_by == f"spend:{spend_id}")) > 0
+        assert s.scalar(select(func.count()).select_from(Utxo).where(Utxo.reserved_by == f"spend:{spend_id}")) == inputs
     rpc.generatetoaddress(1, other_address)
     with sessions.begin() as s:
         spend = spends.track(s, spends.get_spend(s, spend_id), rpc)
         assert spend.state == "confirmed" and spend.confirmed_height == rpc.getblockcount()
         kinds = [e.kind for e in s.scalars(select(EventLogEntry).where(EventLogEntry.subject == f"spend:{spend_id}"))]
     assert kinds[-3:] == ["spend.confirmed", "spend.unconfirmed", "spend.confirmed"]
+    # the console's timeline says what happened
+    from fastapi.testclient import TestClient
+    from coordinator.app import create_app, node_factory
+    from custody import accounts
+    with sessions.begin() as s:
+        token, _ = accounts.create_token(s, accounts.create_user(s, "vera", "viewer", "correct horse battery")[0], "t")
+    app = create_app(sessions, node_factory(node.url, cookie_file=node.cookie_file), sync_interval=0)
+    with TestClient(app) as client:
+        page = client.get(f"/spends/{spend_id}/timeline", headers={"authorization": f"Bearer {token}"})
+    assert page.status_code == 200 and "left the best chain (reorganisation)" in page.text
 
 
 def test_a_reorganisation_that_double_spends_a_confirmed_spend_makes_it_conflicted(vault, rpc, other_address,

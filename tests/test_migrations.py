@@ -22,3 +22,15 @@ def test_migrations_match_the_models(db_url):
     structural = [d for d in flat if d[0] != "remove_index"]
     assert structural == []
     assert all(d[1].name.startswith(("ix_utxos_", "ix_addresses_")) for d in flat)
+
+
+def test_a_commit_is_durable_when_it_returns(db_url):
+    """SQLite fsyncs its write-ahead log at every commit (synchronous=FULL; NORMAL loses the last
+    acknowledged commits on a power cut); PostgreSQL keeps its default, synchronous_commit on."""
+    engine = open_database(db_url).kw["bind"]
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2       # FULL
+        else:
+            assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"

@@ -9,7 +9,7 @@ function csrfToken() {
 // A spend's timeline refreshes itself until the spend reaches a final state.
 function followTimeline(box) {
   const url = box.dataset.live;
-  const ended = ["rejected", "cancelled", "replaced"];
+  const ended = ["rejected", "cancelled", "replaced", "conflicted"];
   async function poll() {
     const current = box.querySelector(".timeline");
     if (current && (ended.includes(current.dataset.state) ||
