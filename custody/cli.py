@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        if not isinstance(e, _refusals()):
+        message = _database_refusal(e, args)
+        if message is None and not isinstance(e, _refusals()):
             raise
-        print(f"custody: error: {e}", file=sys.stderr)
+        print(f"custody: error: {message or e}", file=sys.stderr)
         return 1
     if result is not None:
         _print(result, args.json)
@@ -67,6 +68,22 @@ def _refusals() -> tuple[type[BaseException], ...]:
     """What a command may refuse with (one line, exit 1); NodeError's module is imported only when needed."""
     from .node_client import NodeError
     return CustodyError, ValueError, NodeError, OSError
+
+
+def _database_refusal(e: Exception, args) -> str | None:
+    """A database that is down, read-only, corrupt or refuses the credentials, as one line naming the
+    database (never its password); None for anything else."""
+    exc = sys.modules.get("sqlalchemy.exc")        # SQLAlchemy never loaded: not a database failure
+    if exc is None or not isinstance(e, exc.DBAPIError):
+        return None
+    from sqlalchemy.engine import make_url
+    url = getattr(args, "db", None) or _default_db()
+    try:
+        url = make_url(url).render_as_string(hide_password=True)
+    except Exception:                              # unparsable: say nothing that could hold a password
+        url = "the configured database"
+    reason = (str(e.orig or e).strip().splitlines() or [type(e.orig or e).__name__])[0]
+    return f"the database refused: {reason} ({url})"
 
 
 # -- plumbing -------------------------------------------------------------------------------
@@ -450,15 +467,23 @@ def _sync(args):
 
 
 def _worker(args):
+    """Follow the node until SIGTERM or SIGINT (Ctrl-C), which end the current round and exit 0."""
+    import logging
     import signal
     import threading
+    stop, received = threading.Event(), []
+
+    def on_signal(signum, _frame):
+        received.append(signal.Signals(signum).name)
+        stop.set()
+    signal.signal(signal.SIGTERM, on_signal)             # before the database opens: a signal during
+    signal.signal(signal.SIGINT, on_signal)              # migration stops the worker as cleanly
     from .jsonlog import setup_json_logging
-    from .sync import Syncer
+    from .leader import LeaderLoop
     setup_json_logging()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    Syncer(_sessions(args), _client(args)).run_forever(interval=args.interval, stop=stop)
+    sessions, client = _sessions(args), _client(args)
+    LeaderLoop(sessions, lambda: client, interval=args.interval).run(stop)
+    logging.getLogger("custody.worker").info("worker stopped (%s)", received[0] if received else "done")
     return None
 
 

@@ -12,11 +12,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.node_client import NodeClient, RPCError, btc_to_sats
 
+from .errors import CustodyError
 from .leader import LeaderLock
 from .models import Address, Block, ChainTransaction, Policy, PolicyTransaction, Utxo
 from .derive import derive_scripts
@@ -70,42 +71,35 @@ class Syncer:
 
     # -- entry points ------------------------------------------------------------------------
     def sync_once(self, *, lock_timeout: float = 30) -> SyncReport:
-        self.lock.acquire(lock_timeout)
+        """Sync now. While another process leads (custody.leader.LeaderLoop: `custody worker`, or the loop
+        in `custody serve`) that one keeps the ledger: wait up to `lock_timeout` s for it to reach the
+        node's tip instead of syncing beside it."""
+        deadline = time.monotonic() + lock_timeout
+        tip = None
+        while not self.lock.try_acquire():
+            tip = self.client.getblockcount() if tip is None else tip
+            if self._caught_up(tip):
+                return SyncReport(tip_height=tip, notes=["synced by the leading process"])
+            if time.monotonic() >= deadline:
+                raise CustodyError("another sync worker holds the ledger and has not reached the node's tip; "
+                                   "try again")
+            time.sleep(0.2)
         try:
             return self._run()
         finally:
             self.lock.release()
 
-    def try_sync_once(self) -> SyncReport | None:
-        """Sync once if no other process is leading; None if one is (it keeps the ledger current)."""
-        if not self.lock.try_acquire():
-            return None
-        try:
-            return self._run()
-        finally:
-            self.lock.release()
+    def sync_as_leader(self) -> SyncReport:
+        """One sync for the caller that holds the leader lock already (custody.leader.LeaderLoop)."""
+        return self._run()
 
-    def run_forever(self, *, interval: float = 1.0, stop=None) -> None:
-        """The worker: wait to lead, then follow the node until `stop` is set."""
-        while not (stop and stop.is_set()):
-            if self.lock.try_acquire():
-                break
-            time.sleep(interval)
-        try:
-            while not (stop and stop.is_set()):
-                try:
-                    report = self._run()
-                    if report.blocks_applied or report.blocks_rolled_back:
-                        log.info("synced to %s (+%d, -%d blocks)", report.tip_height, report.blocks_applied,
-                                 report.blocks_rolled_back)
-                except Exception as e:   # node away or a transient DB error: keep leading, try again
-                    log.warning("sync failed: %s", e)
-                if stop is not None:
-                    stop.wait(interval)
-                else:
-                    time.sleep(interval)
-        finally:
-            self.lock.release()
+    def _caught_up(self, tip: int) -> bool:
+        """Has the leader followed the node to `tip` and discovered every new policy?"""
+        with self.sessions() as session:
+            height = session.scalar(select(func.max(Block.height)))
+            pending = session.scalar(select(func.count()).select_from(Policy).where(
+                Policy.scanned_height.is_(None), Policy.status.in_(ACTIVE_STATUSES)))
+        return height is not None and height >= tip and not pending
 
     def _run(self) -> SyncReport:
         report = SyncReport()
