@@ -239,7 +239,7 @@ def test_amounts_parse_exactly():
             spends.parse_amount(bad)
 
 
-def _approved_and_broadcast(sessions, rpc, seed, amount=50_000_000) -> int:
+def _signed(sessions, rpc, seed, amount=50_000_000) -> int:
     spend_id = request(sessions, amount, fee_rate=1.0)
     decide(sessions, spend_id, "olga")
     decide(sessions, spend_id, "omar")
@@ -247,6 +247,11 @@ def _approved_and_broadcast(sessions, rpc, seed, amount=50_000_000) -> int:
         spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
     sign_as(sessions, spend_id, seed)
     sign_as(sessions, spend_id, seed + 1)
+    return spend_id
+
+
+def _approved_and_broadcast(sessions, rpc, seed, amount=50_000_000) -> int:
+    spend_id = _signed(sessions, rpc, seed, amount)
     spends.broadcast(sessions, spend_id, rpc)
     return spend_id
 
@@ -354,17 +359,6 @@ def test_sweep_of_chosen_coins(vault, rpc, other_address):
 
 
 # -- money moves exactly once: kills, drops and reorganisations (issue 15) ----------------------------------
-def _signed(sessions, rpc, seed, amount=50_000_000) -> int:
-    spend_id = request(sessions, amount, fee_rate=1.0)
-    decide(sessions, spend_id, "olga")
-    decide(sessions, spend_id, "omar")
-    with sessions.begin() as s:
-        spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
-    sign_as(sessions, spend_id, seed)
-    sign_as(sessions, spend_id, seed + 1)
-    return spend_id
-
-
 def _cli(node, db_url, *args, kill_at=None):
     env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
     env.pop("CUSTODY_KILL_AT", None)
