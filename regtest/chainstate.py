@@ -3,9 +3,20 @@
 libbitcoinkernel validates and connects every block and owns the block files and chainstate.
 It does not expose coin lookups, so this module keeps a UTXO map and a transaction index of its own,
 changed only by the kernel's block-connected and block-disconnected events.
+
+Surviving a kill. The kernel writes each block to its block files before `process_block` returns, but
+writes its block index and chainstate only when it flushes (periodically, when its cache is full, and
+when it is destroyed on a clean stop); its C API offers no flush of its own. So a clean stop leaves a
+`clean-shutdown` marker after the kernel's flush, and a start without one re-submits, in file order,
+every block the files hold and the index does not (`blockfiles.scan`): the kernel rewrites each at the
+position it already had and connects it, and the node is back at the tip it acknowledged. `-reindex`
+rebuilds the index and chainstate from the block files instead, as Core's does. The node's own UTXO map
+and transaction index are snapshotted (atomically) periodically and on a clean stop, at a tip; at start
+the snapshot is used if its tip is on the best chain, rolled forward from there, else rebuilt from blocks.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -17,12 +28,14 @@ from pathlib import Path
 
 import pbk
 
+from . import blockfiles, durable, faults
 from .serialize import Block, Tx, bits_to_target, sha256d
 
 log = logging.getLogger("regtest.chain")
 
 COINBASE_MATURITY = 100
 INDEX_FORMAT = 1
+MAX_SCRIPT_SIZE = 10_000     # Core's coins view never holds a longer (unspendable) script
 
 
 @dataclass(slots=True)
@@ -76,7 +89,7 @@ _kernel_log: _KernelLog | None = None
 class ChainState:
     """Kernel-backed chain with UTXO set and transaction index kept in step by kernel events."""
 
-    def __init__(self, datadir: Path):
+    def __init__(self, datadir: Path, *, reindex: bool = False, reindex_chainstate: bool = False):
         global _kernel_log
         self.datadir = Path(datadir)
         self.datadir.mkdir(parents=True, exist_ok=True)
@@ -84,15 +97,15 @@ class ChainState:
             _kernel_log = _KernelLog()
         self._klog = _kernel_log
         self._events: list[tuple[str, bytes, object]] = []
+        self._recording = False    # kernel events are kept only while the node follows them
         self._checked: dict[bytes, tuple[object, object]] = {}
         callbacks = pbk.ValidationInterfaceCallbacks(
             block_checked=self._on_checked,
-            block_connected=lambda _u, block, entry: self._events.append(("connect", self._raw(block), entry)),
-            block_disconnected=lambda _u, block, entry: self._events.append(("disconnect", self._raw(block), entry)),
+            block_connected=lambda _u, block, entry: self._record("connect", block, entry),
+            block_disconnected=lambda _u, block, entry: self._record("disconnect", block, entry),
         )
         self._submitted: tuple[bytes, bytes] | None = None    # (hash, raw) of the block being processed
         self._callbacks = callbacks
-        self.kernel = pbk.load_chainman(self.datadir, pbk.ChainType.REGTEST, validation_callbacks=callbacks)
         self.lock = threading.RLock()
         self.utxos: dict[tuple[bytes, int], Coin] = {}
         self.txindex: dict[bytes, tuple[bytes, int]] = {}   # txid -> (block hash, position)
@@ -103,10 +116,76 @@ class ChainState:
         self._mtp: dict[bytes, int] = {}
         self.on_connect = []     # callables(block: Block, height: int)
         self.on_disconnect = []  # callables(block: Block, height: int)
-        self._load_or_rebuild_indexes()
-        self._events.clear()
+        self._saved_tip: bytes | None = None
+        self._save_lock = threading.Lock()
+        self.recovered_blocks = 0
+
+        clean_tip = self._take_clean_marker()
+        self.kernel = self._open_kernel(wipe_index=reindex, wipe_chainstate=reindex or reindex_chainstate)
+        if reindex:
+            durable.remove(self._index_path)     # Core's -reindex rebuilds the optional indexes too
+            log.info("reindexing: rebuilding the block index and chainstate from the block files")
+        # Core's import thread at every start: finishes a reindex (also one a kill interrupted),
+        # otherwise only activates the best chain
+        self.kernel.import_blocks([])
+        replayed: dict[bytes, bytes] = {}
+        stale: dict[bytes, tuple[bytes, int]] = {}
+        if not reindex and clean_tip != bytes(self.tip.block_hash):
+            self.recovered_blocks = self._recover_unindexed_blocks(replayed, stale)
+        self._load_or_rebuild_indexes(replayed, stale)
+        self._checked.clear()
+        self._recording = True
+
+    def _open_kernel(self, *, wipe_index: bool, wipe_chainstate: bool):
+        """pbk.load_chainman, with Core's -reindex / -reindex-chainstate wipes when asked."""
+        context = pbk.make_context(pbk.ChainType.REGTEST, validation_callbacks=self._callbacks)
+        opts = pbk.ChainstateManagerOptions(context, str(self.datadir.absolute()),
+                                            str((self.datadir / "blocks").absolute()))
+        if wipe_index or wipe_chainstate:
+            opts.set_wipe_dbs(wipe_index, wipe_chainstate)
+        return pbk.ChainstateManager(opts)
+
+    def _recover_unindexed_blocks(self, replayed: dict[bytes, bytes], stale: dict) -> int:
+        """After a start without a clean-shutdown marker: hand the kernel again, in file order, every block
+        its files hold and its index does not (it wrote them before acknowledging them, and was killed
+        before flushing the index). Returns how many were found."""
+        entries = self.kernel.block_tree_entries
+        lost: list[tuple[bytes, bytes]] = []
+        seen: set[bytes] = set()
+        for block_hash, read in blockfiles.scan(self.datadir / "blocks"):
+            if block_hash not in seen and pbk.BlockHash(block_hash) not in entries:
+                seen.add(block_hash)
+                lost.append((block_hash, read()))
+        if not lost:
+            return 0
+        log.info("the node was not stopped cleanly: re-submitting %d blocks from the block files that the "
+                 "kernel's index had not flushed (at height %d)", len(lost), self.height)
+        self._recording = True
+        for block_hash, raw in lost:
+            self._submitted = (block_hash, raw)
+            try:
+                self.kernel.process_block(pbk.Block(raw))
+            except Exception as e:      # a torn or invalid record: the kernel said no the first time too
+                log.debug("re-submitted block %s refused: %s", block_hash[::-1].hex(), e)
+            finally:
+                self._submitted = None
+            events, self._events = self._events, []
+            for kind, raw_event, entry in events:
+                if kind == "connect":
+                    replayed[bytes(entry.block_hash)] = raw_event
+                else:       # a reorg the replay repeats: the left branch's transactions stay findable
+                    block = Block.parse(raw_event)
+                    stale.update({tx.txid_bytes: (block.header.hash_bytes, pos) for pos, tx in enumerate(block.txs)})
+            faults.point("replay:block")
+        self._recording = False
+        log.info("recovered: height %d, tip %s", self.height, bytes(self.tip.block_hash)[::-1].hex())
+        return len(lost)
 
     # -- kernel events --------------------------------------------------------------------
+    def _record(self, kind: str, block, entry) -> None:
+        if self._recording:
+            self._events.append((kind, self._raw(block), entry))
+
     def _raw(self, block) -> bytes:
         """The block's bytes: the submitted ones when it is that block (serialising a block back
         out of the kernel costs a callback per chunk)."""
@@ -143,8 +222,9 @@ class ChainState:
                     utxos.pop((txin.prev_txid, txin.prev_vout), None)
             coinbase = pos == 0
             for n, out in enumerate(tx.vout):
-                if out.script_pubkey[:1] != b"\x6a":
-                    utxos[(txid, n)] = Coin(out.value, out.script_pubkey, height, coinbase)
+                spk = out.script_pubkey
+                if spk[:1] != b"\x6a" and len(spk) <= MAX_SCRIPT_SIZE:     # Core's IsUnspendable
+                    utxos[(txid, n)] = Coin(out.value, spk, height, coinbase)
             self.txindex[txid] = (block_hash, pos)
             self.stale_txindex.pop(txid, None)
         self._remember(block)
@@ -184,6 +264,7 @@ class ChainState:
             finally:
                 self._klog.capturing = False
                 self._submitted = None
+            faults.point("block:accepted")
             self._apply_events()
             reason = self._klog.reason()
             checked = self._checked.pop(block_hash, None)
@@ -278,6 +359,8 @@ class ChainState:
         if loc is None:
             return None
         block = self.block(loc[0])
+        if block is None:
+            return None
         return block.txs[loc[1]], loc[0], loc[1]
 
     # -- persistence of the node's own indexes -------------------------------------------
@@ -285,41 +368,98 @@ class ChainState:
     def _index_path(self) -> Path:
         return self.datadir / "indexes" / "utxo-txindex.pickle"
 
-    def _load_or_rebuild_indexes(self) -> None:
-        tip_hash = bytes(self.tip.block_hash)
+    @property
+    def _clean_path(self) -> Path:
+        return self.datadir / "clean-shutdown"
+
+    def _take_clean_marker(self) -> bytes | None:
+        """The tip the kernel flushed at the last clean stop, or None; the marker is deleted (durably)
+        before anything can change, so a kill from now on is never taken for a clean stop."""
+        try:
+            tip = bytes.fromhex(json.loads(self._clean_path.read_text())["tip"])[::-1]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            tip = None
+        durable.remove(self._clean_path)
+        return tip
+
+    def _read_snapshot(self) -> dict | None:
         try:
             with open(self._index_path, "rb") as f:
                 saved = pickle.load(f)
-            if saved.get("format") == INDEX_FORMAT and saved.get("tip") == tip_hash:
-                self.utxos, self.txindex = saved["utxos"], saved["txindex"]
-                self.stale_txindex = saved.get("stale_txindex", {})
-                self._index_path.unlink()  # a crash from here on must rebuild, not trust a stale file
-                return
         except FileNotFoundError:
-            pass
-        except Exception as e:  # a damaged cache is rebuilt from the kernel's blocks
-            log.warning("index cache unreadable (%s); rebuilding from blocks", e)
-        self.rebuild_indexes()
+            return None
+        except Exception as e:  # unreadable: rebuilt from the kernel's blocks
+            log.warning("index snapshot unreadable (%s); rebuilding from blocks", e)
+            return None
+        if not isinstance(saved, dict) or saved.get("format") != INDEX_FORMAT or \
+                not isinstance(saved.get("tip"), bytes) or \
+                not all(isinstance(saved.get(k), dict) for k in ("utxos", "txindex", "stale_txindex")):
+            return None
+        return saved
 
-    def rebuild_indexes(self) -> None:
-        self.utxos, self.txindex = {}, {}
+    def _load_or_rebuild_indexes(self, replayed: dict[bytes, bytes] | None = None,
+                                 stale: dict | None = None) -> None:
+        """The UTXO map and transaction index at the kernel's tip: the snapshot's when it is at the tip,
+        the snapshot rolled forward when its tip is an ancestor, else rebuilt from the blocks. Transactions
+        of blocks no longer on the best chain stay findable (Core's txindex is never rewound)."""
+        replayed = replayed or {}
         chain = self.kernel.get_active_chain()
-        for height in range(1, chain.height + 1):
-            entry = chain._get_by_height(height)
-            self._connect(Block.parse(bytes(self.kernel.blocks[entry])), height)
+        saved = self._read_snapshot()
+        utxos, txindex, old_stale, start = {}, {}, {}, 1
+        if saved is not None:
+            old_stale = dict(saved["stale_txindex"])
+            base = self.entry(saved["tip"])
+            if base is not None and base in chain.block_tree_entries:
+                utxos, txindex, start = saved["utxos"], saved["txindex"], base.height + 1
+            else:
+                off_chain = {loc[0] for loc in saved["txindex"].values()}
+                off_chain = {h for h in off_chain if self._have_block(h) and not self.in_active_chain(h)}
+                old_stale.update((t, loc) for t, loc in saved["txindex"].items() if loc[0] in off_chain)
+        old_stale.update(stale or {})
+        known = {h for h in {loc[0] for loc in old_stale.values()} if self._have_block(h)}
+        old_stale = {t: loc for t, loc in old_stale.items() if loc[0] in known}
+        self.utxos, self.txindex, self.stale_txindex = utxos, txindex, old_stale
+        height = chain.height
+        for h in range(start, height + 1):
+            entry = chain._get_by_height(h)
+            raw = replayed.get(bytes(entry.block_hash))
+            self._connect(Block.parse(raw if raw is not None else bytes(self.kernel.blocks[entry])), h)
+        if saved is not None and start == height + 1:
+            self._saved_tip = saved["tip"]
+        elif saved is not None and start > 1:
+            log.info("indexes: snapshot at height %d rolled forward to %d", start - 1, height)
+        elif height > 0:
+            log.info("indexes: rebuilt from %d blocks", height)
 
-    def save_indexes(self) -> None:
-        path = self._index_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump({"format": INDEX_FORMAT, "tip": bytes(self.tip.block_hash),
-                         "utxos": self.utxos, "txindex": self.txindex,
-                         "stale_txindex": self.stale_txindex}, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+    def _have_block(self, block_hash: bytes) -> bool:
+        """The kernel knows the block (a lost one, after a power cut, is not kept in the indexes)."""
+        return self.entry(block_hash) is not None
+
+    def save_indexes(self, *, force: bool = False) -> bool:
+        """Snapshot the UTXO map and transaction index, atomically, if the tip moved since the last one
+        (or `force`). The dictionaries are copied under the chain lock and written outside it."""
+        with self._save_lock:
+            with self.lock:
+                if self.kernel is None:
+                    return False
+                tip = bytes(self.tip.block_hash)
+                if tip == self._saved_tip and not force:
+                    return False
+                state = {"format": INDEX_FORMAT, "tip": tip, "height": self.height, "utxos": dict(self.utxos),
+                         "txindex": dict(self.txindex), "stale_txindex": dict(self.stale_txindex)}
+            durable.write_atomic(self._index_path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+            self._saved_tip = tip
+            return True
 
     def close(self) -> None:
+        self.save_indexes()         # before taking the chain lock: a save takes its own lock, then this one
         with self.lock:
-            self.save_indexes()
+            tip, height = bytes(self.tip.block_hash), self.height
             kernel, self.kernel = self.kernel, None
+            # btck_chainstate_manager_destroy: ForceFlushStateToDisk (block files, index, chainstate), then free
+            kernel.__exit__(None, None, None)
             del kernel
+            faults.point("shutdown:flushed")
+            durable.write_atomic(self._clean_path, json.dumps({"tip": tip[::-1].hex(), "height": height}).encode())

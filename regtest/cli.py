@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import secrets
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from . import options
+from . import durable, options
 from .node import Node
 from .server import RPCServer
 
@@ -22,7 +21,8 @@ Core's JSON-RPC on 127.0.0.1. Options are Bitcoin Core's, in its syntax (-name=v
   -datadir=<dir>  -rpcport=<port> (18443)  -rpcuser=<user> -rpcpassword=<pw> (else a cookie)
   -txindex (0)  -persistmempool (1)  -acceptnonstdtxn (0)  -datacarrier (1)  -datacarriersize=<n> (83)
   -minrelaytxfee=<amt> (0.000001)  -incrementalrelayfee=<amt> (0.000001)  -mempoolexpiry=<hours> (336)
-  -mocktime=<t>  -testactivationheight=name@height  -debug  -regtest  -server  -listen=0
+  -reindex  -reindex-chainstate  -mocktime=<t>  -testactivationheight=name@height  -debug  -regtest
+  -server  -listen=0
 """
 
 
@@ -55,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         credentials = ("__cookie__", secrets.token_hex(32))
         cookie = netdir / ".cookie"
-        tmp = cookie.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(":".join(credentials))
-        os.replace(tmp, cookie)
+        durable.write_atomic(cookie, ":".join(credentials).encode(), mode=0o600)
 
     try:
         node = Node(netdir, args.node)

@@ -8,9 +8,12 @@ kernel's own checks, such as a block's time being at most two hours ahead, use t
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 import time
 from typing import Callable
+
+log = logging.getLogger("regtest.scheduler")
 
 
 def _kernel_set_mock_time():
@@ -74,7 +77,10 @@ class Scheduler:
             for task in due:
                 task[0] = now + task[1]
         for _, _, fn in due:
-            fn()
+            try:
+                fn()
+            except Exception:       # one failed task (a full disk, say) must not stop the others for good
+                log.exception("scheduled task %s failed", getattr(fn, "__qualname__", fn))
 
     def _now(self) -> float:
         return time.monotonic() + self._offset

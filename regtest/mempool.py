@@ -107,6 +107,7 @@ class Mempool:
         self.spenders: dict[tuple[bytes, int], bytes] = {}   # outpoint -> txid spending it
         self.by_wtxid: dict[bytes, bytes] = {}
         self._sequence = 0
+        self.changes = 0        # bumped on every addition and removal: what a periodic mempool.dat save checks
 
     def copy(self) -> "Mempool":
         """A scratch mempool to try transactions in without touching this one."""
@@ -272,6 +273,7 @@ class Mempool:
     def _add(self, tx: Tx, checked: dict) -> Entry:
         txid = tx.txid_bytes
         self._sequence += 1
+        self.changes += 1
         entry = Entry(tx, checked["fee"], checked["vsize"], checked["weight"], self.clock(),
                       checked["height"], checked["coins"], set(checked["parents"]), set(), self._sequence)
         self.entries[txid] = entry
@@ -290,6 +292,7 @@ class Mempool:
             entry = self.entries.pop(t, None)
             if entry is None:
                 continue
+            self.changes += 1
             removed.append(entry)
             self.by_wtxid.pop(entry.tx.wtxid_bytes, None)
             for txin in entry.tx.vin:
@@ -397,6 +400,7 @@ class Mempool:
         """After a reorg: try the disconnected blocks' transactions first, then what was already
         here, each re-checked against the new tip; whatever is no longer valid is dropped."""
         previous = sorted(self.entries.values(), key=lambda e: e.sequence)
+        self.changes += 1
         self.entries.clear()
         self.spenders.clear()
         self.by_wtxid.clear()

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import durable, mempool_persist
 from .chainstate import ChainState
 from .clock import Clock, Scheduler
 from .mempool import Mempool, Policy, Rejected
@@ -19,6 +19,12 @@ log = logging.getLogger("regtest.node")
 
 FEE_FLUSH_INTERVAL = 3600            # Core flushes its fee estimates hourly
 MAX_FEE_ESTIMATES_AGE = 60 * 3600    # and ignores a file older than 60 hours on start
+# Core writes mempool.dat only on shutdown and on `savemempool`; this node also writes it every second
+# in which the mempool changed, so a kill loses at most the last second's transactions.
+MEMPOOL_SAVE_INTERVAL = 1
+# The UTXO map and transaction index are snapshotted once a minute when the tip moved, so that a
+# start after a kill rolls a recent snapshot forward instead of rebuilding from every block.
+INDEX_SAVE_INTERVAL = 60
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class Options:
     mocktime: int = 0
     txindex: bool = True
     persist_mempool: bool = True
+    reindex: bool = False
+    reindex_chainstate: bool = False
 
 
 class Node:
@@ -36,17 +44,22 @@ class Node:
         self.options = options
         self.clock = Clock(options.mocktime)
         self.started = self.clock.now()
-        self.chain = ChainState(self.datadir)
+        self.chain = ChainState(self.datadir, reindex=options.reindex, reindex_chainstate=options.reindex_chainstate)
         self.lock = self.chain.lock
         self.mempool = Mempool(self.chain, options.policy, self.clock.now)
         self.versionbits = VersionBits(self.chain)
         self.scheduler = Scheduler()
         self.scheduler.every(FEE_FLUSH_INTERVAL, self.save_fee_estimates)
+        self.scheduler.every(INDEX_SAVE_INTERVAL, self.chain.save_indexes)
+        if options.persist_mempool:
+            self.scheduler.every(MEMPOOL_SAVE_INTERVAL, self.save_mempool_if_changed)
         self._disconnected: list[Tx] = []
         self.chain.on_connect.append(self._on_connect)
         self.chain.on_disconnect.append(self._on_disconnect)
         self.stopping = threading.Event()
         self.recent_feerates: list[tuple[int, list[float]]] = []  # (height, sat/vB of mined txs)
+        self._mempool_save_lock = threading.Lock()
+        self._mempool_saved = 0             # the mempool's change count when mempool.dat was last written
         self._load_fee_estimates()
         if options.persist_mempool:
             self._load_mempool()
@@ -126,23 +139,54 @@ class Node:
 
     # -- persistence ------------------------------------------------------------------------
     @property
-    def _mempool_path(self) -> Path:
+    def mempool_path(self) -> Path:
         return self.datadir / "mempool.dat"
 
     def _load_mempool(self) -> None:
+        """Core's LoadMempool: each transaction through acceptance again, with its entry time; one older
+        than -mempoolexpiry is not tried. The file stays (it is rewritten, never deleted)."""
         try:
-            lines = self._mempool_path.read_text().splitlines()
+            data = self.mempool_path.read_bytes()
         except FileNotFoundError:
             return
-        for line in lines:
-            entry_time, _, raw = line.rpartition(" ")
-            try:
-                entry = self.mempool.accept(Tx.parse(bytes.fromhex(raw)))
-                entry.time = int(entry_time or entry.time)   # Core keeps each entry's time
-            except (Rejected, DecodeError, ValueError):
-                pass
-        self.mempool.expire()
-        self._mempool_path.unlink()
+        try:
+            saved = mempool_persist.load(data)
+        except (DecodeError, ValueError) as e:
+            log.info("Failed to deserialize mempool data on file: %s. Continuing anyway.", e)
+            return
+        cutoff = self.clock.now() - self.options.policy.expiry
+        counts = {"succeeded": 0, "failed": 0, "expired": 0}
+        with self.lock:
+            for tx, entry_time in saved:
+                if entry_time <= cutoff:
+                    counts["expired"] += 1
+                    continue
+                try:
+                    entry = self.mempool.accept(tx)
+                except (Rejected, ValueError):
+                    counts["failed"] += 1
+                    continue
+                entry.time = entry_time       # Core keeps each entry's time
+                counts["succeeded"] += 1
+            self.mempool.expire()
+            self._mempool_saved = self.mempool.changes
+        log.info("Imported mempool transactions from file: %(succeeded)d succeeded, %(failed)d failed, "
+                 "%(expired)d expired", counts)
+
+    def save_mempool(self) -> Path:
+        """Core's DumpMempool, atomically (mempool.dat.new, fsync, rename, fsync of the directory)."""
+        with self._mempool_save_lock:
+            with self.lock:
+                changes = self.mempool.changes
+                entries = [(e.tx.serialize(), e.time)
+                           for e in sorted(self.mempool.entries.values(), key=lambda e: e.sequence)]
+            durable.write_atomic(self.mempool_path, mempool_persist.dump(entries))
+            self._mempool_saved = changes
+        return self.mempool_path
+
+    def save_mempool_if_changed(self) -> None:
+        if self.mempool.changes != self._mempool_saved:
+            self.save_mempool()
 
     @property
     def _fee_estimates_path(self) -> Path:
@@ -150,10 +194,8 @@ class Node:
 
     def save_fee_estimates(self) -> None:
         with self.lock:
-            state = {"time": self.clock.now(), "tip": self.chain.height, "feerates": self.recent_feerates}
-        tmp = self._fee_estimates_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self._fee_estimates_path)
+            state = {"time": self.clock.now(), "tip": self.chain.height, "feerates": list(self.recent_feerates)}
+        durable.write_atomic(self._fee_estimates_path, json.dumps(state).encode())
 
     def _load_fee_estimates(self) -> None:
         try:
@@ -169,10 +211,6 @@ class Node:
     def close(self) -> None:
         self.scheduler.stop()
         self.save_fee_estimates()
-        with self.lock:
-            if self.options.persist_mempool:
-                entries = sorted(self.mempool.entries.values(), key=lambda e: e.sequence)
-                tmp = self._mempool_path.with_suffix(".tmp")
-                tmp.write_text("".join(f"{e.time} {e.tx.serialize().hex()}\n" for e in entries))
-                os.replace(tmp, self._mempool_path)
-            self.chain.close()
+        if self.options.persist_mempool:
+            self.save_mempool()
+        self.chain.close()

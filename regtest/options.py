@@ -25,6 +25,7 @@ KNOWN = {
     "acceptnonstdtxn": "bool", "datacarrier": "bool", "datacarriersize": "int", "minrelaytxfee": "amount",
     "incrementalrelayfee": "amount", "mempoolexpiry": "int", "mocktime": "int",
     "testactivationheight": "list", "fastprune": "bool", "disablewallet": "bool", "fallbackfee": "amount",
+    "reindex": "bool", "reindex-chainstate": "bool",
 }
 LOCAL_ADDRESSES = {"127.0.0.1", "localhost", "::1", "127.0.0.1/32"}
 
@@ -98,7 +99,8 @@ def parse(argv: list[str]) -> Settings:
     return Settings(datadir=Path(last("datadir")).expanduser(), rpcport=_port(last("rpcport", str(DEFAULT_RPC_PORT))),
                     rpcuser=user, rpcpassword=password, debug=bool(values.get("debug")) and last("debug") != "0",
                     node=Options(policy=policy, mocktime=mocktime, txindex=flag("txindex", False),
-                                 persist_mempool=flag("persistmempool", True)))
+                                 persist_mempool=flag("persistmempool", True), reindex=flag("reindex", False),
+                                 reindex_chainstate=flag("reindex-chainstate", False)))
 
 
 def _bool(text: str) -> bool:

@@ -7,6 +7,7 @@ import threading
 import time
 from decimal import Decimal
 
+from . import coinstats
 from . import script as S
 from .errors import (RPC_DESERIALIZATION_ERROR, RPC_INVALID_ADDRESS_OR_KEY, RPC_INVALID_PARAMETER,
                      RPC_METHOD_NOT_FOUND, RPC_MISC_ERROR, RPC_TYPE_ERROR, RPC_VERIFY_ALREADY_IN_CHAIN, RPC_VERIFY_ERROR,
@@ -588,6 +589,38 @@ def getmempoolinfo(node):
             "total_fee": sats_to_amount(info["total_fee"]), "maxmempool": 300_000_000,
             "mempoolminfee": sats_to_amount(MIN_RELAY_FEE), "minrelaytxfee": sats_to_amount(MIN_RELAY_FEE),
             "incrementalrelayfee": sats_to_amount(INCREMENTAL_RELAY_FEE), "unbroadcastcount": 0, "fullrbf": True}
+
+
+@method("savemempool")
+def savemempool(node):
+    """Dumps the mempool to disk. It will fail until the previous dump is fully loaded."""
+    try:
+        path = node.save_mempool()
+    except OSError:
+        raise RPCError(RPC_MISC_ERROR, "Unable to dump mempool to disk") from None
+    return {"filename": str(path.absolute())}
+
+
+@method("gettxoutsetinfo", ("hash_type", "str", "hash_serialized_3"), ("hash_or_height", "int|str", None),
+        ("use_index", "bool", True))
+def gettxoutsetinfo(node, hash_type, hash_or_height, use_index):
+    """Returns statistics about the unspent transaction output set."""
+    if hash_type not in coinstats.HASH_TYPES:
+        raise RPCError(RPC_INVALID_PARAMETER, f"'{hash_type}' is not a valid hash_type")
+    if hash_or_height is not None:      # only Core's -coinstatsindex keeps earlier blocks' statistics
+        raise RPCError(RPC_INVALID_PARAMETER, "Querying specific block heights requires coinstatsindex")
+    with node.lock:
+        tip = node.chain.tip
+        utxos = dict(node.chain.utxos)
+    stats = coinstats.utxo_stats(utxos, hash_type)
+    result = {"height": tip.height, "bestblock": _hex(bytes(tip.block_hash)), "txouts": stats["txouts"],
+              "bogosize": stats["bogosize"]}
+    if hash_type != "none":
+        result[hash_type] = _hex(stats["hash"])
+    chainstate_dir = node.datadir / "chainstate"
+    result.update({"total_amount": sats_to_amount(stats["total_amount"]), "transactions": stats["transactions"],
+                   "disk_size": sum(f.stat().st_size for f in chainstate_dir.glob("*") if f.is_file())})
+    return result
 
 
 @method("gettxout", ("txid", "str", REQUIRED), ("n", "int", REQUIRED), ("include_mempool", "bool", True))
