@@ -363,8 +363,8 @@ def main() -> int:
     print(f"  records that disagree with the chain: {len(verdict['disagree'])} (goal 0)")
     for line in verdict["disagree"][:10]:
         print("    " + line)
-    print(f"  refusals: {len(results['refused'])} (e.g. {results['refused'][0][:2] if results['refused'] else '-'}), "
-          f"5xx answers retried: {api.server_errors}")
+    reasons = sorted({f"{step}: {(body or {}).get('detail')}" for step, _, body in results["refused"]})
+    print(f"  refusals: {len(results['refused'])} {reasons[:3]}, 5xx answers retried: {api.server_errors}")
     print(f"  GET /api/spends p99 {spends_p99:.1f} ms over {len(api.latency['/api/spends'])} polls; "
           f"GET /health p99 {health_p99:.1f} ms; ratio {spends_p99 / health_p99:.2f}")
     ok = (verdict["made"] == verdict["expected"] and not verdict["paid_twice"] and not verdict["double_reserved"]
