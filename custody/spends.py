@@ -12,7 +12,8 @@ from decimal import Decimal, InvalidOperation
 
 from embit.networks import NETWORKS
 from embit.script import address_to_scriptpubkey
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import faults
@@ -156,15 +157,25 @@ def decide(session: Session, spend: Spend, officer: str, approve: bool) -> Spend
         raise CustodyError(f"spend #{spend.id} is {spend.state}; decisions are taken on requested spends")
     if officer == spend.requester:
         raise CustodyError("the requester cannot approve or reject their own spend")
+    # Decisions on one policy's spends are taken one at a time: the rule row is locked (PostgreSQL;
+    # SQLite's writer lock, taken by the insert below, does the same), so two final approvals cannot
+    # each count the daily limit without the other.
+    rule = session.scalar(select(ApprovalRule).where(ApprovalRule.policy_id == spend.policy_id).with_for_update())
     if session.scalar(select(Approval).where(Approval.spend_id == spend.id, Approval.officer == officer)):
         raise CustodyError(f"{officer} has already decided on spend #{spend.id}")
-    session.add(Approval(spend_id=spend.id, officer=officer, decision="approve" if approve else "reject"))
-    session.flush()
+    spend_id = spend.id
+    session.add(Approval(spend_id=spend_id, officer=officer, decision="approve" if approve else "reject"))
+    try:
+        session.flush()
+    except IntegrityError:    # the same decision sent twice at once: the other one won (the caller rolls back)
+        raise CustodyError(f"{officer} has already decided on spend #{spend_id}") from None
+    session.refresh(spend)    # read under the lock: another decision may have settled it meanwhile
+    if spend.state != "requested":
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; decisions are taken on requested spends")
     record(session, "spend.approved" if approve else "spend.rejected", officer, f"spend:{spend.id}", {})
     if not approve:
         spend.state = "rejected"
         return spend
-    rule = session.get(ApprovalRule, spend.policy_id)
     if rule is None:
         raise CustodyError("this policy has no approval rule: no spend can be approved (default deny)")
     approvals = session.scalar(select(func.count()).select_from(Approval).where(
@@ -185,16 +196,28 @@ def _check_rule(session: Session, spend: Spend, rule: ApprovalRule) -> None:
     if rule.per_request_limit is not None and spend.amount > rule.per_request_limit:
         raise CustodyError(f"spend of {spend.amount} sat exceeds the per-request limit of {rule.per_request_limit} sat")
     if rule.daily_limit is not None:
-        since = _now() - timedelta(hours=24)
-        recent = [s for s in session.scalars(select(Spend).where(
-            Spend.policy_id == spend.policy_id, Spend.id != spend.id,
-            Spend.state.in_(("approved", "signing", "signed", "broadcasting", "broadcast", "confirmed"))))
-            if _aware(s.created_at) >= since]
-        total = sum(s.amount for s in recent) + spend.amount
+        total = _outflow_last_24h(session, spend) + spend.amount
         if total > rule.daily_limit:
             raise CustodyError(f"spend would bring the last 24 hours to {total} sat, over the daily limit of "
                                f"{rule.daily_limit} sat")
     _check_allow_list(spend, rule)
+
+
+NOT_YET_SENT = ("approved", "signing", "signed")
+SENT = ("broadcasting", "broadcast", "confirmed")
+
+
+def _outflow_last_24h(session: Session, spend: Spend) -> int:
+    """What the rolling daily limit counts besides `spend`: every approved spend not yet sent, however
+    old (it can go out at any moment), and every spend approved or sent in the last 24 hours. When it
+    was requested does not matter: a request that waited a day is money leaving today."""
+    since = _now() - timedelta(hours=24)
+    approved_at = (select(func.max(Approval.at)).where(Approval.spend_id == Spend.id, Approval.decision == "approve")
+                   .correlate(Spend).scalar_subquery())
+    return session.scalar(select(func.coalesce(func.sum(Spend.amount), 0)).where(
+        Spend.policy_id == spend.policy_id, Spend.id != spend.id,
+        or_(Spend.state.in_(NOT_YET_SENT),
+            and_(Spend.state.in_(SENT), or_(Spend.broadcast_at >= since, approved_at >= since)))))
 
 
 def _check_allow_list(spend: Spend, rule: ApprovalRule) -> None:
@@ -431,8 +454,7 @@ def send(session: Session, spend: Spend, client: NodeClient, raw: bytes, *, acto
             raise CustodyError(f"broadcast failed: {e.message}; spend #{spend.id} stays broadcasting "
                                f"(transaction {spend.txid}) until its coins are seen spent") from None
     if spend.state == "broadcasting":
-        spend.state = "broadcast"
-        record(session, "spend.broadcast", actor, f"spend:{spend.id}", {"txid": spend.txid, "fee": spend.fee})
+        _set_state(session, spend, "broadcast", "spend.broadcast", actor=actor, fee=spend.fee)
 
 
 REORG_WINDOW = 100     # blocks: a confirmed spend is followed this deep, in case a reorganisation undoes it
@@ -516,9 +538,17 @@ def _unconfirm(session: Session, spend: Spend, *, in_mempool: bool) -> None:
     _set_state(session, spend, "broadcast", "spend.unconfirmed", former_height=former, in_mempool=in_mempool)
 
 
-def _set_state(session: Session, spend: Spend, state: str, event: str, **details) -> None:
-    spend.state = state
-    record(session, event, "coordinator", f"spend:{spend.id}", {"txid": spend.txid, **details})
+def _set_state(session: Session, spend: Spend, state: str, event: str, *, actor: str = "coordinator",
+               **details) -> bool:
+    """Move the spend on from the state this transaction read, and log it; when another transaction
+    (a second broadcast, the leader's tracking) moved it first, change nothing and log nothing, so
+    every transition is in the log exactly once."""
+    moved = session.execute(update(Spend).where(Spend.id == spend.id, Spend.state == spend.state)
+                            .values(state=state)).rowcount
+    session.refresh(spend)
+    if moved:
+        record(session, event, actor, f"spend:{spend.id}", {"txid": spend.txid, **details})
+    return bool(moved)
 
 
 def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float, *, cancel: bool = False,

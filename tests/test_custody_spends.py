@@ -159,6 +159,46 @@ def test_rule_limits(vault, rule, amount, message):
         assert spends.get_spend(s, spend_id).state == "requested"   # the refused decision left nothing
 
 
+def _backdate(sessions, spend_id, hours, *, approvals=False):
+    from custody.spend_models import Approval, Spend
+    from sqlalchemy import update
+    moment = spends._now() - timedelta(hours=hours)
+    with sessions.begin() as s:
+        s.execute(update(Spend).where(Spend.id == spend_id).values(created_at=moment))
+        if approvals:
+            s.execute(update(Approval).where(Approval.spend_id == spend_id).values(at=moment))
+
+
+def test_the_daily_limit_counts_approvals_of_old_requests(vault):
+    """A request that waited more than a day is still money leaving today: with 0.6 BTC a day, a
+    0.5 BTC request from yesterday approved now leaves no room for another 0.5 BTC."""
+    sessions, _, _ = vault
+    with sessions.begin() as s:
+        spends.set_approval_rule(s, registry.get_policy(s, "vault"), required_approvals=2, daily_limit=60_000_000)
+    old = request(sessions, 50_000_000)
+    _backdate(sessions, old, 25)
+    decide(sessions, old, "olga")
+    assert decide(sessions, old, "omar") == "approved"
+    today = request(sessions, 50_000_000)
+    decide(sessions, today, "olga")
+    with pytest.raises(CustodyError, match="daily limit"):
+        decide(sessions, today, "omar")
+
+
+def test_the_daily_limit_counts_an_approved_spend_not_yet_sent_however_old(vault):
+    sessions, _, _ = vault
+    with sessions.begin() as s:
+        spends.set_approval_rule(s, registry.get_policy(s, "vault"), required_approvals=2, daily_limit=60_000_000)
+    waiting = request(sessions, 50_000_000)
+    decide(sessions, waiting, "olga")
+    assert decide(sessions, waiting, "omar") == "approved"
+    _backdate(sessions, waiting, 30, approvals=True)      # approved 30 h ago, still not signed: it may go any time
+    now = request(sessions, 50_000_000)
+    decide(sessions, now, "olga")
+    with pytest.raises(CustodyError, match="daily limit"):
+        decide(sessions, now, "omar")
+
+
 def test_large_spend_waits_for_its_delay(vault, rpc):
     sessions, _, _ = vault
     with sessions.begin() as s:

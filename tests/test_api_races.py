@@ -1,0 +1,75 @@
+"""Races a reviewer runs against the API: the same request sent several times at once, through the
+ASGI app and through a real `custody serve`, on SQLite and PostgreSQL. Each must act once, log once,
+and answer the others with a reason (never a 500)."""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from custody.models import EventLogEntry
+from custody.spend_models import Approval
+
+from .concurrency import Served, at_once
+from .test_api import _request, _signed_by, coins, service, vault  # noqa: F401  (fixtures)
+
+
+def _signed_spend(service, vault, amount="0.5") -> int:
+    sid = _request(service, amount=amount).json()["id"]
+    assert service.call("POST", f"/api/spends/{sid}/approve", "omar").status_code == 200
+    assert service.call("POST", f"/api/spends/{sid}/psbt", "omar").status_code == 200
+    psbt = service.call("GET", f"/api/spends/{sid}/psbt", "sina").content
+    for n, who in ((vault, "sina"), (vault + 1, "sam")):
+        upload = service.call("POST", f"/api/spends/{sid}/signatures", who,
+                              files={"file": ("s.psbt", _signed_by(n, psbt))})
+        assert upload.status_code == 200, upload.text
+    return sid
+
+
+def _logged(service, subject: str, kind: str) -> int:
+    with service.sessions() as s:
+        return s.scalar(select(func.count()).select_from(EventLogEntry)
+                        .where(EventLogEntry.subject == subject, EventLogEntry.kind == kind))
+
+
+def test_three_broadcasts_at_once_send_once_and_log_once(service, vault, rpc):
+    sid = _signed_spend(service, vault)
+    answers = at_once(3, lambda i: service.call("POST", f"/api/spends/{sid}/broadcast", "omar"))
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    txids = {a.json()["txid"] for a in answers}
+    assert len(txids) == 1 and txids <= set(rpc.getrawmempool())
+    assert _logged(service, f"spend:{sid}", "spend.broadcasting") == 1
+    assert _logged(service, f"spend:{sid}", "spend.broadcast") == 1
+
+
+def test_broadcasts_at_once_through_a_real_server(service, vault, rpc, db_url, node, tmp_path):
+    sid = _signed_spend(service, vault)
+    with Served(db_url, node, tmp_path) as served:
+        answers = at_once(4, lambda i: served.request("POST", f"/api/spends/{sid}/broadcast", service.tokens["omar"]))
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert len({a.json()["txid"] for a in answers}) == 1
+    assert _logged(service, f"spend:{sid}", "spend.broadcast") == 1
+
+
+def test_one_officer_approving_four_times_at_once_counts_once(service, vault, db_url, node, tmp_path):
+    first = _request(service).json()["id"]
+    answers = at_once(4, lambda i: service.call("POST", f"/api/spends/{first}/approve", "omar"))
+    second = _request(service).json()["id"]
+    with Served(db_url, node, tmp_path) as served:
+        answers += at_once(4, lambda i: served.request("POST", f"/api/spends/{second}/approve", service.tokens["omar"]))
+    for sid, group in ((first, answers[:4]), (second, answers[4:])):
+        codes = sorted(a.status_code for a in group)
+        assert codes[0] == 200 and set(codes[1:]) <= {200, 400}, [a.text for a in group]
+        assert all("already decided" in a.json()["detail"] or "is approved" in a.json()["detail"]
+                   for a in group if a.status_code == 400)
+        with service.sessions() as s:
+            assert s.scalar(select(func.count()).select_from(Approval).where(Approval.spend_id == sid)) == 1
+        assert _logged(service, f"spend:{sid}", "spend.approved") == 1
+
+
+def test_final_approvals_at_once_respect_the_daily_limit(service, vault):
+    """The vault's rule allows 5 BTC a day. Four 2 BTC requests approved at the same moment: two fit."""
+    ids = [_request(service, amount="2").json()["id"] for _ in range(4)]
+    answers = at_once(4, lambda i: service.call("POST", f"/api/spends/{ids[i]}/approve", "omar"))
+    approved = [a for a in answers if a.status_code == 200 and a.json()["state"] == "approved"]
+    refused = [a for a in answers if a.status_code == 400]
+    assert len(approved) == 2 and len(refused) == 2, [a.text for a in answers]
+    assert all("daily limit" in a.json()["detail"] for a in refused)
