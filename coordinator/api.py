@@ -15,11 +15,12 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from custody import accounts, service
+from custody import accounts, registry, service, spends
 from custody.errors import CustodyError
 
 from .auth import route
 from .context import actor, node, read, write
+from . import visibility
 
 router = APIRouter(prefix="/api")
 
@@ -49,7 +50,7 @@ class KeyIn(Strict):
 @route(router, "GET", "/keys", "key.read")
 def list_keys(request: Request) -> list[dict]:
     with read(request) as s:
-        return service.key_list(s)
+        return visibility.keys(visibility.reader(request, s), service.key_list(s))
 
 
 @route(router, "POST", "/keys", "key.write", status_code=201)
@@ -106,7 +107,8 @@ def import_policy(request: Request, body: PolicyImportIn) -> dict:
 @route(router, "GET", "/policies/{name}", "policy.read")
 def show_policy(request: Request, name: str) -> dict:
     with read(request) as s:
-        return service.policy_show(s, name)
+        shown = service.policy_show(s, name)
+        return visibility.policy(visibility.reader(request, s), shown, registry.get_policy(s, name))
 
 
 @route(router, "GET", "/policies/{name}/export", "policy.export", response_class=PlainTextResponse)
@@ -114,6 +116,7 @@ def export_policy(request: Request, name: str,
                   format: Literal["core", "bsms", "coldcard", "sparrow", "specter", "caravan"] = "core"):
     with read(request) as s:
         text = service.policy_export(s, name, format)
+        visibility.require_xpubs(visibility.reader(request, s), [registry.get_policy(s, name)], "the export")
     extension = {"core": "json", "bsms": "bsms", "coldcard": "txt", "sparrow": "json", "specter": "json",
                  "caravan": "json"}[format]
     return PlainTextResponse(text, headers={"content-disposition": f'attachment; filename="{name}-{format}.{extension}"'})
@@ -212,10 +215,13 @@ def utxos(request: Request, policy: str | None = None, state: Annotated[list[Sta
           limit: int = Query(50, ge=1, le=1000)) -> dict:
     """One page of coins. `total` is counted at most once a second per filter and process: paging
     through 100,000 coins needs each page's rows, not a fresh count of all of them."""
-    key = (policy, tuple(state or ()), q)
     with read(request) as s:
+        who = visibility.reader(request, s)
+        key = (policy, tuple(state or ()), q, visibility.search_labels(who))
         page = service.utxo_page(s, policy=policy, states=state, search=q, sort=sort, descending=order == "desc",
-                                 offset=offset, limit=limit, known_total=_totals.get(key))
+                                 offset=offset, limit=limit, known_total=_totals.get(key),
+                                 search_labels=visibility.search_labels(who))
+        page = visibility.utxo_page(who, page)
     _totals.put(key, page["total"])
     return JSONResponse(page)      # plain JSON already: skip FastAPI's slower re-encoding of 1,000 rows
 
@@ -307,7 +313,8 @@ def list_spends(request: Request, policy: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> list[dict]:
     """Spends in id order, a page at a time: pass the last id you got as `after` for the next page."""
     with read(request) as s:
-        return service.spend_list(s, policy=policy, states=state, after=after, limit=limit)
+        return visibility.spends(visibility.reader(request, s),
+                                 service.spend_list(s, policy=policy, states=state, after=after, limit=limit))
 
 
 @route(router, "POST", "/spends", "spend.request", status_code=201)
@@ -330,7 +337,8 @@ def preview_spend(request: Request, body: PreviewIn) -> dict:
 @route(router, "GET", "/spends/{spend_id}", "spend.read")
 def show_spend(request: Request, spend_id: Id) -> dict:
     with read(request) as s:
-        return {**service.spend_show(s, spend_id), "timeline": service.spend_timeline(s, spend_id)}
+        return visibility.spend(visibility.reader(request, s),
+                                {**service.spend_show(s, spend_id), "timeline": service.spend_timeline(s, spend_id)})
 
 
 @route(router, "POST", "/spends/{spend_id}/approve", "spend.decide")
@@ -355,6 +363,7 @@ def make_psbt(request: Request, spend_id: Id, v2: bool = False) -> dict:
 def download_psbt(request: Request, spend_id: Id, encoding: Literal["binary", "base64"] = "binary"):
     with read(request) as s:
         text = service.spend_psbt(s, spend_id, client=None)
+        text = visibility.psbt(visibility.reader(request, s), text, [spends.get_spend(s, spend_id).policy_id])
     if encoding == "base64":
         return PlainTextResponse(text)
     return Response(base64.b64decode(text), media_type="application/octet-stream",

@@ -9,14 +9,16 @@ import base64
 import binascii
 from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
 from pydantic import Field
 
 from custody import device_service as ds
+from custody import ceremony, devices, holders, spends
 from custody.errors import CustodyError
 from custody.spends import parse_amount
 
+from . import visibility
 from .api import Amount, Id, Name, Strict
 from .auth import route
 from .context import actor, read, write
@@ -28,6 +30,16 @@ Hex = Annotated[str, Field(min_length=1, max_length=200, pattern="^[0-9a-fA-F]+$
 
 def _network(request: Request) -> str:
     return request.app.state.network
+
+
+def holder_only(s, serial: str, request: Request) -> None:
+    """403 unless the caller is the holder of the device (the signatory it is issued to): a signature, or a
+    confirmation of what the device shows, is its holder's act and nobody else's, whatever their role.
+    Checked before the device is reached, so a refusal changes and logs nothing; 404 for no such device."""
+    try:
+        holders.require_holder(s, devices.get(s, serial), request.state.principal.username)
+    except holders.NotHolder as e:
+        raise HTTPException(403, str(e)) from None
 
 
 # -- inventory ---------------------------------------------------------------------------------------------
@@ -80,6 +92,8 @@ def device_status(request: Request, serial: Serial, body: StatusIn) -> dict:
 @route(router, "POST", "/spends/{spend_id}/devices/{serial}/sign", "device.sign")
 def sign_on_device(request: Request, spend_id: Id, serial: Serial) -> dict:
     with write(request) as s:
+        spends.get_spend(s, spend_id)                # 404 first
+        holder_only(s, serial, request)
         return ds.device_sign(s, spend_id, serial, actor=actor(request))
 
 
@@ -168,7 +182,8 @@ class ConfirmIn(Strict):
 @route(router, "GET", "/ceremonies", "device.read")
 def list_ceremonies(request: Request) -> list[dict]:
     with read(request) as s:
-        return ds.ceremony_list(s)
+        who = visibility.reader(request, s)
+        return [visibility.ceremony(who, c) for c in ds.ceremony_list(s)]
 
 
 @route(router, "POST", "/ceremonies", "device.admin", status_code=201)
@@ -180,7 +195,7 @@ def start_ceremony(request: Request, body: CeremonyIn) -> dict:
 @route(router, "GET", "/ceremonies/{ceremony_id}", "device.read")
 def show_ceremony(request: Request, ceremony_id: Id) -> dict:
     with read(request) as s:
-        return ds.ceremony_show(s, ceremony_id)
+        return visibility.ceremony(visibility.reader(request, s), ds.ceremony_show(s, ceremony_id))
 
 
 @route(router, "POST", "/ceremonies/{ceremony_id}/devices/{serial}/collect", "device.admin")
@@ -205,6 +220,8 @@ def register_policy(request: Request, ceremony_id: Id) -> dict:
 @route(router, "POST", "/ceremonies/{ceremony_id}/devices/{serial}/confirm", "device.confirm")
 def confirm_address(request: Request, ceremony_id: Id, serial: Serial, body: ConfirmIn) -> dict:
     with write(request) as s:
+        ceremony.get(s, ceremony_id)                 # 404 first
+        holder_only(s, serial, request)
         return ds.ceremony_confirm(s, ceremony_id, serial, address=body.address, by=actor(request))
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
+from custody import ceremony
 from custody import device_service as ds
 from custody.errors import CustodyError
 from custody.spends import parse_amount
 
+from . import visibility
 from .api import Id
 from .auth import route
 from .context import actor, read, write
+from .device_api import holder_only
 from .pages import back, render
 
 router = APIRouter()
@@ -19,8 +22,10 @@ router = APIRouter()
 @route(router, "GET", "/devices", "device.read", page=True)
 def devices_page(request: Request):
     with read(request) as s:
+        who = visibility.reader(request, s)
         return render(request, "devices.html", devices=ds.device_list(s), releases=ds.firmware_list(s),
-                      ceremonies=ds.ceremony_list(s), rotations=ds.rotation_list(s))
+                      ceremonies=[visibility.ceremony(who, c) for c in ds.ceremony_list(s)],
+                      rotations=ds.rotation_list(s))
 
 
 @route(router, "POST", "/devices/{serial}/connect", "device.admin", page=True)
@@ -40,6 +45,8 @@ def upgrade(request: Request, serial: str, release: int = Form(..., ge=1, le=2**
 @route(router, "POST", "/ceremonies/{ceremony_id}/devices/{serial}/confirm", "device.confirm", page=True)
 def confirm(request: Request, ceremony_id: Id, serial: str, address: str = Form(..., max_length=100)):
     with write(request) as s:
+        ceremony.get(s, ceremony_id)                 # 404 first
+        holder_only(s, serial, request)              # 403: only the device's holder confirms what it shows
         result = ds.ceremony_confirm(s, ceremony_id, serial, address=address, by=actor(request))
     return back("/devices", flash=f"address confirmed; ceremony {result['state']}")
 

@@ -20,7 +20,7 @@ from custody.accounts import AuthError
 from custody.errors import CustodyError
 from custody.formats import FORMATS
 
-from . import charts
+from . import charts, visibility
 from .auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, allowed, cookie_is_secure, identify, route
 from .api import Id
 from .context import actor, node, read, write
@@ -109,7 +109,7 @@ def logout(request: Request):
 def dashboard(request: Request):
     with read(request) as s:
         balances = service.balance(s)
-        pending = service.spend_list(s, states=list(PENDING))
+        pending = visibility.spends(visibility.reader(request, s), service.spend_list(s, states=list(PENDING)))
         policies = registry.list_policies(s)
         history = {p.name: ledger.balance_history(s, p) for p in policies}
         total_history = _sum_histories(history)
@@ -166,9 +166,11 @@ def utxos_page(request: Request, policy: str = "", state: str = "", q: str = "",
                order: str = "desc", page: int = Query(1, ge=1, le=100_000), flash: str = ""):
     page = max(page, 1)
     with read(request) as s:
+        who = visibility.reader(request, s)
         result = service.utxo_page(s, policy=policy or None, states=[state] if state else None, search=q or None,
                                    sort=sort, descending=order == "desc", offset=(page - 1) * PAGE_SIZE,
-                                   limit=PAGE_SIZE)
+                                   limit=PAGE_SIZE, search_labels=visibility.search_labels(who))
+        result = visibility.utxo_page(who, result)
         names = [p.name for p in registry.list_policies(s)]
     pages = max((result["total"] + PAGE_SIZE - 1) // PAGE_SIZE, 1)
     params = {"policy": policy, "state": state, "q": q, "sort": sort, "order": order}
@@ -213,7 +215,7 @@ def history_page(request: Request, policy: str = ""):
 @route(router, "GET", "/spends", "spend.read", page=True)
 def spends_page(request: Request):
     with read(request) as s:
-        rows = list(reversed(service.spend_list(s)))
+        rows = list(reversed(visibility.spends(visibility.reader(request, s), service.spend_list(s))))
     return render(request, "spends.html", rows=rows)
 
 
@@ -278,7 +280,8 @@ def approvals_page(request: Request):
 
 
 def _spend_context(request: Request, s, spend_id: Id) -> dict:
-    spend = service.spend_show(s, spend_id)
+    who = visibility.reader(request, s)
+    spend = visibility.spend(who, service.spend_show(s, spend_id))
     policy = registry.get_policy(s, spend["policy"])
     tip = ledger.tip_height(s)
     confirmations = 0
@@ -286,7 +289,8 @@ def _spend_context(request: Request, s, spend_id: Id) -> dict:
     row = get_spend(s, spend_id)
     if row.confirmed_height is not None and tip is not None:
         confirmations = tip - row.confirmed_height + 1
-    return {"spend": spend, "timeline": service.spend_timeline(s, spend_id), "threshold": policy.threshold,
+    return {"spend": spend, "timeline": visibility.timeline(who, service.spend_timeline(s, spend_id)),
+            "threshold": policy.threshold,
             "confirmations": confirmations, "has_psbt": row.psbt is not None}
 
 
@@ -298,7 +302,9 @@ def spend_page(request: Request, spend_id: Id, flash: str = ""):
         if context["has_psbt"] and allowed("psbt.download", request.state.principal.role) \
                 and context["spend"]["state"] in ("signing", "signed"):
             from .qr import psbt_frames
-            qr_frames = psbt_frames(base64.b64decode(service.spend_psbt(s, spend_id, client=None)))
+            text = visibility.psbt(visibility.reader(request, s), service.spend_psbt(s, spend_id, client=None),
+                                   [registry.get_policy(s, context["spend"]["policy"]).id])
+            qr_frames = psbt_frames(base64.b64decode(text))
     return render(request, "spend.html", flash=flash, qr_frames=qr_frames, **context)
 
 
@@ -369,7 +375,8 @@ def policies_page(request: Request):
 @route(router, "GET", "/policies/{name}", "policy.read", page=True)
 def policy_page(request: Request, name: str):
     with read(request) as s:
-        policy = service.policy_show(s, name)
+        policy = visibility.policy(visibility.reader(request, s), service.policy_show(s, name),
+                                   registry.get_policy(s, name))
         receive = service.addresses(s, name, branch=0)[:20]
         chart = charts.balance_line(service.balance_history(s, name))
     return render(request, "policy.html", policy=policy, receive=receive, formats=FORMATS, chart=chart)

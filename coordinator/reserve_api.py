@@ -7,6 +7,7 @@ transaction is rolled back, as in api.py.
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -14,14 +15,17 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import Field
 
+from custody import registry
 from custody import reserve_service as rs
 from custody.errors import CustodyError, NotFound
+from custody.models import Policy
 from custody.reserve_models import ReserveRun
 
+from . import visibility
 from .api import Id, Name, Strict
 from .auth import route
 from .context import actor, node, read, write
-from .device_api import Serial
+from .device_api import Serial, holder_only
 
 router = APIRouter(prefix="/api")
 MAX_UPLOAD = 16_000_000
@@ -40,6 +44,10 @@ def overdue(next_due: datetime | str, now: datetime | None = None) -> bool:
     due = datetime.fromisoformat(next_due) if isinstance(next_due, str) else next_due
     due = due if due.tzinfo else due.replace(tzinfo=timezone.utc)
     return due < (now or datetime.now(timezone.utc))
+
+
+def _policies(s, run_id: int) -> list[Policy]:
+    return [registry.get_policy(s, name) for name in json.loads(s.get(ReserveRun, run_id).policies)]
 
 
 def attachment(text: str, media_type: str, filename: str) -> Response:
@@ -81,7 +89,7 @@ def show_run(request: Request, run_id: Id) -> dict:
 def download_psbt(request: Request, run_id: Id, encoding: Literal["binary", "base64"] = "binary"):
     with read(request) as s:
         known(s, run_id)
-        text = rs.psbt(s, run_id)
+        text = visibility.psbt(visibility.reader(request, s), rs.psbt(s, run_id), [p.id for p in _policies(s, run_id)])
     if encoding == "base64":
         return PlainTextResponse(text)
     return Response(base64.b64decode(text), media_type="application/octet-stream",
@@ -102,6 +110,7 @@ async def upload_signatures(request: Request, run_id: Id, file: UploadFile = Fil
 def sign_on_device(request: Request, run_id: Id, serial: Serial) -> dict:
     with write(request) as s:
         known(s, run_id)
+        holder_only(s, serial, request)              # 403: a signature is the device holder's act
         return rs.sign_on_device(s, run_id, serial, actor=actor(request))
 
 
@@ -123,9 +132,11 @@ def self_check(request: Request, run_id: Id, min_depth: int = Query(1, ge=1, le=
 
 @route(router, "GET", "/reserves/{run_id}/package", "reserves.read")
 def package(request: Request, run_id: Id):
-    """The file the auditor verifies (`custody-audit verify`)."""
+    """The file the auditor verifies (`custody-audit verify`): it declares every policy's descriptor, so
+    only for whoever may see them all (see visibility)."""
     with read(request) as s:
         known(s, run_id)
+        visibility.require_xpubs(visibility.reader(request, s), _policies(s, run_id), "the package")
         return attachment(rs.package(s, run_id), "application/json", f"reserves-{run_id}-package.json")
 
 

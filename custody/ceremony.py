@@ -29,6 +29,7 @@ from . import bip322
 from .device_models import Ceremony, CeremonyMember, DeviceRegistration
 from .errors import CustodyError, NotFound
 from .eventlog import record
+from .holders import canonical
 from .hwi_devices import open_device
 from .keys import KeyImportError, parse_key
 from .models import Key, Policy, Signatory, SigningDevice, utcnow
@@ -195,7 +196,7 @@ def confirm(session: Session, ceremony: Ceremony, serial: str, address: str, *, 
         raise CustodyError(f"ceremony #{ceremony.id} is {ceremony.state}; nothing to confirm")
     _member_row, device = _member(session, ceremony, serial)
     holder = session.get(Signatory, device.signatory_id) if device.signatory_id else None
-    if holder is not None and holder.name != by:
+    if holder is not None and canonical(holder.name) != canonical(by):
         raise CustodyError(f"only {holder.name}, who holds device {serial}, confirms what it shows")
     registration = session.get(DeviceRegistration, (device.id, ceremony.policy_id))
     first = receive_address(session, session.get(Policy, ceremony.policy_id))

@@ -113,10 +113,11 @@ _ORDER = {"height": (HEIGHT_KEY, Utxo.id), "value": (Utxo.value, Utxo.id), "outp
 
 def utxo_page(session: Session, *, policy: Policy | None = None, states: list[str] | tuple[str, ...] | None = None,
               search: str | None = None, sort: str = "height", descending: bool = False, offset: int = 0,
-              limit: int = 50, known_total: int | None = None) -> dict:
+              limit: int = 50, known_total: int | None = None, search_labels: bool = True) -> dict:
     """One page of coins, filtered and sorted by the database: {"total", "rows"}. Without `states`,
-    every unspent coin. `search` matches an outpoint or address prefix, or a label. A caller that
-    already knows the total for these filters passes it as `known_total` to skip counting."""
+    every unspent coin. `search` matches an outpoint or address prefix, or a label (unless
+    `search_labels` is false: for a caller who may not read labels). A caller that already knows the
+    total for these filters passes it as `known_total` to skip counting."""
     if sort not in SORTS:
         raise CustodyError(f"sort by one of {', '.join(SORTS)}, not {sort!r}")
     if not 1 <= limit <= 1000 or offset < 0:
@@ -130,7 +131,7 @@ def utxo_page(session: Session, *, policy: Policy | None = None, states: list[st
         conditions.append(Utxo.policy_id == policy.id)
     conditions.append(or_(*(_state_condition(st, tip) for st in states)) if states else Utxo.spent_txid.is_(None))
     if search and search.strip():
-        conditions.append(_search_condition(session, search.strip()))
+        conditions.append(_search_condition(session, search.strip(), labels=search_labels))
     ids = select(Utxo.id).where(*conditions)
     total = known_total if known_total is not None else session.scalar(select(func.count()).select_from(ids.subquery()))
     order = [c.desc() for c in _ORDER[sort]] if descending else list(_ORDER[sort])
@@ -167,14 +168,15 @@ def _prefix(column, text: str):
 SEARCH_LIMIT = 10_000
 
 
-def _search_condition(session: Session, text: str):
-    """Coins whose outpoint or address starts with the text, or whose output or address label contains
-    it (LIKE wildcards in it are literal). Each part is answered from an index, then combined."""
+def _search_condition(session: Session, text: str, *, labels: bool = True):
+    """Coins whose outpoint or address starts with the text, or (with `labels`) whose output or address
+    label contains it (LIKE wildcards in it are literal). Each part is answered from an index, then
+    combined."""
     txid = text.lower().partition(":")[0]
     ids = set(session.scalars(select(Utxo.id).where(_prefix(Utxo.txid, txid)).limit(SEARCH_LIMIT)))
     address_ids = set(session.scalars(select(Address.id).where(_prefix(Address.address, text)).limit(SEARCH_LIMIT)))
     literal = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    for type_, ref in session.execute(select(Label.type, Label.ref).where(
+    for type_, ref in [] if not labels else session.execute(select(Label.type, Label.ref).where(
             Label.type.in_(("output", "addr")),
             func.lower(Label.label).like("%" + literal.lower() + "%", escape="\\")).limit(SEARCH_LIMIT)):
         if type_ == "addr":

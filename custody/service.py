@@ -120,10 +120,10 @@ def utxos(s: Session, name: str, *, states: list[str] | None = None, include_spe
 
 def utxo_page(s: Session, *, policy: str | None = None, states: list[str] | None = None, search: str | None = None,
               sort: str = "height", descending: bool = False, offset: int = 0, limit: int = 50,
-              known_total: int | None = None) -> dict:
+              known_total: int | None = None, search_labels: bool = True) -> dict:
     return ledger.utxo_page(s, policy=registry.get_policy(s, policy) if policy else None, states=states,
                             search=search, sort=sort, descending=descending, offset=offset, limit=limit,
-                            known_total=known_total)
+                            known_total=known_total, search_labels=search_labels)
 
 
 def history(s: Session, name: str) -> list[dict]:
