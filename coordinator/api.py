@@ -20,7 +20,7 @@ from custody.errors import CustodyError
 
 from .auth import route
 from .context import actor, node, read, write
-from . import visibility
+from . import refusals, visibility
 
 router = APIRouter(prefix="/api")
 
@@ -255,7 +255,8 @@ class LabelsIn(Strict):
     jsonl: str = Field(max_length=10_000_000, description="BIP-329 JSON Lines")
 
 
-@route(router, "GET", "/labels", "label.read", response_class=PlainTextResponse)
+@route(router, "GET", "/labels", "label.read", response_class=PlainTextResponse,
+       responses=refusals.body("application/jsonl"))
 def export_labels(request: Request):
     with read(request) as s:
         return PlainTextResponse(service.labels_export(s), media_type="application/jsonl")
@@ -448,7 +449,8 @@ def log_verify_file(request: Request, body: LogFileIn) -> dict:
     return service.log_verify(None, keys=set(body.keys) if body.keys else None, jsonl=body.jsonl)
 
 
-@route(router, "GET", "/log/export", "log.read", response_class=PlainTextResponse)
+@route(router, "GET", "/log/export", "log.read", response_class=PlainTextResponse,
+       responses=refusals.body("application/jsonl"))
 def log_export(request: Request):
     with read(request) as s:
         return PlainTextResponse(service.log_export(s), media_type="application/jsonl",

@@ -153,6 +153,9 @@ def route(router, method: str, path: str, action: str, *, page: bool = False, **
         if entry not in ROUTE_TABLE:
             ROUTE_TABLE.append(entry)
         kwargs.setdefault("include_in_schema", not page)
+        if not page:
+            from .refusals import declared
+            kwargs["responses"] = {**declared(action), **kwargs.get("responses", {})}
         router.add_api_route(path, func, methods=[method], dependencies=[dependency], **kwargs)
         return func
     return register
