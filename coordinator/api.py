@@ -516,22 +516,22 @@ def list_tokens(request: Request) -> list[dict]:
         return accounts.list_tokens(s, None if p.role == "admin" else s.get(accounts.User, p.user_id))
 
 
-@route(router, "POST", "/tokens", "token.self", status_code=201)
+@route(router, "POST", "/tokens", "token.write", status_code=201)
 def create_token(request: Request, body: TokenIn) -> dict:
     p = request.state.principal
     with write(request) as s:
         user = s.get(accounts.User, p.user_id)
-        if p.via == "token" and (body.role or p.role) != p.role and body.role != "viewer":
-            raise CustodyError("a token can only make tokens of its own role or viewer")
+        # a token makes tokens of its own role or viewer only (custody.accounts.create_token)
         token, row = accounts.create_token(s, user, body.name, role=body.role or p.role,
-                                           expires_in_days=body.expires_in_days)
+                                           expires_in_days=body.expires_in_days,
+                                           scope=p.role if p.via == "token" else None)
         return {"token": token, "id": row.id, "name": row.name, "role": row.role,
                 "expires_at": row.expires_at.isoformat() if row.expires_at else None}
 
 
-@route(router, "DELETE", "/tokens/{token_id}", "token.self", status_code=204)
+@route(router, "DELETE", "/tokens/{token_id}", "token.write", status_code=204)
 def revoke_token(request: Request, token_id: Id):
     p = request.state.principal
     with write(request) as s:
-        accounts.revoke_token(s, token_id, by=s.get(accounts.User, p.user_id))
+        accounts.revoke_token(s, token_id, by=s.get(accounts.User, p.user_id), role=p.role)
     return Response(status_code=204)

@@ -44,7 +44,11 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "log.read": ("admin", "officer", "auditor"),
     "sync": ("admin", "officer"),
     "user.admin": ("admin",),
-    "token.self": ALL,
+    "token.self": ALL,                           # list one's own tokens (admins: everyone's)
+    # make one's own tokens, revoke one's own (admins: anyone's). Not viewers, so never a viewer-scope
+    # token: read-only access stays read-only (custody.accounts.create_token keeps a token to its own
+    # role or viewer, and revoke_token others' tokens to admin-scope callers)
+    "token.write": ("admin", "officer", "signatory", "auditor"),
     "metrics": ("admin", "officer", "auditor", "viewer"),
     "device.read": ("admin", "officer", "signatory", "auditor"),
     "device.admin": ("admin",),                  # issue, connect, ceremonies, firmware, rotations
@@ -90,11 +94,12 @@ def identify(request: Request) -> Principal | None:
                 raise HTTPException(401, "this API token is unknown, expired or revoked")
             row, user = found
             return Principal(user.id, user.username, row.role, "token", None)
-        found = accounts.find_session(s, request.cookies.get(SESSION_COOKIE))
-        if found is None:
-            return None
-        row, user = found
-        return Principal(user.id, user.username, user.role, "session", row.csrf_token)
+        found = accounts.find_session(s, request.cookies.get(SESSION_COOKIE),
+                                      idle=getattr(request.app.state, "session_idle", None))
+        principal = None if found is None else Principal(found[1].id, found[1].username, found[1].role, "session",
+                                                         found[0].csrf_token)
+        s.commit()          # a session seen (at most once a minute) or ended for idling
+        return principal
 
 
 def allowed(action: str, role: str) -> bool:

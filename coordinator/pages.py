@@ -401,22 +401,24 @@ def account_page(request: Request):
     return render(request, "account.html", tokens=tokens, new_token=None)
 
 
-@route(router, "POST", "/account/tokens", "token.self", page=True)
+@route(router, "POST", "/account/tokens", "token.write", page=True)
 def create_token(request: Request, name: str = Form(max_length=100), role: str = Form("", max_length=16),
                  days: int = Form(90)):
     p = request.state.principal
     with write(request) as s:
         user = s.get(accounts.User, p.user_id)
-        token, _ = accounts.create_token(s, user, name, role=role or None, expires_in_days=days)
+        token, _ = accounts.create_token(s, user, name, role=role or p.role, expires_in_days=days,
+                                         scope=p.role if p.via == "token" else None)
     with read(request) as s:
         tokens = accounts.list_tokens(s, s.get(accounts.User, p.user_id))
     return render(request, "account.html", tokens=tokens, new_token=token)
 
 
-@route(router, "POST", "/account/tokens/{token_id}/revoke", "token.self", page=True)
+@route(router, "POST", "/account/tokens/{token_id}/revoke", "token.write", page=True)
 def revoke_token(request: Request, token_id: Id):
+    p = request.state.principal
     with write(request) as s:
-        accounts.revoke_token(s, token_id, by=s.get(accounts.User, request.state.principal.user_id))
+        accounts.revoke_token(s, token_id, by=s.get(accounts.User, p.user_id), role=p.role)
     return back("/account")
 
 

@@ -12,13 +12,20 @@ from .models import Base, utcnow
 class User(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
+    # canonical (custody.accounts.canonical_username: NFKC, case-folded, [a-z0-9._@-]), so that the
+    # unique constraint is on the identity itself: "OLGA" and "olga" are one officer
     username: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16))                  # admin, officer, signatory, auditor, viewer
     password_hash: Mapped[str] = mapped_column(String(200))        # argon2id, libsodium's encoded string
     totp_secret: Mapped[str | None] = mapped_column(String(64))    # base32; None: no second factor
     last_totp_step: Mapped[int] = mapped_column(Integer, default=0)  # a code is accepted once
+    # failed logins in a row; an attempt is counted (committed) before its password is checked
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # failed logins are logged at most once a minute per account: those not yet in the log, and when
+    # the last such entry was written
+    failures_unlogged: Mapped[int] = mapped_column(Integer, default=0)
+    failure_logged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -46,3 +53,5 @@ class LoginSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # the last request seen, to the minute (written at most once a minute); None: not since created_at
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -3,20 +3,30 @@
 Roles separate duties: an admin configures (people, keys, policies, rules) but moves no money; officers
 request and approve spends; signatories upload signatures; auditors and viewers read. A token acts for
 its user with the role it was made for (the user's own role, or viewer), and only its SHA-256 is stored.
+
+A username is an identity: it is stored canonical (NFKC, case-folded, a small ASCII alphabet), so
+"OLGA", "Olga" and fullwidth "ＯＬＧＡ" are the one officer olga, and look-alikes from other scripts are
+refused. Logging in is safe against parallel attempts: an attempt is counted in the database before
+its password is checked (so N parallel guesses check at most MAX_FAILED_LOGINS), and a TOTP code is
+taken by a conditional UPDATE whose row count decides (so one code opens one session). A refusal
+never says whether the account exists.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import os
+import re
 import secrets
 import struct
 import time
+import unicodedata
 from datetime import datetime, timedelta, timezone
 
 import nacl.exceptions
 import nacl.pwhash
-from sqlalchemy import delete, select
+from sqlalchemy import case, delete, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from .account_models import ApiToken, LoginSession, User
@@ -26,9 +36,15 @@ from .eventlog import record
 ROLES = ("admin", "officer", "signatory", "auditor", "viewer")
 SECOND_FACTOR_ROLES = ("admin", "officer")     # these cannot log in without a TOTP code
 MIN_PASSWORD_LENGTH = 12
+MIN_PASSWORD_SCORE = 3          # zxcvbn's 0-4: 3 is "safely unguessable", ~10^10 guesses
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
+FAILED_LOGIN_LOG_INTERVAL = timedelta(minutes=1)   # at most one user.login_failed entry per account per minute
 SESSION_LIFETIME = timedelta(hours=8)
+# A session ends after this long without a request (CUSTODY_SESSION_IDLE_MINUTES; an app may set
+# app.state.session_idle). Its last_seen_at is written at most once per SESSION_TOUCH.
+SESSION_IDLE = timedelta(minutes=float(os.environ.get("CUSTODY_SESSION_IDLE_MINUTES") or 30))
+SESSION_TOUCH = timedelta(minutes=1)
 TOTP_STEP = 30
 TOTP_DIGITS = 6
 TOKEN_PREFIX = "cst_"
@@ -38,7 +54,12 @@ _MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
 
 
 class AuthError(CustodyError):
-    """Login refused. The message never says which of name, password or code was wrong."""
+    """Login refused. The message never says which of name, password or code was wrong, nor whether
+    the account exists or is locked: it is LOGIN_REFUSED, always."""
+
+
+LOGIN_REFUSED = (f"wrong username, password or code (after {MAX_FAILED_LOGINS} failed logins in a row an "
+                 f"account is locked for {int(LOCKOUT.total_seconds() // 60)} minutes; an admin can unlock it)")
 
 
 def _now() -> datetime:
@@ -65,9 +86,21 @@ def check_password(encoded: str, password: str) -> bool:
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
-def _check_new_password(password: str) -> None:
+def _check_new_password(password: str, username: str = "") -> None:
+    """At least MIN_PASSWORD_LENGTH characters, and not easy to guess by zxcvbn's estimate (common and
+    breached passwords, dictionary words, names, keyboard patterns, repeats, dates, the username)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise CustodyError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+    from zxcvbn import zxcvbn
+    # zxcvbn takes at most 72 characters (its cost grows with length); a longer password is judged by
+    # its first 72, which must then be strong on their own
+    verdict = zxcvbn(password[:72], user_inputs=[username, "custody", "coordinator", "bitcoin"])
+    if verdict["score"] < MIN_PASSWORD_SCORE:
+        feedback = verdict.get("feedback") or {}
+        why = " ".join(part for part in [feedback.get("warning") or "",
+                                         *(feedback.get("suggestions") or [])] if part)
+        raise CustodyError(f"this password is too easy to guess (strength {verdict['score']} of 4, at least "
+                           f"{MIN_PASSWORD_SCORE} is needed)" + (f": {why}" if why else ""))
 
 
 # -- TOTP (RFC 6238: HMAC-SHA1, 6 digits, 30-second steps) ----------------------------------------------
@@ -108,11 +141,24 @@ def _totp_step(secret: str, code: str, now: float) -> int | None:
 
 
 # -- accounts ----------------------------------------------------------------------------------------
-def _valid_username(username: str) -> str:
-    name = username.strip()
-    if not (1 <= len(name) <= 64) or not all(c.isalnum() or c in "._-@" for c in name):
-        raise CustodyError("a username is 1-64 letters, digits or . _ - @")
+USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{1,63}")
+
+
+def canonical_username(username: str) -> str:
+    """The one spelling of a username: NFKC-normalised, case-folded, then 2-64 characters of a-z, 0-9
+    and . _ - @ starting with a letter or digit. Refuses anything else (letters of other scripts, which
+    can look like these, invisible characters, spaces) with a message saying so."""
+    if not isinstance(username, str):
+        raise CustodyError("a username is text")
+    name = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).strip().casefold())
+    if not USERNAME.fullmatch(name):
+        raise CustodyError(f"{username!r} is not a valid username: a username is 2-64 characters, the letters "
+                           "a-z (case does not matter), digits and . _ - @, starting with a letter or digit")
     return name
+
+
+def _valid_username(username: str) -> str:
+    return canonical_username(username)
 
 
 def _valid_role(role: str) -> str:
@@ -125,21 +171,30 @@ def create_user(session: Session, username: str, role: str, password: str, *, se
                 actor: str = "coordinator") -> tuple[User, str | None]:
     """Returns the user and their TOTP secret (shown once), which admins and officers always get."""
     name, role = _valid_username(username), _valid_role(role)
-    _check_new_password(password)
+    _check_new_password(password, name)
     if session.scalar(select(User).where(User.username == name)) is not None:
         raise CustodyError(f"user {name!r} already exists")
     wants_totp = role in SECOND_FACTOR_ROLES or bool(second_factor)
     secret = new_totp_secret() if wants_totp else None
     user = User(username=name, role=role, password_hash=hash_password(password), totp_secret=secret,
-                last_totp_step=0, failed_logins=0, disabled=False)
+                last_totp_step=0, failed_logins=0, failures_unlogged=0, disabled=False)
     session.add(user)
     session.flush()
     record(session, "user.created", actor, f"user:{name}", {"role": role, "second_factor": wants_totp})
     return user, secret
 
 
+def _find_user(session: Session, username: str) -> User | None:
+    try:
+        name = canonical_username(username)
+    except CustodyError:
+        return None
+    return session.scalar(select(User).where(User.username == name))
+
+
 def get_user(session: Session, username: str) -> User:
-    user = session.scalar(select(User).where(User.username == username))
+    """The user of that name in any spelling of it ("OLGA" is olga)."""
+    user = _find_user(session, username)
     if user is None:
         raise NotFound(f"no user {username!r}")
     return user
@@ -166,7 +221,7 @@ def set_role(session: Session, user: User, role: str, *, actor: str) -> User:
 
 
 def set_password(session: Session, user: User, password: str, *, actor: str) -> None:
-    _check_new_password(password)
+    _check_new_password(password, user.username)
     user.password_hash = hash_password(password)
     _revoke_all(session, user)
     record(session, "user.password_changed", actor, f"user:{user.username}", {})
@@ -189,6 +244,8 @@ def set_disabled(session: Session, user: User, disabled: bool, *, actor: str) ->
 
 
 def unlock(session: Session, user: User, *, actor: str) -> User:
+    session.execute(update(User).where(User.id == user.id).values(failed_logins=0, locked_until=None)
+                    .execution_options(synchronize_session=False))
     user.failed_logins, user.locked_until = 0, None
     record(session, "user.unlocked", actor, f"user:{user.username}", {})
     return user
@@ -204,66 +261,126 @@ def _revoke_all(session: Session, user: User) -> None:
 # -- logging in ----------------------------------------------------------------------------------------
 def authenticate(session: Session, username: str, password: str, code: str | None = None, *,
                  now: float | None = None) -> User:
-    """Check name, password and (when the account has one) TOTP code. A failure is counted, and the
-    caller must commit it: MAX_FAILED_LOGINS failures in a row lock the account for LOCKOUT."""
+    """Check name, password and (when the account has one) TOTP code; raise AuthError(LOGIN_REFUSED)
+    otherwise. Commits its own steps, so that parallel attempts cannot race:
+
+    1. the attempt is counted before the password is checked, by one conditional UPDATE that also
+       takes the lock-out decision (refused while locked; the MAX_FAILED_LOGINS-th attempt in a row
+       locks), committed at once; N parallel wrong passwords therefore check at most MAX_FAILED_LOGINS;
+    2. the password is checked outside any transaction (argon2id takes a while);
+    3. the code's time step is taken with `UPDATE ... WHERE last_totp_step < step`, and only the one
+       request whose UPDATE changed the row may use it;
+    4. a failure is logged at most once a minute per account (with the count since the last entry;
+       the entry that locks the account is always written), and committed here. Unknown names are not
+       logged at all, and cost the same argon2id verification as known ones.
+
+    On success the caller commits (with the session it starts)."""
     moment = time.time() if now is None else now
     when = datetime.fromtimestamp(moment, timezone.utc)
-    user = session.scalar(select(User).where(User.username == username.strip()))
+    user = _find_user(session, username)
+    if user is not None:
+        user_id, name, password_hash = user.id, user.username, user.password_hash
+        role, secret, disabled = user.role, user.totp_secret, user.disabled
+    session.commit()                 # no transaction (or connection) is held while a password is hashed
     if user is None:
         check_password(_DUMMY_HASH, password)
-        record(session, "user.login_failed", username.strip()[:64] or "?", "user:?", {"reason": "unknown user"})
-        raise AuthError("wrong username, password or code")
-    if user.locked_until is not None and _aware(user.locked_until) > when:
-        raise AuthError(f"account locked after {MAX_FAILED_LOGINS} failed logins until "
-                        f"{_aware(user.locked_until):%H:%M} UTC; an admin can unlock it")
+        raise AuthError(LOGIN_REFUSED)
+    not_locked = or_(User.locked_until.is_(None), User.locked_until <= literal(when, User.locked_until.type))
+    counted = session.execute(
+        update(User).where(User.id == user_id, not_locked)
+        .values(failed_logins=User.failed_logins + 1,
+                locked_until=case((User.failed_logins + 1 >= MAX_FAILED_LOGINS,
+                                   literal(when + LOCKOUT, User.locked_until.type)), else_=None))
+        .execution_options(synchronize_session=False)).rowcount
+    if counted == 1:
+        failed = session.scalar(select(User.failed_logins).where(User.id == user_id))   # ours: the row is locked
+    session.commit()
+    if counted != 1:                 # locked: not checked, and not told apart from a wrong password
+        check_password(_DUMMY_HASH, password)
+        raise AuthError(LOGIN_REFUSED)
+    locks = failed >= MAX_FAILED_LOGINS
+
     reason = None
-    if not check_password(user.password_hash, password):
+    if not check_password(password_hash, password):
         reason = "password"
-    elif user.totp_secret is not None:
-        step = _totp_step(user.totp_secret, code or "", moment)
+    elif disabled:
+        reason = "disabled"
+    elif secret is not None:
+        step = _totp_step(secret, code or "", moment)
         if step is None:
             reason = "second factor"
-        elif step <= user.last_totp_step:
+        elif session.execute(update(User).where(User.id == user_id, User.last_totp_step < step)
+                             .values(last_totp_step=step).execution_options(synchronize_session=False)).rowcount != 1:
             reason = "second factor replayed"
-        else:
-            user.last_totp_step = step
-    elif user.role in SECOND_FACTOR_ROLES:
+    elif role in SECOND_FACTOR_ROLES:
         reason = "no second factor enrolled"
-    if reason is None and user.disabled:
-        reason = "disabled"
     if reason is not None:
-        user.failed_logins += 1
-        data = {"reason": reason, "failed_logins": user.failed_logins}
-        if user.failed_logins >= MAX_FAILED_LOGINS:
-            user.locked_until = when + LOCKOUT
-            data["locked_until"] = user.locked_until.isoformat()
-        record(session, "user.login_failed", user.username, f"user:{user.username}", data)
-        if reason == "disabled":
-            raise AuthError("this account is disabled")
-        raise AuthError("wrong username, password or code")
-    user.failed_logins, user.locked_until = 0, None
-    record(session, "user.login", user.username, f"user:{user.username}", {})
+        _log_failure(session, user_id, name, reason, when, locks=locks)
+        session.commit()
+        raise AuthError(LOGIN_REFUSED)
+    unlogged = session.scalar(select(User.failures_unlogged).where(User.id == user_id))
+    session.execute(update(User).where(User.id == user_id)
+                    .values(failed_logins=0, locked_until=None, failures_unlogged=0)
+                    .execution_options(synchronize_session=False))
+    session.refresh(user)
+    record(session, "user.login", name, f"user:{name}",
+           {"failures_not_logged": unlogged} if unlogged else {})
     return user
+
+
+def _log_failure(session: Session, user_id: int, name: str, reason: str, when: datetime, *, locks: bool) -> None:
+    """Count the failure; write a user.login_failed entry when the account's last one is a minute old
+    (or this failure locks it), carrying how many failures it stands for."""
+    session.execute(update(User).where(User.id == user_id).values(failures_unlogged=User.failures_unlogged + 1)
+                    .execution_options(synchronize_session=False))
+    # read under the row lock the UPDATE took (PostgreSQL) or SQLite's writer lock: no one else's
+    row = session.execute(select(User.failures_unlogged, User.failure_logged_at, User.failed_logins,
+                                 User.locked_until).where(User.id == user_id)).one()
+    last = _aware(row.failure_logged_at)
+    if not locks and last is not None and when - last < FAILED_LOGIN_LOG_INTERVAL:
+        return
+    session.execute(update(User).where(User.id == user_id).values(failures_unlogged=0, failure_logged_at=when)
+                    .execution_options(synchronize_session=False))
+    data = {"reason": reason, "failures": row.failures_unlogged, "failed_logins": row.failed_logins}
+    if locks and row.locked_until is not None:
+        data["locked_until"] = _aware(row.locked_until).isoformat()
+    record(session, "user.login_failed", name, f"user:{name}", data)
 
 
 def start_session(session: Session, user: User) -> tuple[str, LoginSession]:
     """Returns the cookie value (shown to the browser only) and the stored session."""
     cookie = secrets.token_urlsafe(32)
+    now = _now()
     row = LoginSession(id=_sha256(cookie), user_id=user.id, csrf_token=secrets.token_urlsafe(32),
-                       expires_at=_now() + SESSION_LIFETIME)
+                       created_at=now, last_seen_at=now, expires_at=now + SESSION_LIFETIME)
     session.add(row)
     return cookie, row
 
 
-def find_session(session: Session, cookie: str | None) -> tuple[LoginSession, User] | None:
+def find_session(session: Session, cookie: str | None, *,
+                 idle: timedelta | None = None) -> tuple[LoginSession, User] | None:
+    """The live session of this cookie and its user, or None: unknown, past its lifetime, idle for
+    `idle` (SESSION_IDLE), or its user disabled. A session idle too long is deleted. Marks the session
+    seen, writing at most once per SESSION_TOUCH; the caller commits."""
     if not cookie:
         return None
     row = session.get(LoginSession, _sha256(cookie))
-    if row is None or _aware(row.expires_at) <= _now():
+    if row is None:
+        return None
+    now = _now()
+    seen = _aware(row.last_seen_at or row.created_at)
+    if _aware(row.expires_at) <= now or now - seen >= (SESSION_IDLE if idle is None else idle):
+        session.execute(delete(LoginSession).where(LoginSession.id == row.id))
         return None
     user = session.get(User, row.user_id)
     if user is None or user.disabled:
         return None
+    if now - seen >= SESSION_TOUCH:
+        cutoff = literal(now - SESSION_TOUCH, LoginSession.last_seen_at.type)
+        session.execute(update(LoginSession)
+                        .where(LoginSession.id == row.id,
+                               or_(LoginSession.last_seen_at.is_(None), LoginSession.last_seen_at <= cutoff))
+                        .values(last_seen_at=now).execution_options(synchronize_session=False))
     return row, user
 
 
@@ -278,12 +395,21 @@ def _sha256(text: str) -> str:
 
 
 def create_token(session: Session, user: User, name: str, *, role: str | None = None,
-                 expires_in_days: int | None = 90) -> tuple[str, ApiToken]:
-    """A token for `user` with their own role, or narrowed to viewer. Returns (token, row)."""
-    role = role or user.role
+                 expires_in_days: int | None = 90, scope: str | None = None) -> tuple[str, ApiToken]:
+    """A token for `user` with their own role, or narrowed to viewer. Returns (token, row).
+
+    `scope`: the role of the token making this one, when a token does (None: a login session or the
+    CLI). A token makes tokens of its own role or viewer only, and a viewer-scope token none at all."""
+    if scope is not None:
+        _valid_role(scope)
+        if scope == "viewer":
+            raise CustodyError("a viewer-scope token cannot make tokens")
+    role = role or scope or user.role
     _valid_role(role)
     if role not in (user.role, "viewer"):
         raise CustodyError(f"a token carries its user's role ({user.role}) or viewer, not {role}")
+    if scope is not None and role not in (scope, "viewer"):
+        raise CustodyError(f"a token can only make tokens of its own role ({scope}) or viewer, not {role}")
     if not name.strip() or len(name) > 100:
         raise CustodyError("a token needs a name of at most 100 characters")
     if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
@@ -321,9 +447,14 @@ def list_tokens(session: Session, user: User | None = None) -> list[dict]:
              "revoked": t.revoked_at is not None} for t, u in session.execute(query)]
 
 
-def revoke_token(session: Session, token_id: int, *, by: User) -> None:
+def revoke_token(session: Session, token_id: int, *, by: User, role: str | None = None) -> None:
+    """`by` revokes one of their own tokens, or as an admin anyone's. `role`: the role `by` acts with
+    (a token's scope; None: their own role). A viewer-scope token revokes nothing."""
+    role = role or by.role
+    if role == "viewer":
+        raise CustodyError("a viewer-scope token cannot revoke tokens")
     row = session.get(ApiToken, token_id)
-    if row is None or (row.user_id != by.id and by.role != "admin"):
+    if row is None or (row.user_id != by.id and (role != "admin" or by.role != "admin")):
         raise NotFound(f"no token #{token_id}")
     if row.revoked_at is None:
         row.revoked_at = _now()
