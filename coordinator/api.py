@@ -20,6 +20,7 @@ from custody.errors import CustodyError
 
 from .auth import route
 from .context import actor, node, read, write
+from .downloads import attachment
 from . import refusals, visibility
 
 router = APIRouter(prefix="/api")
@@ -119,7 +120,7 @@ def export_policy(request: Request, name: str,
         visibility.require_xpubs(visibility.reader(request, s), [registry.get_policy(s, name)], "the export")
     extension = {"core": "json", "bsms": "bsms", "coldcard": "txt", "sparrow": "json", "specter": "json",
                  "caravan": "json"}[format]
-    return PlainTextResponse(text, headers={"content-disposition": f'attachment; filename="{name}-{format}.{extension}"'})
+    return PlainTextResponse(text, headers=attachment(f"{name}-{format}.{extension}"))
 
 
 @route(router, "POST", "/policies/{name}/status", "policy.write")
@@ -161,11 +162,16 @@ class DeriveIn(Strict):
     descriptor: str = Field(min_length=1, max_length=5000)
     start: int = Field(0, ge=0)
     end: int = Field(0, ge=0)
+    branch: int | None = Field(None, ge=0, le=255, description="one path of a multipath (<0;1>) descriptor: "
+                               "0 receive, 1 change; default: every path")
 
 
 @route(router, "POST", "/derive", "psbt.tools")
-def derive(request: Request, body: DeriveIn) -> list[str]:
-    return service.derive(body.descriptor, body.start, body.end, network=request.app.state.network)
+def derive(request: Request, body: DeriveIn) -> list[str] | list[list[str]]:
+    """As Bitcoin Core's deriveaddresses: a list of addresses, or for a multipath descriptor one list per path
+    (receive, then change) unless `branch` picks one."""
+    return service.derive(body.descriptor, body.start, body.end, network=request.app.state.network,
+                          branch=body.branch)
 
 
 # -- ledger ----------------------------------------------------------------------------------------
@@ -368,7 +374,7 @@ def download_psbt(request: Request, spend_id: Id, encoding: Literal["binary", "b
     if encoding == "base64":
         return PlainTextResponse(text)
     return Response(base64.b64decode(text), media_type="application/octet-stream",
-                    headers={"content-disposition": f'attachment; filename="spend-{spend_id}.psbt"'})
+                    headers=attachment(f"spend-{spend_id}.psbt"))
 
 
 @route(router, "POST", "/spends/{spend_id}/signatures", "psbt.upload")
@@ -454,7 +460,7 @@ def log_verify_file(request: Request, body: LogFileIn) -> dict:
 def log_export(request: Request):
     with read(request) as s:
         return PlainTextResponse(service.log_export(s), media_type="application/jsonl",
-                                 headers={"content-disposition": 'attachment; filename="event-log.jsonl"'})
+                                 headers=attachment("event-log.jsonl"))
 
 
 # -- accounts and tokens ---------------------------------------------------------------------------

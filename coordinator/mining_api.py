@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from pydantic import Field
 
 from custody import mining_service as ms
@@ -84,8 +85,9 @@ class DeviceIn(Strict):
     model: str = Field(min_length=1, max_length=80)
     account: AccountRef
     worker: str = Field(min_length=1, max_length=120)
-    api_host: str | None = Field(None, min_length=1, max_length=200)
-    api_port: int | None = Field(None, ge=1, le=65535)
+    api_host: str | None = Field(None, min_length=1, max_length=200,
+                                 description="the miner's IP address on the farm's network, to poll it")
+    api_port: int | None = Field(None, ge=1, le=65535, description="its CGMiner API port (4028)")
 
 
 @route(router, "GET", "/devices", "mining.read")
@@ -99,6 +101,20 @@ def add_device(request: Request, body: DeviceIn) -> dict:
     with write(request) as s:
         return ms.device_add(s, body.serial, model=body.model, account=body.account, worker=body.worker,
                              api_host=body.api_host, api_port=body.api_port, actor=actor(request))
+
+
+class AddressIn(Strict):
+    api_host: str | None = Field(None, min_length=1, max_length=200,
+                                 description="an IP address on the farm's networks; null (with api_port) to stop polling")
+    api_port: int | None = Field(None, ge=1, le=65535, description="its CGMiner API port (4028)")
+
+
+@route(router, "PUT", "/devices/{serial}/address", "mining.configure")
+def set_device_address(request: Request, body: AddressIn,
+                       serial: str = PathParam(min_length=1, max_length=80)) -> dict:
+    """Where a registered device's CGMiner API is polled (logged: it decides where the coordinator connects)."""
+    with write(request) as s:
+        return ms.device_address(s, serial, api_host=body.api_host, api_port=body.api_port, actor=actor(request))
 
 
 # -- statements, telemetry, reconciliation ---------------------------------------------------------------------
@@ -116,12 +132,15 @@ def import_statement(request: Request, account_id: Id, body: StatementIn) -> dic
 
 class PollIn(Strict):
     account: AccountRef | None = Field(None, description="default: the whole fleet")
+    device: str | None = Field(None, min_length=1, max_length=80, description="one registered device's serial")
 
 
 @route(router, "POST", "/telemetry/poll", "mining.operate")
 def poll(request: Request, body: PollIn) -> dict:
+    """Poll registered devices at their registered addresses (never an address given here); a device that
+    does not answer is listed in `failed`, always as "the device did not answer with CGMiner API data"."""
     with write(request) as s:
-        return ms.telemetry_poll(s, body.account)
+        return ms.telemetry_poll(s, body.account, device=body.device)
 
 
 class TelemetryIn(Strict):

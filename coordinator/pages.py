@@ -6,6 +6,7 @@ permission table. Pages show what a role may do, but the server enforces it eith
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 from pathlib import Path
@@ -34,11 +35,27 @@ PENDING = ("requested", "approved", "signing", "signed", "broadcasting", "broadc
 PAGE_SIZE = 50
 
 
+FLASH_COOKIE = "custody_flash"
+
+
+def _flash_digest(message: str) -> str:
+    return hashlib.sha256(message.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
     principal = getattr(request.state, "principal", None)
     can = (lambda action: principal is not None and allowed(action, principal.role))
-    return templates.TemplateResponse(request, name, {"user": principal, "can": can, **context},
-                                      status_code=status_code)
+    # a flash message is shown only when this browser was just sent here by `back` with it (its cookie):
+    # `?flash=` alone is text anyone can put in a link, and the console must not say what a link says
+    pending = request.cookies.get(FLASH_COOKIE)
+    flash = context.get("flash")
+    if flash and not (pending and secrets.compare_digest(pending, _flash_digest(flash))):
+        context["flash"] = ""
+    response = templates.TemplateResponse(request, name, {"user": principal, "can": can, **context},
+                                          status_code=status_code)
+    if pending is not None:
+        response.delete_cookie(FLASH_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
 
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
@@ -51,9 +68,15 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
 
 
 def back(url: str, **flash) -> RedirectResponse:
-    """Redirect after a form post (303: the browser follows with GET), with a message to show."""
+    """Redirect after a form post (303: the browser follows with GET), with a message to show. The message
+    rides in the URL (`flash=`) and is shown only with the cookie set here beside it, which holds its
+    SHA-256: the server's own words, to this browser, once (`render`)."""
     sep = "&" if "?" in url else "?"
-    return RedirectResponse(url + (sep + urlencode(flash) if flash else ""), status_code=303)
+    response = RedirectResponse(url + (sep + urlencode(flash) if flash else ""), status_code=303)
+    if flash.get("flash"):
+        response.set_cookie(FLASH_COOKIE, _flash_digest(str(flash["flash"])), max_age=300, path="/", httponly=True,
+                            samesite="strict")
+    return response
 
 
 # -- logging in and out --------------------------------------------------------------------------

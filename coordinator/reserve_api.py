@@ -22,6 +22,7 @@ from custody.models import Policy
 from custody.reserve_models import ReserveRun
 
 from . import visibility
+from . import downloads
 from .api import Id, Name, Strict
 from .auth import route
 from .context import actor, node, read, write
@@ -51,7 +52,7 @@ def _policies(s, run_id: int) -> list[Policy]:
 
 
 def attachment(text: str, media_type: str, filename: str) -> Response:
-    return Response(text, media_type=media_type, headers={"content-disposition": f'attachment; filename="{filename}"'})
+    return Response(text, media_type=media_type, headers=downloads.attachment(filename))
 
 
 # -- runs --------------------------------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def download_psbt(request: Request, run_id: Id, encoding: Literal["binary", "bas
     if encoding == "base64":
         return PlainTextResponse(text)
     return Response(base64.b64decode(text), media_type="application/octet-stream",
-                    headers={"content-disposition": f'attachment; filename="reserves-{run_id}.psbt"'})
+                    headers=downloads.attachment(f"reserves-{run_id}.psbt"))
 
 
 @route(router, "POST", "/reserves/{run_id}/signatures", "psbt.upload")

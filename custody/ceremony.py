@@ -34,7 +34,7 @@ from .hwi_devices import open_device
 from .keys import KeyImportError, parse_key
 from .models import Key, Policy, Signatory, SigningDevice, utcnow
 from .policies import PolicyError, build_policy
-from .registry import create_policy, receive_address, set_status, store_key
+from .registry import check_policy_name, create_policy, receive_address, set_status, store_key
 
 ACCOUNT_PATH = {"main": "m/48h/0h/0h/2h"}          # BIP-48 native segwit multisig, account 0
 TEST_ACCOUNT_PATH = "m/48h/1h/0h/2h"
@@ -67,6 +67,7 @@ def start(session: Session, name: str, threshold: int, serials: list[str], *, ac
     name = name.strip()
     if not name or len(name) > 200:
         raise CustodyError("a policy name is 1 to 200 characters")
+    check_policy_name(name)          # refused now, not when the ceremony makes the policy
     if session.scalar(select(Policy).where(Policy.name == name)) or \
             session.scalar(select(Ceremony).where(Ceremony.policy_name == name)):
         raise CustodyError(f"the name {name!r} is taken by a policy or another ceremony")

@@ -317,12 +317,13 @@ def derive_addresses(spec: PolicySpec, branch: int, start: int, end: int, *, wor
 
 
 def derive_descriptor_addresses(descriptor: str, start: int = 0, end: int = 0, *, network: str = "regtest",
-                                workers: int | None = None) -> list:
+                                branch: int | None = None, workers: int | None = None) -> list:
     """What Bitcoin Core 29's `deriveaddresses DESCRIPTOR [start,end]` returns: the addresses of
-    start..end; for a multipath descriptor (`<0;1>`) one list per path, in path order; for a
-    descriptor without `*` a list of its one address (the range is then not used). The checksum is
-    checked when present (Core requires it). Policies of the four shapes take the fast path, any
-    other descriptor embit's derivation. Raises ValueError where Core answers an error."""
+    start..end; for a multipath descriptor (`<0;1>`, BIP-389) one list per path, in path order (with
+    `branch`, that path's list alone: 0 receive, 1 change); for a descriptor without `*` a list of its one
+    address (the range is then not used). The checksum is checked when present (Core requires it).
+    Policies of the four shapes take the fast path, any other descriptor embit's derivation. Raises
+    ValueError where Core answers an error, and for a branch the descriptor does not have."""
     _check_range(start, end)
     if end - start + 1 > MAX_DESCRIPTOR_RANGE:
         raise ValueError(f"range of {end - start + 1:,} addresses is too large (at most {MAX_DESCRIPTOR_RANGE:,})")
@@ -335,6 +336,16 @@ def derive_descriptor_addresses(descriptor: str, start: int = 0, end: int = 0, *
     except Exception as e:
         raise ValueError(f"invalid descriptor: {e}") from None
     paths = [desc.branch(p) for p in range(desc.num_branches)] if desc.num_branches > 1 else [desc]
+    if branch is not None:
+        if isinstance(branch, bool) or not isinstance(branch, int):
+            raise ValueError(f"branch {branch!r} is not a path number")
+        if len(paths) == 1:
+            raise ValueError("branch picks one path of a multipath descriptor (<0;1>), and this descriptor has "
+                             "one path: leave branch out")
+        if not 0 <= branch < len(paths):
+            raise ValueError(f"branch {branch} is not a path of this descriptor: it has {len(paths)} "
+                             f"(0 to {len(paths) - 1}; in <0;1>, 0 is receive and 1 change)")
+        paths = [paths[branch]]
     policy = _as_policy(body, network)
     result = []
     for path in paths:

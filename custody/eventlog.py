@@ -151,8 +151,34 @@ def _check_data(value: Any, where: str) -> None:
     raise EventLogError(f"{where} is a {type(value).__name__}, which JSON cannot hold exactly")
 
 
+MAX_JSON_DEPTH = 64          # arrays and objects in arrays and objects; no event nests more than a few
+MAX_LINE = 16_000_000        # characters of one exported entry
+# a JSON string (escapes included; an unterminated one runs to the end) or one bracket: brackets inside
+# strings nest nothing. The closing quote is optional so that a match never fails after a long scan.
+_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')
+
+
+def check_json_depth(text_: str, limit: int = MAX_JSON_DEPTH, what: str = "JSON") -> None:
+    """Raise ValueError when arrays and objects in `text_` nest deeper than `limit`: Python's parser
+    recurses once per level and gives up (RecursionError) near a thousand, and everything that walks the
+    value afterwards recurses too. Linear in the text, and a count of brackets for most text."""
+    if text_.count("[") + text_.count("{") <= limit:
+        return
+    depth = 0
+    for match in _JSON_NESTING.finditer(text_):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > limit:
+                raise ValueError(f"{what} nests arrays and objects deeper than {limit} levels")
+        elif token in "]}":
+            depth -= 1
+
+
 def _strict_loads(text_: str) -> Any:
-    """json.loads that refuses duplicate keys (two readers could see two different values)."""
+    """json.loads that refuses duplicate keys (two readers could see two different values), and values
+    nested deeper than MAX_JSON_DEPTH."""
+    check_json_depth(text_)
     def pairs(items):
         obj = {}
         for k, v in items:
@@ -169,7 +195,10 @@ def _strict_loads(text_: str) -> Any:
         if value in (float("inf"), float("-inf")):
             raise ValueError(f"{number} is out of range")
         return value
-    return json.loads(text_, object_pairs_hook=pairs, parse_constant=no_constant, parse_float=finite)
+    try:
+        return json.loads(text_, object_pairs_hook=pairs, parse_constant=no_constant, parse_float=finite)
+    except RecursionError:
+        raise ValueError(f"nested deeper than this reader can follow (at most {MAX_JSON_DEPTH} levels)") from None
 
 
 # -- appending -------------------------------------------------------------------------------------
@@ -353,6 +382,9 @@ def verify_jsonl(text_: str, public_keys: set[str] | None = None) -> VerifyResul
 
     def records() -> Iterator[tuple[int, dict | str]]:
         for position, line in enumerate(lines, start=1):
+            if len(line) > MAX_LINE:
+                yield position, f"line {position} is longer than {MAX_LINE:,} characters: not an exported entry"
+                return
             try:
                 record = _strict_loads(line)
             except ValueError as e:

@@ -24,6 +24,7 @@ import hmac
 import json
 import re
 
+from .eventlog import check_json_depth
 from .keys import KeyImportError, parse_key, parse_path
 from .policies import NETWORK_PARAMS, PolicyError, PolicySpec, build_policy, check_and_strip_checksum, parse_policy
 
@@ -95,9 +96,15 @@ def detect_format(text: str) -> str:
 # -- shared ------------------------------------------------------------------------------------
 def _json(text: str, what: str):
     try:
+        check_json_depth(text, what="the file")   # no wallet file nests more than a few levels
+    except ValueError as e:
+        raise FormatError(f"{e}: expected {what}") from None
+    try:
         return json.loads(text)
     except ValueError as e:
         raise FormatError(f"not valid JSON ({e.msg}, line {e.lineno}): expected {what}") from None
+    except RecursionError:
+        raise FormatError(f"the file nests too deeply: expected {what}") from None
 
 
 def _get(data, key: str, kind: type, where: str):

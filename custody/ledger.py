@@ -8,12 +8,13 @@ from sqlalchemy import String, and_, case, cast, false, func, literal_column, no
 from sqlalchemy.orm import Session
 
 from .errors import CustodyError, NotFound
-from .eventlog import record
+from .eventlog import check_json_depth, record
 from .models import Address, Block, ChainTransaction, Label, Policy, PolicyTransaction, Utxo
 
 COINBASE_MATURITY = 100
 STATES = ("unconfirmed", "confirmed", "immature", "frozen", "reserved", "spent")
 LABEL_TYPES = ("tx", "addr", "pubkey", "input", "output", "xpub")
+MAX_LABEL_LINE = 100_000      # characters of one BIP-329 record
 
 
 def tip_height(session: Session) -> int | None:
@@ -291,12 +292,22 @@ def import_labels(session: Session, jsonl: str) -> int:
     for number, line in enumerate(jsonl.splitlines(), 1):
         if not line.strip():
             continue
+        if len(line) > MAX_LABEL_LINE:
+            raise CustodyError(f"labels line {number}: longer than {MAX_LABEL_LINE:,} characters")
+        try:
+            check_json_depth(line, limit=4, what="a label record")   # BIP-329 records are flat objects
+        except ValueError as e:
+            raise CustodyError(f"labels line {number}: {e}") from None
         try:
             record = json.loads(line)
         except ValueError:
             raise CustodyError(f"labels line {number}: not JSON") from None
         if not isinstance(record, dict) or not isinstance(record.get("type"), str) or not isinstance(record.get("ref"), str):
             raise CustodyError(f"labels line {number}: needs \"type\" and \"ref\"")
+        if not record["ref"] or len(record["ref"]) > 200:
+            raise CustodyError(f"labels line {number}: \"ref\" is 1 to 200 characters")
+        if "origin" in record and not isinstance(record["origin"], (str, type(None))):
+            raise CustodyError(f"labels line {number}: \"origin\" must be a string")
         if record["type"] not in LABEL_TYPES:
             raise CustodyError(f"labels line {number}: unknown type {record['type']!r}")
         if "label" in record and not isinstance(record["label"], str):

@@ -54,7 +54,15 @@ def add_commands(sub, command, tx, client) -> None:
     c.add_argument("--model", required=True)
     c.add_argument("--account", required=True)
     c.add_argument("--worker", required=True, help="the worker name at the pool (without the account prefix)")
-    c.add_argument("--host", help="where its CGMiner-compatible API answers, to poll it")
+    c.add_argument("--host", help="the IP address its CGMiner-compatible API answers at, to poll it")
+    c.add_argument("--port", type=int, help="its API port (CGMiner: 4028)")
+    c = command("address", tx(lambda s, a: ms.device_address(s, a.serial, api_host=None if a.clear else a.host,
+                                                              api_port=None if a.clear else a.port, actor=a.actor)),
+                "set where a registered machine's API is polled (an IP on the farm's networks), or --clear", dev)
+    c.add_argument("serial")
+    where = c.add_mutually_exclusive_group(required=True)
+    where.add_argument("--host", help="its IP address on the farm's network")
+    where.add_argument("--clear", action="store_true", help="stop polling it")
     c.add_argument("--port", type=int, help="its API port (CGMiner: 4028)")
     c = command("list", tx(lambda s, a: ms.devices(s, a.account)), "the fleet", dev)
     c.add_argument("--account")
@@ -69,9 +77,11 @@ def add_commands(sub, command, tx, client) -> None:
 
     tel = mine.add_parser("telemetry", help="the fleet's work counters").add_subparsers(
         dest="telemetry_command", required=True)
-    c = command("poll", tx(lambda s, a: _flat(ms.telemetry_poll(s, a.account, timeout=a.timeout), a.json)),
-                "read every polled miner now", tel)
+    c = command("poll", tx(lambda s, a: _flat(ms.telemetry_poll(s, a.account, device=a.device, timeout=a.timeout),
+                                              a.json)),
+                "read registered miners now, at their registered addresses", tel)
     c.add_argument("--account")
+    c.add_argument("--device", metavar="SERIAL", help="one registered device")
     c.add_argument("--timeout", type=float, default=5.0, help="seconds per miner (default 5)")
     c = command("import", tx(lambda s, a: ms.telemetry_import(s, Path(a.file), a.format, actor=a.actor)),
                 "import saved readings", tel)

@@ -37,7 +37,6 @@ STATES = ("open", "resolved", "all")
 REPORT_EVENT = "mining.report"
 RESOLVED_EVENT = "mining.discrepancy_resolved"
 MAX_SATS = statements.MAX_SATS
-_HOST = re.compile(r"[A-Za-z0-9.\-:\[\]]{1,200}\Z")
 _TXID = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 
 
@@ -210,28 +209,53 @@ def device_add(s: Session, serial: str, *, model: str, account: str | int, worke
     model = _text(model, "a device's model", 80)
     worker = _text(worker, "the worker name", 120)
     row_account = get_account(s, account)
-    if (api_host is None) != (api_port is None):
-        raise CustodyError("give both the API host and port of a polled miner, or neither")
-    if api_host is not None:
-        api_host = api_host.strip()
-        if not _HOST.match(api_host):
-            raise CustodyError(f"API host {api_host!r} is not a host name or IP address")
-        if not isinstance(api_port, int) or not 1 <= api_port <= 65535:
-            raise CustodyError(f"API port {api_port!r} is not 1 to 65535 (CGMiner listens on 4028)")
+    address = _address(api_host, api_port)
     if s.scalar(select(MiningDevice.id).where(MiningDevice.serial == serial)) is not None:
         raise CustodyError(f"device {serial} is registered already")
     taken = s.scalar(select(MiningDevice.serial).where(MiningDevice.account_id == row_account.id,
                                                        MiningDevice.worker == worker))
     if taken is not None:
         raise CustodyError(f"worker {worker!r} of {_label(s, row_account)} is device {taken} already")
-    device = MiningDevice(serial=serial, model=model, account_id=row_account.id, worker=worker, api_host=api_host,
-                          api_port=api_port)
+    device = MiningDevice(serial=serial, model=model, account_id=row_account.id, worker=worker)
     s.add(device)
     s.flush()
     record(s, "mining.device_added", actor, f"mining-device:{serial}",
-           {"model": model, "account": _label(s, row_account), "worker": worker,
-            "api": f"{api_host}:{api_port}" if api_host else None})
+           {"model": model, "account": _label(s, row_account), "worker": worker})
+    if address is not None:
+        _set_address(s, device, address, actor=actor)
     return devices(s, row_account.id, serial=serial)[0]
+
+
+def get_device(s: Session, serial: str) -> MiningDevice:
+    device = s.scalar(select(MiningDevice).where(MiningDevice.serial == (serial or "").strip()))
+    if device is None:
+        raise NotFound(f"no fleet device with serial {serial!r} is registered")
+    return device
+
+
+def _address(api_host: str | None, api_port: int | None) -> tuple[str, int] | None:
+    """A polled miner's API address, checked (`telemetry.check_address`), or None for a device not polled."""
+    if (api_host is None) != (api_port is None):
+        raise CustodyError("give both the API host and port of a polled miner, or neither")
+    return None if api_host is None else telemetry.check_address(api_host, api_port)
+
+
+def _set_address(s: Session, device: MiningDevice, address: tuple[str, int] | None, *, actor: str) -> None:
+    before = f"{device.api_host}:{device.api_port}" if device.api_host else None
+    device.api_host, device.api_port = address if address else (None, None)
+    s.flush()
+    record(s, "mining.device_address_set", actor, f"mining-device:{device.serial}",
+           {"api": f"{address[0]}:{address[1]}" if address else None, "before": before})
+
+
+def device_address(s: Session, serial: str, *, api_host: str | None, api_port: int | None, actor: str) -> dict:
+    """Register (or, with neither host nor port, remove) the address a device's CGMiner API is polled at: an
+    IP address on the farm's networks and an unprivileged port (`telemetry.check_address`). Its own event
+    in the log ("mining.device_address_set", with the address before), since it decides where the
+    coordinator connects."""
+    device = get_device(s, serial)
+    _set_address(s, device, _address(api_host, api_port), actor=actor)
+    return devices(s, device.account_id, serial=device.serial)[0]
 
 
 def devices(s: Session, account: str | int | None = None, *, serial: str | None = None) -> list[dict]:
@@ -269,11 +293,19 @@ def statement_import(s: Session, account: str | int, source: str, payload: bytes
             "restatements": [vars(r) for r in report.restatements]}
 
 
-def telemetry_poll(s: Session, account: str | int | None = None, *, timeout: float = 5.0) -> dict:
-    """Read every polled miner (of the account, or of the fleet) now and store what each answered; a miner
-    that does not answer is reported, not an error."""
+def telemetry_poll(s: Session, account: str | int | None = None, *, device: str | None = None,
+                   timeout: float = 5.0) -> dict:
+    """Read every polled miner (one registered device by serial, the account's, or the fleet's) now, at the
+    addresses registered for them, and store what each answered; a miner that does not answer is reported
+    (telemetry.NO_ANSWER, whatever happened), not an error."""
+    if device is not None and account is not None:
+        raise CustodyError("poll one device or one account, not both")
+    if not 0 < timeout <= 60:
+        raise CustodyError("the poll timeout is more than 0 and at most 60 seconds")
     query = select(MiningDevice).order_by(MiningDevice.serial)
-    if account is not None:
+    if device is not None:
+        query = query.where(MiningDevice.id == get_device(s, device).id)
+    elif account is not None:
         query = query.where(MiningDevice.account_id == get_account(s, account).id)
     rows = list(s.scalars(query))
     if not rows:

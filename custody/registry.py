@@ -1,6 +1,8 @@
 """Keys and policies in the database, and the addresses derived from each policy."""
 from __future__ import annotations
 
+import unicodedata
+
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
@@ -44,10 +46,27 @@ def import_key(session: Session, text: str, *, network: str = "regtest", fingerp
     return store_key(session, parse_key(text, network=network, fingerprint=fingerprint, path=path))
 
 
+# control and format characters (bidi overrides too), line and paragraph separators, surrogates
+_NAME_UNSAFE = ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
+def check_policy_name(name: str) -> str:
+    """A policy's name is shown in the console, written into file names and headers and logged: one line of
+    printable text, at most 200 characters (any script: "金庫" is a name)."""
+    if not isinstance(name, str) or not name.strip():
+        raise CustodyError("a policy needs a name")
+    if len(name) > 200:
+        raise CustodyError("a policy's name is at most 200 characters")
+    for position, char in enumerate(name, 1):
+        if unicodedata.category(char) in _NAME_UNSAFE:
+            raise CustodyError(f"a policy's name cannot hold control characters or line breaks (U+{ord(char):04X} at "
+                               f"character {position}): give it a name of printable text")
+    return name
+
+
 def create_policy(session: Session, name: str, spec: PolicySpec, *, gap_limit: int = 20,
                   actor: str = "coordinator") -> Policy:
-    if not name.strip():
-        raise CustodyError("a policy needs a name")
+    check_policy_name(name)
     if session.scalar(select(Policy).where(Policy.name == name)) is not None:
         raise CustodyError(f"a policy named {name!r} exists already")
     if not 1 <= gap_limit <= 10_000:

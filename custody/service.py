@@ -87,11 +87,13 @@ def addresses(s: Session, name: str, *, branch: int = 0, unused: bool = False) -
     return [{"index": a.index, "address": a.address, "used": a.used} for a in s.scalars(query.order_by(Address.index))]
 
 
-def derive(descriptor: str, start: int, end: int, *, network: str) -> list[str]:
+def derive(descriptor: str, start: int, end: int, *, network: str, branch: int | None = None) -> list:
+    """The addresses of start..end; a multipath descriptor (`<0;1>`, as policies are written) gives one list
+    per path (receive, then change), or with `branch` that path's list alone."""
     from .derive import derive_descriptor_addresses
     if not 0 <= start <= end or end - start >= 10_000:
         raise CustodyError("derive a range of at most 10,000 indexes, start <= end, both from 0")
-    return derive_descriptor_addresses(descriptor, start, end, network=network)
+    return derive_descriptor_addresses(descriptor, start, end, network=network, branch=branch)
 
 
 # -- sync -------------------------------------------------------------------------------------------

@@ -549,6 +549,8 @@ def _load_json(source: str, raw: bytes) -> Any:
                           object_pairs_hook=pairs)
     except (UnicodeDecodeError, ValueError) as e:
         raise StatementError(f"{source}: the payload is not valid JSON: {e}") from None
+    except RecursionError:
+        raise StatementError(f"{source}: the payload nests arrays and objects too deeply to be a statement") from None
 
 
 def parse_payload(source: str, raw: bytes) -> list[Line]:

@@ -10,7 +10,12 @@ that run to 20 significant digits.
 Sources
 - Polling (`poll`): CGMiner's API (also BMMiner, Braiins OS's compatible API, LuxOS) over TCP: the JSON
   request `{"command": "summary+pools"}`, a JSON reply ended by a NUL byte, then the miner closes the
-  connection. A sample's time is the poller's clock (miners' own clocks are often wrong: no RTC, no
+  connection. Only registered devices are polled, at the address registered for them, and an address is
+  an IP address on the farm's own networks (`check_address`: loopback and the private ranges, or the
+  networks in $CUSTODY_MINER_NETWORKS) with an unprivileged port. Whatever goes wrong on the wire
+  (refused, silent, closed, not JSON, an error status, not a summary) is one answer, NO_ANSWER, that
+  repeats nothing the peer sent: a poller that told a refused port from a silent one, or echoed a
+  banner, would be a port scanner for whoever may register a device. A sample's time is the poller's clock (miners' own clocks are often wrong: no RTC, no
   NTP); its worker is the user the miner is mining as on its active pool, which is what the pool credits.
   Polls are not written to the event log (one per device per interval); the samples are the record.
 - Files (`import_samples`), refused whole, with line numbers, if any line is bad; nothing is stored
@@ -56,7 +61,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import ipaddress
 import json
+import os
 import socket
 import time as _time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,10 +91,60 @@ _PREC = 80                     # enough digits that no counter arithmetic rounds
 FORMATS = ("cgminer", "braiins")
 BRAIINS_FIELDS = ("timestamp", "worker", "serial", "difficulty_accepted", "accepted_shares",
                   "share_difficulty", "hashrate_ghs")
+NO_ANSWER = "the device did not answer with CGMiner API data"
+NETWORKS_ENV = "CUSTODY_MINER_NETWORKS"
+# where a farm's miners are: loopback (simulated miners, a local proxy), RFC 1918 and IPv6 unique-local
+# addresses. Not link-local (169.254.169.254 is a cloud's metadata service), not the internet.
+DEFAULT_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+MIN_PORT = 1024                # miners' APIs listen on unprivileged ports (CGMiner 4028); below are ssh, http...
 
 
 class TelemetryError(CustodyError):
     """A miner that cannot be read (refused, silent, garbage), or a telemetry file that is refused."""
+
+
+class NoAnswer(TelemetryError):
+    """A miner that could not be read, for whatever reason: always NO_ANSWER, never the reason (see the
+    module docstring). `invalid_command` is kept for the poller alone (firmware without joined commands)."""
+
+    def __init__(self, invalid_command: bool = False):
+        super().__init__(NO_ANSWER)
+        self.invalid_command = invalid_command
+
+
+def allowed_networks() -> list:
+    """The networks miners may be polled on: $CUSTODY_MINER_NETWORKS (CIDRs separated by commas or spaces)
+    when set, else DEFAULT_NETWORKS."""
+    given = os.environ.get(NETWORKS_ENV, "").replace(",", " ").split()
+    out = []
+    for text in given or DEFAULT_NETWORKS:
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise TelemetryError(f"{NETWORKS_ENV}: {text!r} is not a network (write CIDRs: 10.20.0.0/16)") from None
+    return out
+
+
+def check_address(host: str | None, port: int | None) -> tuple[str, int]:
+    """A miner's API address as it is stored and polled: an IP address (a host name could resolve to any
+    machine by the time it is polled) within the allowed networks, and a port from MIN_PORT. Raises
+    TelemetryError saying what is accepted."""
+    text = (host or "").strip()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        raise TelemetryError(f"API host {text[:80]!r} is not an IP address: register the miner's IP address on the "
+                             "farm's network") from None
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    networks = allowed_networks()
+    if not any(ip.version == n.version and ip in n for n in networks):
+        raise TelemetryError(f"API host {ip} is outside the networks miners are polled on "
+                             f"({', '.join(map(str, networks))}; set {NETWORKS_ENV} to the farm's networks)")
+    if isinstance(port, bool) or not isinstance(port, int) or not MIN_PORT <= port <= 65535:
+        raise TelemetryError(f"API port {port!r} is not {MIN_PORT} to 65535 (CGMiner listens on 4028)")
+    return str(ip), port
 
 
 @dataclass(frozen=True)
@@ -117,7 +174,7 @@ class Reset(NamedTuple):
 @dataclass
 class PollReport:
     ok: dict[str, Sample] = field(default_factory=dict)           # serial -> the sample stored
-    failed: dict[str, str] = field(default_factory=dict)          # serial -> why (host:port and reason)
+    failed: dict[str, str] = field(default_factory=dict)          # serial -> NO_ANSWER (or why not polled)
     skipped: list[str] = field(default_factory=list)              # devices without an API address
     worker_mismatch: dict[str, tuple[str, str]] = field(default_factory=dict)  # serial -> (registered, mining as)
 
@@ -160,11 +217,12 @@ def hashrate_from_work(difficulty: Decimal | int, seconds: Decimal | int | timed
 
 # -- the CGMiner API ---------------------------------------------------------------------------------
 def query(host: str, port: int, command: str, timeout: float = 5.0) -> dict:
-    """Send one API command ("summary", "summary+pools", ...) and return the parsed reply, numbers with
-    decimals as Decimal. Bounded by `timeout` in all (connect plus reply), so a silent miner cannot
-    hang a poll. Raises TelemetryError naming host:port: refused, timed out, not JSON, or the miner's
-    own error status."""
-    where = f"{host}:{port}"
+    """Send one API command ("summary", "summary+pools", ...) to a miner at an allowed address
+    (`check_address`) and return the parsed reply, numbers with decimals as Decimal. Bounded by `timeout`
+    in all (connect plus reply), so a silent miner cannot hang a poll. Raises NoAnswer (NO_ANSWER, the same
+    whether refused, timed out, not JSON or the miner's own error status: nothing the peer sent is repeated),
+    or TelemetryError for an address that may not be polled."""
+    host, port = check_address(host, port)
     deadline = _time.monotonic() + timeout
     data = bytearray()
     try:
@@ -173,7 +231,7 @@ def query(host: str, port: int, command: str, timeout: float = 5.0) -> dict:
             while True:
                 remaining = deadline - _time.monotonic()
                 if remaining <= 0:
-                    raise socket.timeout
+                    raise NoAnswer
                 sock.settimeout(remaining)
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -183,28 +241,22 @@ def query(host: str, port: int, command: str, timeout: float = 5.0) -> dict:
                     del data[data.index(b"\0"):]
                     break
                 if len(data) > MAX_REPLY:
-                    raise TelemetryError(f"{where}: reply larger than {MAX_REPLY} bytes: not a miner's API")
-    except ConnectionRefusedError:
-        raise TelemetryError(f"{where}: connection refused (miner off, or its API not listening)") from None
-    except socket.timeout:
-        raise TelemetryError(f"{where}: no complete reply within {timeout} s") from None
-    except OSError as e:
-        raise TelemetryError(f"{where}: {e.strerror or e}") from None
-    if not data:
-        raise TelemetryError(f"{where}: closed the connection without a reply")
+                    raise NoAnswer      # a summary is ~1 KB: not a miner's API
+    except (OSError, ValueError):      # refused, timed out, reset, unreachable: all the same answer
+        raise NoAnswer from None
     try:
         reply = json.loads(data.decode("utf-8", "replace"), parse_float=Decimal, parse_constant=_no_constant,
                            strict=False)
-    except ValueError as e:
-        raise TelemetryError(f"{where}: reply is not JSON ({e}): {bytes(data[:40])!r}") from None
+    except (ValueError, RecursionError):
+        raise NoAnswer from None
     if not isinstance(reply, dict):
-        raise TelemetryError(f"{where}: reply is not a JSON object")
+        raise NoAnswer
     for name, part in ([(command, reply)] if "STATUS" in reply else
                        [(n, (reply.get(n) or [{}])[0]) for n in command.split("+")]):
         status = (part.get("STATUS") or [{}])[0] if isinstance(part, dict) else {}
         if not isinstance(status, dict) or status.get("STATUS") not in ("S", "I", "W"):
-            msg = status.get("Msg", "no status") if isinstance(status, dict) else "no status"
-            raise TelemetryError(f"{where}: {name}: the miner answered {msg!r}")
+            msg = status.get("Msg") if isinstance(status, dict) else None
+            raise NoAnswer(invalid_command=isinstance(msg, str) and "Invalid command" in msg)
     return reply
 
 
@@ -254,18 +306,32 @@ def _active_user(pools: dict | None) -> str | None:
 
 # -- polling -----------------------------------------------------------------------------------------
 def _read_miner(device: MiningDevice, clock: Callable[[], datetime], timeout: float) -> Sample:
+    """A sample from the device, or NoAnswer no sooner than `timeout` after the start: a refused port
+    answers at once and a silent one at the timeout, and the time a failure took must not tell them apart."""
+    began = _time.monotonic()
+    try:
+        return _read_sample(device, clock, timeout)
+    except TelemetryError:
+        _time.sleep(max(0.0, began + timeout - _time.monotonic()))
+        raise NoAnswer from None
+
+
+def _read_sample(device: MiningDevice, clock: Callable[[], datetime], timeout: float) -> Sample:
     host, port = device.api_host, device.api_port
     try:
         reply = query(host, port, "summary+pools", timeout)
-    except TelemetryError as e:
-        if "Invalid command" not in str(e):
+    except NoAnswer as e:
+        if not e.invalid_command:
             raise
         reply = {"summary": [query(host, port, "summary", timeout)],   # no joined commands here
                  "pools": [query(host, port, "pools", timeout)]}
     try:
-        return summary_sample(reply, worker=device.worker, time=clock())
-    except TelemetryError as e:
-        raise TelemetryError(f"{host}:{port}: {e}") from None
+        sample = summary_sample(reply, worker=device.worker, time=clock())
+    except Exception:                  # the peer's JSON, any shape: a good status but no summary we can use
+        raise NoAnswer from None
+    if not sample.worker or len(sample.worker) > 120:
+        raise NoAnswer
+    return sample
 
 
 def poll(session: Session, devices: Iterable[MiningDevice], *, clock: Callable[[], datetime] | None = None,
@@ -278,18 +344,20 @@ def poll(session: Session, devices: Iterable[MiningDevice], *, clock: Callable[[
     devices = list(devices)
     reachable = [d for d in devices if d.api_host and d.api_port]
     report.skipped = [d.serial for d in devices if not (d.api_host and d.api_port)]
+    for device in list(reachable):     # registered before addresses were checked, or the networks changed
+        try:
+            check_address(device.api_host, device.api_port)
+        except TelemetryError as e:
+            report.failed[device.serial] = f"not polled: {e}"
+            reachable.remove(device)
     names = _account_names(session)
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(reachable)))) as pool:
         futures = [(d, pool.submit(_read_miner, d, clock, timeout)) for d in reachable]
         for device, future in futures:
             try:
                 sample = future.result()
-            except TelemetryError as e:
-                report.failed[device.serial] = str(e)
-                continue
-            if len(sample.worker) > 120:
-                where = f"{device.api_host}:{device.api_port}"
-                report.failed[device.serial] = f"{where}: pool user longer than 120 characters"
+            except TelemetryError:
+                report.failed[device.serial] = NO_ANSWER
                 continue
             session.add(TelemetrySample(device_id=device.id, worker=sample.worker, time=sample.time,
                                         difficulty_accepted=sample.difficulty_accepted, mhs_av=sample.mhs_av,
@@ -376,6 +444,8 @@ def _json_lines(text: str) -> Iterable[tuple[int, Any]]:
             yield lineno, json.loads(line, parse_float=Decimal, parse_constant=_no_constant)
         except ValueError as e:
             yield lineno, f"not valid JSON ({e})"
+        except RecursionError:
+            yield lineno, "nests arrays and objects too deeply"
 
 
 def _parse_cgminer(text: str) -> list[tuple[int, Sample | str]]:
