@@ -15,13 +15,14 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from custody import accounts, registry, service, spends
+from custody import accounts, eventlog, ledger, registry, service, spends
 from custody.errors import CustodyError
 
 from .auth import route
 from .context import actor, node, read, write
-from .downloads import attachment
+from .cpu_pool import in_thread, offload, take_spend_signatures
 from . import refusals, visibility
+from .downloads import attachment
 
 router = APIRouter(prefix="/api")
 
@@ -167,11 +168,11 @@ class DeriveIn(Strict):
 
 
 @route(router, "POST", "/derive", "psbt.tools")
-def derive(request: Request, body: DeriveIn) -> list[str] | list[list[str]]:
+async def derive(request: Request, body: DeriveIn) -> list[str] | list[list[str]]:
     """As Bitcoin Core's deriveaddresses: a list of addresses, or for a multipath descriptor one list per path
     (receive, then change) unless `branch` picks one."""
-    return service.derive(body.descriptor, body.start, body.end, network=request.app.state.network,
-                          branch=body.branch)
+    return await offload(request, service.derive, body.descriptor, body.start, body.end,     # in a worker process
+                         network=request.app.state.network, branch=body.branch)
 
 
 # -- ledger ----------------------------------------------------------------------------------------
@@ -275,9 +276,13 @@ def set_label(request: Request, body: LabelIn) -> dict:
 
 
 @route(router, "POST", "/labels/import", "label.write")
-def import_labels(request: Request, body: LabelsIn) -> dict:
-    with write(request) as s:
-        return service.labels_import(s, body.jsonl)
+async def import_labels(request: Request, body: LabelsIn) -> dict:
+    records = await offload(request, ledger.parse_labels, body.jsonl)      # checked in a worker process
+
+    def store() -> dict:
+        with write(request) as s:
+            return service.labels_store(s, records)
+    return await in_thread(store)
 
 
 @route(router, "POST", "/sync", "sync")
@@ -382,12 +387,7 @@ async def upload_signatures(request: Request, spend_id: Id, file: UploadFile = F
     data = await file.read(16_000_001)
     if len(data) > 16_000_000:
         raise CustodyError("a PSBT upload is at most 16 MB")
-    return _sign(request, spend_id, data)
-
-
-def _sign(request: Request, spend_id: Id, data: bytes) -> dict:
-    with write(request) as s:
-        return service.spend_sign(s, spend_id, data, actor=actor(request))
+    return await take_spend_signatures(request, spend_id, data)     # verified in a worker process
 
 
 @route(router, "POST", "/spends/{spend_id}/broadcast", "spend.operate")
@@ -425,8 +425,9 @@ class PsbtIn(Strict):
 
 
 @route(router, "POST", "/psbt/check", "psbt.tools")
-def check_psbt(request: Request, body: PsbtIn) -> dict:
-    return service.psbt_check(body.psbt, network=request.app.state.network)
+async def check_psbt(request: Request, body: PsbtIn) -> dict:
+    summary = await offload(request, service.psbt_check_json, body.psbt, network=request.app.state.network)
+    return Response(summary, media_type="application/json")        # JSON written by the worker process
 
 
 # -- event log -------------------------------------------------------------------------------------
@@ -450,9 +451,10 @@ class LogFileIn(Strict):
 
 
 @route(router, "POST", "/log/verify", "log.read")
-def log_verify_file(request: Request, body: LogFileIn) -> dict:
+async def log_verify_file(request: Request, body: LogFileIn) -> dict:
     """Verify an exported copy of the log, as `custody log verify --file` does; 400 names the first problem."""
-    return service.log_verify(None, keys=set(body.keys) if body.keys else None, jsonl=body.jsonl)
+    keys = set(body.keys) if body.keys else {(await in_thread(eventlog.coordinator_key)).public_hex}
+    return await offload(request, service.log_verify, None, keys=keys, jsonl=body.jsonl)   # in a worker process
 
 
 @route(router, "GET", "/log/export", "log.read", response_class=PlainTextResponse,

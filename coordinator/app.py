@@ -7,9 +7,10 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -21,6 +22,8 @@ from custody.errors import CustodyError, NotFound
 from custody.node_client import NodeClient, NodeError, RPCError
 
 from .auth import LoginRequired, route
+from .body_limit import RequestGate
+from .cpu_pool import CpuPool, HeavySlots
 from .metrics import make_registry
 from .node_gate import NodeGate
 from .watcher import Watcher
@@ -114,15 +117,21 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         yield
         if watcher:
             watcher.stop()
+        app.state.cpu_pool.shutdown()
 
-    app = FastAPI(title="Custody coordinator", version="0.1.0", lifespan=lifespan,
+    # /docs is served from this package's files (docs_page): FastAPI's own pages load Swagger UI and
+    # ReDoc from a CDN and start them with inline scripts, which the CSP (script-src 'self') refuses.
+    app = FastAPI(title="Custody coordinator", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None,
                   description="Multisig custody: policies, ledger, spend requests, approvals, signatures, "
                               "broadcast and the tamper-evident log. Authenticate with a session cookie "
                               "(console) or `Authorization: Bearer <API token>`.")
     app.state.sessions, app.state.node, app.state.network = sessions, node, network
     registry, latency = make_registry(sessions, node)
     app.state.metrics_registry = registry
+    app.state.cpu_pool, app.state.heavy_slots = CpuPool(), HeavySlots()
 
+    app.add_middleware(RequestGate, slots=app.state.heavy_slots)   # inside Observe: its refusals are logged
     app.add_middleware(Observe, latency=latency)
 
     def wants_html(request: Request) -> bool:
@@ -222,4 +231,22 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
     app.include_router(reserve_pages.router)
     app.include_router(mining_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=SWAGGER_UI), name="docs-assets")
+    app.add_route("/docs", docs_page, include_in_schema=False)
     return app
+
+
+# Swagger UI's files, from the fastapi-offline package (no CDN: the console works offline, and every
+# script is 'self'). It is started by static/docs.js, not an inline script, for the same CSP.
+SWAGGER_UI = Path(fastapi_offline.__file__).with_name("static")
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Custody coordinator: API</title>
+<link rel="stylesheet" href="/docs-assets/swagger-ui.css"><link rel="icon" href="/docs-assets/favicon.png"></head>
+<body><div id="swagger-ui" data-openapi-url="/openapi.json"></div>
+<script src="/docs-assets/swagger-ui-bundle.js"></script><script src="/static/docs.js"></script></body></html>
+"""
+
+
+async def docs_page(request: Request) -> HTMLResponse:
+    """The API's interactive documentation (Swagger UI), public like /openapi.json."""
+    return HTMLResponse(DOCS_PAGE)

@@ -112,20 +112,53 @@ def authorize(action: str, *, page: bool = False):
         raise KeyError(f"no permission entry for action {action!r}")
 
     async def dependency(request: Request) -> Principal | None:
-        principal = identify(request)
+        principal = await identified(request)
+        permit(action, principal, page=page)
         if principal is None:
-            if "anonymous" in PERMISSIONS[action]:
-                return None
-            if page:
-                raise LoginRequired()
-            raise HTTPException(401, "log in, or send an API token as 'Authorization: Bearer <token>'")
-        if not allowed(action, principal.role):
-            raise HTTPException(403, f"the {principal.role} role may not do this ({action})")
+            return None
         if principal.via == "session" and request.method not in ("GET", "HEAD", "OPTIONS") and action != "public":
             await _check_csrf(request, principal.csrf_token)
         request.state.principal = principal
         return principal
     return dependency
+
+
+def permit(action: str, principal: Principal | None, *, page: bool = False) -> None:
+    """Refuse a caller `action` does not admit: 401 (pages: LoginRequired, the login redirect), or 403."""
+    if principal is None:
+        if "anonymous" in PERMISSIONS[action]:
+            return
+        if page:
+            raise LoginRequired()
+        raise HTTPException(401, "log in, or send an API token as 'Authorization: Bearer <token>'")
+    if not allowed(action, principal.role):
+        raise HTTPException(403, f"the {principal.role} role may not do this ({action})")
+
+
+IDENTIFIED = "custody.identified"       # scope key: identify()'s answer for this request
+
+
+async def identified(request: Request) -> Principal | None:
+    """identify(), once per request and off the event loop (it reads and writes the database). The
+    request gate asks first, before the body is read, and keeps the answer in the scope; an
+    HTTPException (an unknown token) is kept and raised again for every asker."""
+    if IDENTIFIED not in request.scope:
+        if _bearer(request) is None and not request.cookies.get(SESSION_COOKIE):
+            outcome = None                                  # nothing to look up
+        else:
+            import anyio.to_thread
+
+            def look_up():
+                try:
+                    return identify(request)
+                except HTTPException as e:
+                    return e
+            outcome = await anyio.to_thread.run_sync(look_up)
+        request.scope[IDENTIFIED] = outcome
+    outcome = request.scope[IDENTIFIED]
+    if isinstance(outcome, HTTPException):
+        raise HTTPException(outcome.status_code, outcome.detail, headers=outcome.headers)
+    return outcome
 
 
 async def _check_csrf(request: Request, expected: str | None) -> None:
@@ -146,6 +179,9 @@ def cookie_is_secure(request: Request) -> bool:
 
 # Every (method, path, action) registered through `route`: the permission test walks this table.
 ROUTE_TABLE: list[tuple[str, str, str]] = []
+# (method, path) -> (action, page) of the same routes: the request gate (coordinator/body_limit.py)
+# refuses by it before FastAPI reads a body.
+ROUTE_ACCESS: dict[tuple[str, str], tuple[str, bool]] = {}
 
 
 def route(router, method: str, path: str, action: str, *, page: bool = False, **kwargs):
@@ -157,6 +193,7 @@ def route(router, method: str, path: str, action: str, *, page: bool = False, **
         entry = (method, (getattr(router, "prefix", "") or "") + path, action)
         if entry not in ROUTE_TABLE:
             ROUTE_TABLE.append(entry)
+        ROUTE_ACCESS[entry[:2]] = (action, page)
         kwargs.setdefault("include_in_schema", not page)
         if not page:
             from .refusals import declared

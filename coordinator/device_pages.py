@@ -13,6 +13,7 @@ from . import visibility
 from .api import Id
 from .auth import route
 from .context import actor, read, write
+from .cpu_pool import in_thread
 from .device_api import holder_only
 from .pages import back, render
 
@@ -101,8 +102,11 @@ async def add_release(request: Request, image: UploadFile = File(...)):
     data = await image.read(40_000_001)
     if len(data) > 40_000_000:
         raise CustodyError("a firmware image is at most 40 MB")
-    with write(request) as s:
-        release = ds.firmware_add(s, data, actor=actor(request))
+
+    def add() -> dict:                          # the database and a 40 MB hash: not on the event loop
+        with write(request) as s:
+            return ds.firmware_add(s, data, actor=actor(request))
+    release = await in_thread(add)
     return back("/devices", flash=f"release {release['version']} verified and added")
 
 

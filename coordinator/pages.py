@@ -25,6 +25,7 @@ from . import charts, visibility
 from .auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, allowed, cookie_is_secure, identify, route
 from .api import Id
 from .context import actor, node, read, write
+from .cpu_pool import take_spend_signatures
 
 router = APIRouter()
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
@@ -365,12 +366,7 @@ async def upload(request: Request, spend_id: Id, file: UploadFile = File(...)):
     data = await file.read(16_000_001)
     if len(data) > 16_000_000:
         raise CustodyError("a PSBT upload is at most 16 MB")
-    return _upload(request, spend_id, data)
-
-
-def _upload(request: Request, spend_id: Id, data: bytes):
-    with write(request) as s:
-        result = service.spend_sign(s, spend_id, data, actor=actor(request))
+    result = await take_spend_signatures(request, spend_id, data)     # verified in a worker process
     return back(f"/spends/{spend_id}", flash=f"signature from {', '.join(result['new_signers'])} added")
 
 

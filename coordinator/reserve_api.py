@@ -21,11 +21,12 @@ from custody.errors import CustodyError, NotFound
 from custody.models import Policy
 from custody.reserve_models import ReserveRun
 
-from . import visibility
 from . import downloads
+from . import visibility
 from .api import Id, Name, Strict
 from .auth import route
 from .context import actor, node, read, write
+from .cpu_pool import take_reserve_signatures
 from .device_api import Serial, holder_only
 
 router = APIRouter(prefix="/api")
@@ -102,9 +103,7 @@ async def upload_signatures(request: Request, run_id: Id, file: UploadFile = Fil
     data = await file.read(MAX_UPLOAD + 1)
     if len(data) > MAX_UPLOAD:
         raise CustodyError("a PSBT upload is at most 16 MB")
-    with write(request) as s:
-        known(s, run_id)
-        return rs.sign(s, run_id, data, actor=actor(request))
+    return await take_reserve_signatures(request, run_id, data)     # verified in a worker process
 
 
 @route(router, "POST", "/reserves/{run_id}/devices/{serial}/sign", "device.sign")

@@ -10,6 +10,7 @@ from custody.errors import CustodyError
 from .api import Id
 from .auth import route
 from .context import actor, node, read, write
+from .cpu_pool import take_reserve_signatures
 from .pages import back, render
 from .reserve_api import MAX_UPLOAD, known, overdue
 
@@ -45,9 +46,7 @@ async def upload(request: Request, run_id: Id, file: UploadFile = File(...)):
     data = await file.read(MAX_UPLOAD + 1)
     if len(data) > MAX_UPLOAD:
         raise CustodyError("a PSBT upload is at most 16 MB")
-    with write(request) as s:
-        known(s, run_id)
-        result = rs.sign(s, run_id, data, actor=actor(request))
+    result = await take_reserve_signatures(request, run_id, data)     # verified in a worker process
     added = ", ".join(result["new_signers"]) or "no new signature"
     return back("/reserves", flash=f"run #{run_id}: {added}")
 

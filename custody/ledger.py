@@ -288,6 +288,12 @@ def set_label(session: Session, type_: str, ref: str, label: str, *, origin: str
 
 def import_labels(session: Session, jsonl: str) -> int:
     """BIP-329 JSON Lines; the whole file is refused if one line is bad, naming the line."""
+    return store_labels(session, parse_labels(jsonl))
+
+
+def parse_labels(jsonl: str) -> list[dict]:
+    """The checked records of a BIP-329 file, without the database (a worker process may run it);
+    CustodyError naming the first bad line."""
     records = []
     for number, line in enumerate(jsonl.splitlines(), 1):
         if not line.strip():
@@ -315,6 +321,11 @@ def import_labels(session: Session, jsonl: str) -> int:
         if "spendable" in record and (record["type"] != "output" or not isinstance(record["spendable"], bool)):
             raise CustodyError(f"labels line {number}: \"spendable\" is a boolean of output records only")
         records.append(record)
+    return records
+
+
+def store_labels(session: Session, records: list[dict]) -> int:
+    """Store records that parse_labels returned."""
     for record in records:
         set_label(session, record["type"], record["ref"], record.get("label", ""), origin=record.get("origin"),
                   spendable=record.get("spendable"))

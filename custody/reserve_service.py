@@ -50,6 +50,17 @@ def sign(s: Session, run_id: int, upload: str, *, actor: str) -> dict:
     return {**show(s, run_id), "new_signers": signers}
 
 
+def signing_input(s: Session, run_id: int) -> str:
+    """sign in three steps, for the web service: this (the database), reserves.merge_signatures (CPU
+    only: a worker process runs it), store_signatures (the database)."""
+    return reserves.signing_input(reserves.get_run(s, run_id))
+
+
+def store_signatures(s: Session, run_id: int, merged, *, based_on: str, actor: str) -> dict:
+    signers = reserves.store_signatures(s, reserves.get_run(s, run_id), merged, based_on=based_on, actor=actor)
+    return {**show(s, run_id), "new_signers": signers}
+
+
 def sign_on_device(s: Session, run_id: int, serial: str, *, actor: str) -> dict:
     signers = device_signing.sign_reserves_on_device(s, reserves.get_run(s, run_id), devices.get(s, serial),
                                                      actor=actor)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 from embit.psbt import PSBT, DerivationPath
 from embit.transaction import Transaction
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from audit import proof_format
@@ -28,7 +28,7 @@ from .node_client import NodeClient
 from .psbt_builder import BuildError, Coin, describe_inputs
 from .registry import get_policy, spec_of
 from .reserve_models import ReserveRun, ReserveSchedule
-from .signatures import SignatureError, decode_psbt, finalize, is_complete, merge_upload, signed_fingerprints
+from .signatures import Merged, SignatureError, finalize, is_complete, merge_encoded, signed_fingerprints
 
 MAX_COINS = 200_000
 COINBASE_MATURITY = 100
@@ -170,18 +170,43 @@ def _run_coins(session: Session, run: ReserveRun, tx) -> list[Utxo]:
 
 def add_signatures(session: Session, run: ReserveRun, upload: bytes | str, *, actor: str) -> list[str]:
     """Verify and merge a signed copy of the proof PSBT; returns the fingerprints that newly signed."""
+    stored = signing_input(run)
+    return store_signatures(session, run, merge_signatures(stored, upload), based_on=stored, actor=actor)
+
+
+class SignaturesChanged(CustodyError):
+    """The run's PSBT changed between reading it and storing a merge made from it."""
+
+
+def signing_input(run: ReserveRun) -> str:
+    """The stored proof PSBT, for a run collecting signatures."""
     if run.state != "signing":
         raise CustodyError(f"run #{run.id} is {run.state}; it is not collecting signatures")
+    return run.psbt
+
+
+def merge_signatures(stored: str, upload: bytes | str) -> Merged:
+    """The CPU-heavy half of add_signatures, without the database (a worker process may run it)."""
     try:
-        result = merge_upload(PSBT.from_string(run.psbt), decode_psbt(upload))
+        return merge_encoded(stored, upload)
     except SignatureError as e:
         raise CustodyError(str(e)) from None
-    if not result.new_signatures:
+
+
+def store_signatures(session: Session, run: ReserveRun, merged: Merged, *, based_on: str, actor: str) -> list[str]:
+    """Store a merge made from the PSBT `based_on`; SignaturesChanged (nothing written) when another
+    upload was stored after it was read."""
+    if not merged.new_signatures:
         return []
-    run.psbt = result.psbt.to_string()
+    stored = session.execute(update(ReserveRun).where(ReserveRun.id == run.id, ReserveRun.psbt == based_on,
+                                                      ReserveRun.state == "signing")
+                             .values(psbt=merged.psbt)).rowcount
+    if not stored:
+        raise SignaturesChanged(f"run #{run.id} changed while this upload was verified (another signature "
+                                "arrived, or it was finalized): nothing was stored")
     record(session, "reserves.signed", actor, f"reserves:{run.id}",
-           {"signatures": len(result.new_signatures), "signers": sorted(result.signers)})
-    return sorted(result.signers)
+           {"signatures": merged.new_signatures, "signers": merged.signers})
+    return merged.signers
 
 
 def signers(run: ReserveRun) -> dict[str, int]:

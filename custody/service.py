@@ -146,6 +146,11 @@ def labels_import(s: Session, text: str) -> dict:
     return {"imported": ledger.import_labels(s, text)}
 
 
+def labels_store(s: Session, records: list[dict]) -> dict:
+    """labels_import's database half, for records ledger.parse_labels checked (in a worker process)."""
+    return {"imported": ledger.store_labels(s, records)}
+
+
 def labels_export(s: Session) -> str:
     return ledger.export_labels(s)
 
@@ -159,6 +164,13 @@ def label_set(s: Session, type_: str, ref: str, text: str) -> dict:
 def psbt_check(data: bytes | str, *, network: str) -> dict:
     from .psbt_check import check_psbt
     return check_psbt(data, network=network)
+
+
+def psbt_check_json(data: bytes | str, *, network: str) -> bytes:
+    """psbt_check's summary as JSON bytes: a worker process writes the (possibly 40,000-input) answer,
+    so the web service's event loop only sends it."""
+    return json.dumps(psbt_check(data, network=network), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode()
 
 
 def log_verify(s: Session | None, *, keys: set[str] | None = None, jsonl: str | None = None) -> dict:
@@ -272,6 +284,20 @@ def spend_sign(s: Session, spend_id: int, data: bytes | str, *, actor: str | Non
     """Merge an uploaded signed PSBT; the log names who uploaded it (`actor`) and the keys that signed."""
     spend = spends.get_spend(s, spend_id)
     signers = spends.add_signatures(s, spend, data, actor=actor)
+    if not signers:
+        raise CustodyError("the uploaded PSBT adds no new signature")
+    return {**spends.summary(s, spend), "new_signers": signers}
+
+
+def spend_signing_input(s: Session, spend_id: int) -> tuple[str, int]:
+    """spend_sign in three steps, for the web service: this (the database), spends.merge_signatures
+    (CPU only: a worker process runs it), spend_store_signatures (the database)."""
+    return spends.signing_input(s, spends.get_spend(s, spend_id))
+
+
+def spend_store_signatures(s: Session, spend_id: int, merged, *, based_on: str, actor: str | None = None) -> dict:
+    spend = spends.get_spend(s, spend_id)
+    signers = spends.store_signatures(s, spend, merged, based_on=based_on, actor=actor)
     if not signers:
         raise CustodyError("the uploaded PSBT adds no new signature")
     return {**spends.summary(s, spend), "new_signers": signers}

@@ -92,6 +92,28 @@ def merge_upload(stored: PSBT, upload: PSBT) -> MergeResult:
                        + [(i, key[0].xonly().hex()) for i, key, _ in tap_accepted], signers)
 
 
+@dataclass(frozen=True)
+class Merged:
+    """merge_upload's outcome as plain values: what a worker process hands back (`merge_encoded`)."""
+    psbt: str | None                    # the merged PSBT (base64); None when the upload adds nothing
+    new_signatures: int
+    signers: list[str]                  # fingerprints that signed something new, sorted
+    fingerprints: dict[str, int]        # signed_fingerprints of the merged PSBT
+    complete: bool | None               # every input at `threshold` (None: no threshold given)
+
+
+def merge_encoded(stored: str, upload: bytes | str, threshold: int | list[int | None] | None = None) -> Merged:
+    """merge_upload on encoded PSBTs: the CPU-heavy half of taking signatures (parsing both PSBTs,
+    verifying every new signature, writing the merged PSBT) in one call that touches no database, so
+    a worker process can run it (coordinator/cpu_pool.py). Raises SignatureError as merge_upload does."""
+    result = merge_upload(PSBT.from_string(stored), decode_psbt(upload))
+    if not result.new_signatures:
+        return Merged(None, 0, [], {}, None)
+    return Merged(result.psbt.to_string(), len(result.new_signatures), sorted(result.signers),
+                  signed_fingerprints(result.psbt),
+                  None if threshold is None else is_complete(result.psbt, threshold))
+
+
 def _verify_taproot(stored: PSBT, i: int, ours, theirs, signers: set) -> list:
     """Script-path Schnorr signatures (BIP-342) by policy keys, SIGHASH_DEFAULT or ALL only."""
     if theirs.witness_utxo is not None and (theirs.witness_utxo.value != ours.witness_utxo.value

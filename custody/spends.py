@@ -26,7 +26,7 @@ from .node_client import NodeClient, RPCError
 from .psbt_builder import (TX_OVERHEAD_VBYTES, BuildError, Coin, build_spend, input_vbytes, output_vbytes,
                            plan_spend)
 from .registry import spec_of
-from .signatures import SignatureError, decode_psbt, finalize, is_complete, merge_upload, signed_fingerprints
+from .signatures import Merged, SignatureError, finalize, merge_encoded
 from .spend_models import Approval, ApprovalRule, Spend, SpendSignature
 from embit.psbt import PSBT
 
@@ -375,28 +375,53 @@ def _record_psbt(session: Session, spend: Spend, kind: str, built, actor: str = 
 
 def add_signatures(session: Session, spend: Spend, upload: bytes | str, *, actor: str | None = None) -> list[str]:
     """Verify and merge an uploaded signed PSBT; returns the fingerprints that newly signed."""
+    stored, threshold = signing_input(session, spend)
+    return store_signatures(session, spend, merge_signatures(stored, upload, threshold), based_on=stored, actor=actor)
+
+
+class SignaturesChanged(CustodyError):
+    """The spend's PSBT changed between reading it and storing a merge made from it."""
+
+
+def signing_input(session: Session, spend: Spend) -> tuple[str, int]:
+    """What merging an upload needs (the stored PSBT, the policy's threshold), for a spend collecting signatures."""
     if spend.state not in ("signing", "signed"):
         raise CustodyError(f"spend #{spend.id} is {spend.state}; it is not collecting signatures")
+    return spend.psbt, session.get(Policy, spend.policy_id).threshold
+
+
+def merge_signatures(stored: str, upload: bytes | str, threshold: int) -> Merged:
+    """The CPU-heavy half of add_signatures, without the database: the web service runs it in a worker
+    process (coordinator/cpu_pool.py) and stores the result with store_signatures."""
     try:
-        result = merge_upload(PSBT.from_string(spend.psbt), decode_psbt(upload))
+        return merge_encoded(stored, upload, threshold)
     except SignatureError as e:
         raise CustodyError(str(e)) from None
-    if not result.new_signatures:
+
+
+def store_signatures(session: Session, spend: Spend, merged: Merged, *, based_on: str,
+                     actor: str | None = None) -> list[str]:
+    """Store a merge made from the PSBT `based_on`. One writer wins: when another upload was stored
+    after `based_on` was read, nothing is written and SignaturesChanged is raised (merge again)."""
+    if not merged.new_signatures:
         return []
-    policy = session.get(Policy, spend.policy_id)
-    spend.psbt = result.psbt.to_string()
-    for fingerprint, count in signed_fingerprints(result.psbt).items():
+    state = "signed" if merged.complete else spend.state
+    stored = session.execute(update(Spend).where(Spend.id == spend.id, Spend.psbt == based_on,
+                                                 Spend.state.in_(("signing", "signed")))
+                             .values(psbt=merged.psbt, state=state)).rowcount
+    if not stored:
+        raise SignaturesChanged(f"spend #{spend.id} changed while this upload was verified (another signature "
+                                "arrived, or its state moved on): nothing was stored")
+    for fingerprint, count in merged.fingerprints.items():
         row = session.scalar(select(SpendSignature).where(SpendSignature.spend_id == spend.id,
                                                           SpendSignature.fingerprint == fingerprint))
         if row is None:
             session.add(SpendSignature(spend_id=spend.id, fingerprint=fingerprint, inputs_signed=count))
         else:
             row.inputs_signed = count
-    if is_complete(result.psbt, policy.threshold):
-        spend.state = "signed"
-    record(session, "psbt.signed", actor or ",".join(sorted(result.signers)), f"spend:{spend.id}",
-           {"signatures": len(result.new_signatures), "signers": sorted(result.signers), "complete": spend.state == "signed"})
-    return sorted(result.signers)
+    record(session, "psbt.signed", actor or ",".join(merged.signers), f"spend:{spend.id}",
+           {"signatures": merged.new_signatures, "signers": merged.signers, "complete": state == "signed"})
+    return merged.signers
 
 
 ALREADY_SENT = ("txn-already-in-mempool", "txn-already-known")   # the node has it: counts as broadcast
