@@ -21,8 +21,10 @@ import asyncio
 import functools
 import multiprocessing
 import os
+import select
 import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -45,13 +47,35 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_started() -> None:
-    """A worker yields the CPU to the server's event loop, and leaves Ctrl-C to the server."""
+def _worker_started(server_pid: int) -> None:
+    """A worker yields the CPU to the server's event loop, leaves Ctrl-C to the server, and ends with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(WORKER_NICENESS)
     except OSError:
         pass
+    threading.Thread(target=_exit_with, args=(server_pid,), name="exit-with-server", daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    """End this worker when process `pid` ends, however it ends. A worker of a server killed with SIGKILL
+    would otherwise wait for work forever (it holds both ends of its job queue), and so would the fork
+    server (it stays while any worker does)."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):           # no pidfd (not Linux 5.3+): ask every second
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+            time.sleep(1)
+    select.select([handle], [], [])
+    os._exit(0)
 
 
 class CpuPool:
@@ -76,7 +100,8 @@ class CpuPool:
             if self._executor is None:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(PRELOAD)
-                self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_started)
+                self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_started,
+                                                     initargs=(os.getpid(),))
             return self._executor
 
     def _submit(self, fn, args, kwargs):

@@ -331,6 +331,49 @@ def test_two_signatures_uploaded_at_once_are_both_kept(service, vault):
     assert [e["kind"] for e in shown["timeline"]].count("psbt.signed") == 2
 
 
+POOL_USER = """
+import asyncio, os, sys
+from coordinator.cpu_pool import CpuPool
+
+async def main():
+    pool = CpuPool(workers=2)
+    pids = await asyncio.gather(*(pool.run(os.getpid) for _ in range(6)))
+    print(" ".join(str(p) for p in sorted(set(pids))), flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"     # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_server_leaves_no_worker_processes():
+    """SIGKILL gives the server no chance to stop its pool: the workers (and the fork server they
+    came from) notice it is gone and end by themselves."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    server = subprocess.Popen([sys.executable, "-c", POOL_USER], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    try:
+        workers = [int(p) for p in server.stdout.readline().split()]
+        assert workers and all(_running(p) for p in workers)
+        with open(f"/proc/{workers[0]}/stat") as f:
+            fork_server = int(f.read().rsplit(")", 1)[1].split()[1])
+        assert fork_server != server.pid and _running(fork_server)
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+    wait_until(lambda: not any(_running(p) for p in workers + [fork_server]),
+               what="the killed server's workers and fork server to end")
+
+
 # -- /docs under the content security policy --------------------------------------------------------
 class _Assets(html.parser.HTMLParser):
     def __init__(self):
