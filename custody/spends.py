@@ -7,6 +7,7 @@ enough distinct officers (never the requester) approved it, it is within the per
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
@@ -17,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import faults
+from .accounts import canonical_username
 from .device_models import Rotation
 from .errors import CustodyError, NotFound
 from .eventlog import record
@@ -150,12 +152,17 @@ def get_spend(session: Session, spend_id: int) -> Spend:
     return spend
 
 
+def _identity(name: str) -> str:
+    """A name as compared with an officer's canonical username (requesters may be system actors)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).strip().casefold())
+
+
 def decide(session: Session, spend: Spend, officer: str, approve: bool) -> Spend:
     """Record one officer's decision; the spend becomes approved once the rule is met."""
-    officer = officer.strip()
+    officer = canonical_username(officer)         # "OLGA" and "olga" are one officer, whoever typed it
     if spend.state != "requested":
         raise CustodyError(f"spend #{spend.id} is {spend.state}; decisions are taken on requested spends")
-    if officer == spend.requester:
+    if officer == _identity(spend.requester):
         raise CustodyError("the requester cannot approve or reject their own spend")
     # Decisions on one policy's spends are taken one at a time: the rule row is locked (PostgreSQL;
     # SQLite's writer lock, taken by the insert below, does the same), so two final approvals cannot

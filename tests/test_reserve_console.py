@@ -142,7 +142,8 @@ def test_a_run_over_the_api_from_the_challenge_to_the_auditors_downloads(app, rp
                                                                      (rid, "complete", "valid")]
     package = svc.call("GET", f"/api/reserves/{rid}/package", "aude")
     assert package.headers["content-type"] == "application/json"
-    assert package.headers["content-disposition"] == f'attachment; filename="reserves-{rid}-package.json"'
+    assert package.headers["content-disposition"] == (f'attachment; filename="reserves-{rid}-package.json"; '
+                                                      f"filename*=UTF-8''reserves-{rid}-package.json")
     result = verify.verify(verify.load_package(package.text), rpc, nonce=NONCE, audit=AUDIT, min_depth=1)
     assert result.verdict == "valid" and result.total == 600_000_000
     signed = svc.call("GET", f"/api/reserves/{rid}/report", "aude")
