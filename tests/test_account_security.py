@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -28,6 +27,7 @@ from custody.db import MIGRATIONS, make_engine, open_database
 from custody.errors import CustodyError
 from custody.models import EventLogEntry
 
+from .concurrency import at_once
 from .conftest import hd_keys
 
 PASSWORD = "correct horse battery staple"
@@ -90,26 +90,6 @@ class Browser:
                                                 "login_csrf": self.login_csrf, "next": "/"}, follow_redirects=False)
 
 
-def at_once(calls):
-    """Run the calls in threads released together; their results in order."""
-    start, results, errors = threading.Barrier(len(calls)), [None] * len(calls), []
-
-    def run(i):
-        start.wait()
-        try:
-            results[i] = calls[i]()
-        except BaseException as e:          # noqa: BLE001 - raised in the test's thread below
-            errors.append(e)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
 def error_of(response) -> str:
     found = re.search(r'<p class="error" role="alert">(.*?)</p>', response.text, re.S)
     return found.group(1) if found else ""
@@ -131,7 +111,7 @@ def hash_checks(monkeypatch):
 def test_one_totp_code_opens_one_session_however_many_logins_race(env):
     browsers = [Browser(env.app) for _ in range(6)]
     code = accounts.totp(env.secrets["olga"])
-    answers = at_once([lambda b=b: b.login("olga", code=code) for b in browsers])
+    answers = at_once(len(browsers), lambda i: browsers[i].login("olga", code=code))
     assert sorted(r.status_code for r in answers) == [303] + [401] * 5, [r.status_code for r in answers]
     olga = env.user("olga")
     with env.sessions() as s:
@@ -145,7 +125,7 @@ def test_one_totp_code_opens_one_session_however_many_logins_race(env):
 @pytest.mark.parametrize("attempts", [20, 40])
 def test_parallel_wrong_passwords_check_at_most_the_allowed_number(env, hash_checks, attempts):
     browsers = [Browser(env.app) for _ in range(attempts)]
-    answers = at_once([lambda b=b: b.login("sam", password="not the password") for b in browsers])
+    answers = at_once(len(browsers), lambda i: browsers[i].login("sam", password="not the password"))
     assert {r.status_code for r in answers} == {401}
     assert len({error_of(r) for r in answers}) == 1                 # one message for all of them
     assert sum(hash_checks) == accounts.MAX_FAILED_LOGINS           # sam's hash: exactly five checks

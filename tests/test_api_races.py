@@ -73,3 +73,29 @@ def test_final_approvals_at_once_respect_the_daily_limit(service, vault):
     refused = [a for a in answers if a.status_code == 400]
     assert len(approved) == 2 and len(refused) == 2, [a.text for a in answers]
     assert all("daily limit" in a.json()["detail"] for a in refused)
+
+
+def test_one_totp_code_opens_one_session_through_a_real_server(service, db_url, node, tmp_path):
+    """Six browsers log in as olga with the same code, at once, against two server processes."""
+    import httpx
+    from coordinator.auth import LOGIN_CSRF_COOKIE
+    from custody import accounts
+    from custody.account_models import LoginSession, User
+    with Served(db_url, node, tmp_path) as served:
+        browsers = [httpx.Client(base_url=served.base, timeout=120) for _ in range(6)]
+        for b in browsers:
+            assert b.get("/login").status_code == 200
+        code = accounts.totp(service.secrets["olga"])
+
+        def login(i):
+            b = browsers[i]
+            return b.post("/login", data={"username": "olga", "password": "correct horse battery staple",
+                                          "code": code, "login_csrf": b.cookies.get(LOGIN_CSRF_COOKIE),
+                                          "next": "/"}, follow_redirects=False)
+        answers = at_once(6, login)
+        for b in browsers:
+            b.close()
+    assert sorted(a.status_code for a in answers) == [303] + [401] * 5, [a.status_code for a in answers]
+    with service.sessions() as s:
+        olga = s.scalar(select(User).where(User.username == "olga"))
+        assert s.scalar(select(func.count()).select_from(LoginSession).where(LoginSession.user_id == olga.id)) == 1
