@@ -115,7 +115,8 @@ def postgres_server(tmp_path_factory):
     subprocess.run(run_as + [f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"],
                    check=True, capture_output=True)
     subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", str(data), "-w", "-l", str(data.parent / "log"),
-                             "-o", f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                             "-o", f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1 -c fsync=off "
+                                          "-c max_connections=300", "start"],
                    check=True, capture_output=True)
     yield f"postgresql://postgres@127.0.0.1:{port}"
     subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
@@ -128,13 +129,18 @@ _db_counter = iter(range(1, 1_000_000))
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/custody.db"
+        yield f"sqlite:///{tmp_path}/custody.db"
+        return
     import psycopg
     server = request.getfixturevalue("postgres_server")
     name = f"custody_test_{next(_db_counter)}"
     with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    return f"{server}/{name}"
+    yield f"{server}/{name}"
+    # the test's engines keep pooled connections until they are collected: end them on the server,
+    # so that a long run never reaches max_connections
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
 
 
 def hd_keys(count: int = 3, *, seed_base: int = 1) -> list[str]:
