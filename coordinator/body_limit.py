@@ -79,20 +79,6 @@ def _declared_length(scope) -> int | None:
     return int(value)
 
 
-class BodyTooLarge(HTTPException):
-    def __init__(self, detail: str):
-        super().__init__(413, detail)
-
-
-def _declared_length(scope) -> int | None:
-    value = Headers(scope=scope).get("content-length")
-    if value is None:
-        return None
-    if not value.strip().isdigit():
-        raise HTTPException(400, f"Content-Length {value!r} is not a number of bytes")
-    return int(value)
-
-
 def limit_for(method: str, path: str, action: str | None) -> Limit:
     found = LIMITS.get((method, path))
     if found is not None:
