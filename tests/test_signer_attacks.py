@@ -23,8 +23,11 @@ from embit.transaction import SIGHASH, Transaction, TransactionInput, Transactio
 from custody import bip322
 from custody_signer import firmware
 from custody_signer.device import Device, DeviceError, registration_message
-from custody_signer.hsm import approval_key, approval_message, verify_log
+from custody_signer.hsm import verify_log
+from custody_signer.wallets import policy_id
 from regtest.testwallet import TestWallet
+
+from .approval_keys import carry, ed25519_approval, spend_message
 
 THIEF = TestWallet("thief")
 PAYEE = TestWallet("payee")
@@ -176,19 +179,17 @@ def test_approvers_velocity_and_first_match(trio):
                                   {"wallet": "vault", "per_period": {"minutes": 60, "max_amount": 900_000},
                                    "whitelist": [Script(PAYEE.wpkh).address(NETWORKS["regtest"])]}]})
     psbt = spend(descriptor)
-    txid = psbt.tx.txid().hex()
-    psbt.unknown[approval_key(olga.verify_key.encode())] = olga.sign(approval_message(txid)).signature
-    psbt.unknown[approval_key(mallory.verify_key.encode())] = mallory.sign(approval_message(txid)).signature
-    psbt.unknown[approval_key(omar.verify_key.encode())] = omar.sign(b"another transaction").signature
+    message = spend_message(psbt, policy_id("vault", descriptor), change=(1,))
+    carry(psbt, ed25519_approval(olga, message), ed25519_approval(mallory, message),
+          ed25519_approval(omar, b"another transaction"))
     device.sign_psbt(psbt.to_string())                # rule 0 fails (1 valid approver), rule 1 matches: 400k
-    assert device.hsm.log()[-1]["rule"] == 1
+    assert device.hsm.log()[-1]["rule"] == 1 and device.hsm.log()[-1]["approved_by"] == ["olga"]
     reopened = Device(device.state)                   # counters are on the device, not in memory
     with pytest.raises(DeviceError, match="already spent in the last 60 min"):
         reopened.sign_psbt(spend(descriptor, pay=600_000, change=390_000).to_string())
     psbt = spend(descriptor, pay=450_000, change=540_000)
-    txid = psbt.tx.txid().hex()
-    for key in (olga, omar):
-        psbt.unknown[approval_key(key.verify_key.encode())] = key.sign(approval_message(txid)).signature
+    message = spend_message(psbt, policy_id("vault", descriptor), change=(1,))
+    carry(psbt, ed25519_approval(olga, message), ed25519_approval(omar, message))
     reopened.sign_psbt(psbt.to_string())             # both approvers: rule 0 matches first
     log = reopened.hsm.log()
     assert log[-1]["rule"] == 0 and verify_log(log) is None

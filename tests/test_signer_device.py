@@ -39,11 +39,13 @@ from hwilib.errors import DeviceFailureError
 from custody import bip322, signatures
 from custody_signer import cli, firmware
 from custody_signer.device import MODEL, SELF_TEST_MAGIC, Device, DeviceError, registration_message
-from custody_signer.hsm import PolicyError, approval_key, approval_message, check_policy, entry_hash, verify_log
+from custody_signer.approvals import Approval
+from custody_signer.hsm import PolicyError, check_policy, entry_hash, verify_log
 from custody_signer.simulator import call, spawn
-from custody_signer.wallets import MAX_INDEX
+from custody_signer.wallets import MAX_INDEX, policy_id
 from regtest.testwallet import TestWallet
 
+from .approval_keys import carry, ed25519_approval, spend_message
 from .conftest import mine_coins
 from .support import stop
 
@@ -187,13 +189,17 @@ def device(vault, tmp_path):
     return Device(state)
 
 
-def approve(psbt: PSBT, *names: str, txid: str | None = None) -> PSBT:
-    """Approver signatures over the transaction's id, carried as proprietary global PSBT fields."""
-    txid = txid or psbt.tx.txid().hex()
-    for name in names:
-        key = MALLORY if name == "mallory" else APPROVERS[name]
-        psbt.unknown[approval_key(key.verify_key.encode())] = key.sign(approval_message(txid)).signature
-    return psbt
+def approve(psbt: PSBT, *names: str, policy: str) -> PSBT:
+    """Approvers' ed25519 signatures over the spend (policy id, txid, outputs with change at 1, fee), carried
+    as proprietary global PSBT fields."""
+    message = spend_message(psbt, policy, change=(1,))
+    return carry(psbt, *(ed25519_approval(MALLORY if name == "mallory" else APPROVERS[name], message)
+                         for name in names))
+
+
+def vault_policy(vault: Vault) -> str:
+    """The policy id the coordinator computes for the vault, which approvers sign."""
+    return policy_id("vault", vault.descriptor)
 
 
 def approver_keys(*names: str) -> dict:
@@ -649,7 +655,7 @@ APPROVAL_POLICY = {"approvers": approver_keys("alice", "bob", "carol"),
 ])
 def test_min_approvers_counts_distinct_valid_approvers_of_the_rule(vault, device, names, allowed):
     device.hsm.install(APPROVAL_POLICY)
-    psbt = approve(spend(vault, vault.idle[0]), *names)
+    psbt = approve(spend(vault, vault.idle[0]), *names, policy=vault_policy(vault))
     if allowed:
         signed = PSBT.from_string(device.sign_psbt(psbt.to_string()))
         assert signed.inputs[0].partial_sigs
@@ -661,14 +667,15 @@ def test_min_approvers_counts_distinct_valid_approvers_of_the_rule(vault, device
 def test_a_key_outside_the_policy_never_counts_as_an_approver(vault, device):
     """A rule without its own list counts every approver of the policy, and only them."""
     device.hsm.install({"approvers": approver_keys("alice", "bob"), "rules": [{"wallet": "vault", "min_approvers": 2}]})
+    policy = vault_policy(vault)
     with pytest.raises(DeviceError, match=r"1 valid approver signature\(s\), 2 needed"):
-        device.sign_psbt(approve(spend(vault, vault.idle[0]), "alice", "mallory").to_string())
-    device.sign_psbt(approve(spend(vault, vault.idle[0]), "alice", "bob").to_string())
+        device.sign_psbt(approve(spend(vault, vault.idle[0]), "alice", "mallory", policy=policy).to_string())
+    device.sign_psbt(approve(spend(vault, vault.idle[0]), "alice", "bob", policy=policy).to_string())
 
 
 def test_an_approval_for_another_transaction_does_not_count(vault, device):
     device.hsm.install(APPROVAL_POLICY)
-    approved = approve(spend(vault, vault.idle[0], pay=10_000_000), "alice", "bob")
+    approved = approve(spend(vault, vault.idle[0], pay=10_000_000), "alice", "bob", policy=vault_policy(vault))
     replayed = spend(vault, vault.idle[0], pay=90_000_000)
     replayed.unknown.update(approved.unknown)                                # the approvals moved to a bigger spend
     with pytest.raises(DeviceError, match=r"0 valid approver signature\(s\), 2 needed"):
@@ -678,9 +685,9 @@ def test_an_approval_for_another_transaction_does_not_count(vault, device):
 
 def test_one_approvers_signature_under_another_approvers_key_does_not_count(vault, device):
     device.hsm.install(APPROVAL_POLICY)
-    psbt = approve(spend(vault, vault.idle[0]), "alice")
-    alice = psbt.unknown[approval_key(APPROVERS["alice"].verify_key.encode())]
-    psbt.unknown[approval_key(APPROVERS["bob"].verify_key.encode())] = alice
+    psbt = approve(spend(vault, vault.idle[0]), "alice", policy=vault_policy(vault))
+    [alice] = psbt.unknown.values()
+    carry(psbt, Approval("ed25519", APPROVERS["bob"].verify_key.encode(), alice))
     with pytest.raises(DeviceError, match=r"1 valid approver signature\(s\), 2 needed"):
         device.sign_psbt(psbt.to_string())
 
@@ -689,7 +696,7 @@ def test_a_duplicated_approval_is_refused(vault, device):
     """The same approver's field twice: a PSBT with a duplicate key is malformed (BIP-174), so it cannot
     count twice."""
     device.hsm.install(APPROVAL_POLICY)
-    psbt = approve(spend(vault, vault.idle[0]), "alice")
+    psbt = approve(spend(vault, vault.idle[0]), "alice", policy=vault_policy(vault))
     [(key, value)] = psbt.unknown.items()
     pair = compact.to_bytes(len(key)) + key + compact.to_bytes(len(value)) + value
     raw = psbt.serialize()
@@ -705,8 +712,9 @@ def test_the_first_matching_rule_decides(vault, device):
         {"wallet": "vault", "max_amount": 30_000_000, "whitelist": [address(PAYEE.wpkh)]},
         {"wallet": "vault", "max_amount": 60_000_000, "min_approvers": 1},
     ]})
-    device.sign_psbt(approve(spend(vault, vault.idle[0], pay=20_000_000), "alice").to_string())   # 1 and 2 match
-    device.sign_psbt(approve(spend(vault, vault.idle[0], pay=50_000_000), "alice").to_string())   # only 2
+    policy = vault_policy(vault)
+    device.sign_psbt(approve(spend(vault, vault.idle[0], pay=20_000_000), "alice", policy=policy).to_string())  # 1, 2
+    device.sign_psbt(approve(spend(vault, vault.idle[0], pay=50_000_000), "alice", policy=policy).to_string())  # 2
     with pytest.raises(DeviceError) as refusal:
         device.sign_psbt(spend(vault, vault.idle[0], pay=20_000_000, to=THIEF.wpkh).to_string())
     assert str(refusal.value) == (
@@ -718,7 +726,7 @@ def test_the_first_matching_rule_decides(vault, device):
 
 @pytest.mark.parametrize("policy, message", [
     ({"rules": [{"wallet": "vault", "max_btc": 1}]}, "unknown fields \\['max_btc'\\]"),
-    ({"approvers": {"alice": "00" * 31}, "rules": []}, "not an ed25519 public key"),
+    ({"approvers": {"alice": "00" * 31}, "rules": []}, "a ed25519 public key is 32 bytes, not 31"),
     ({"approvers": approver_keys("alice"), "rules": [{"min_approvers": 2}]}, "min_approvers exceeds"),
     ({"approvers": approver_keys("alice"), "rules": [{"min_approvers": 1, "approvers": ["bob"]}]},
      "approvers \\['bob'\\] are not registered"),
@@ -1025,7 +1033,7 @@ def test_hwi_signmessage_gives_a_bip322_signature(fleet):
 
 
 def test_hwi_refuses_what_the_device_refuses(fleet):
-    psbt = approve(fleet_spend(fleet), "alice")
+    psbt = approve(fleet_spend(fleet), "alice", policy=policy_id("fleet", fleet.descriptor))
     psbt.outputs[1].script_pubkey = Script(THIEF.wpkh)
     with pytest.raises(DeviceFailureError, match="claims to be change but does not derive"):
         commands.signtx(client_for(fleet, 0), psbt.to_string())
@@ -1037,7 +1045,7 @@ def test_hwi_refuses_what_the_device_refuses(fleet):
 
 def test_two_simulators_sign_through_hwi_and_the_node_mines_it(rpc, fleet):
     """One signs through hwilib, one through the `hwi` command line; the approval travels in the PSBT."""
-    psbt = approve(fleet_spend(fleet, pay=BTC), "alice")
+    psbt = approve(fleet_spend(fleet, pay=BTC), "alice", policy=policy_id("fleet", fleet.descriptor))
     first = commands.signtx(client_for(fleet, 0), psbt.to_string())
     assert first["signed"]
     second = hwi(fleet, "-f", fleet.infos[2]["fingerprint"], "signtx", first["psbt"])

@@ -25,9 +25,10 @@ from embit.transaction import SIGHASH
 from custody import bip322
 
 from . import firmware
+from .approvals import approvals_in
 from .durable import append, atomic_write, drop_torn_tail, make_dirs, remove_temporaries
 from .flash import Flash
-from .hsm import Hsm, approvals_in
+from .hsm import Hsm
 from .inspection import Coin, FeeCaps, SigningRefused, inspect
 from .proofs import ExactPSBT, inspect_proof, is_proof
 from .wallets import derivation_in, MAX_INDEX, RegistrationError, Wallet, check_wallet, check_watch_only, descriptor_kind, normalise

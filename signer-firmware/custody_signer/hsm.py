@@ -1,7 +1,8 @@
 """The device's signing policy, after Coldcard's HSM mode: unattended signing under rules.
 
 A policy is approved on the device itself (`custody-signer hsm-policy`), never over the coordinator's
-connection. It holds approvers (name -> ed25519 public key) and rules; each rule may set
+connection. It holds approvers (name -> public key: an ed25519 or P-256 key file, or a passkey; see
+`approvals`) and rules; each rule may set
 - `wallet`: the registered wallet it applies to;
 - `max_amount`: satoshis leaving the wallet in one transaction (change excluded);
 - `per_period`: {"minutes", "max_amount"}: velocity, counted over a sliding window and kept on the device;
@@ -10,8 +11,9 @@ connection. It holds approvers (name -> ed25519 public key) and rules; each rule
   every non-change output must be proven an address of, by re-deriving its script (a mining fleet's payout
   wallet may pay custody only, without approvers: the destination is the coordinator's policy, not a list of
   addresses that a compromised coordinator could have filled);
-- `min_approvers` of `approvers`: distinct ed25519 signatures over `approval_message(txid)`, carried in
-  the PSBT as proprietary fields (BIP-174 type 0xFC, identifier "custody").
+- `min_approvers` of `approvers`: distinct approvers' valid approvals of `approvals.approval_message`, which the
+  device rebuilds from the facts it proved (policy, txid, every output, fee), carried in the PSBT as
+  proprietary fields (BIP-174 type 0xFC, identifier "custody").
 The first rule every condition of which holds decides; no matching rule, no signature. Each decision,
 either way, is appended to a hash-chained log on the device.
 
@@ -27,36 +29,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nacl.exceptions
-import nacl.signing
-
+from . import approvals as approving
+from .approvals import Approval, ApprovalError, Approver
 from .durable import append, atomic_write
 from .inspection import Facts
 from .proofs import ProofFacts
 
-PROPRIETARY = b"\xfc\x07custody"          # 0xFC, compact-size length 7, identifier
-APPROVAL_SUBTYPE = b"\x01"                 # keydata: the approver's 32-byte ed25519 key; value: signature
 GENESIS = "0" * 64
 RULE_FIELDS = {"wallet", "max_amount", "per_period", "whitelist", "to_wallets", "min_approvers", "approvers"}
 
 
 class PolicyError(ValueError):
     """A policy the device will not install."""
-
-
-def approval_message(txid: str) -> bytes:
-    return f"custody-signer approval\n{txid}\n".encode()
-
-
-def approval_key(public_key: bytes) -> bytes:
-    """The PSBT global key that carries an approver's signature."""
-    return PROPRIETARY + APPROVAL_SUBTYPE + public_key
-
-
-def approvals_in(unknown: dict) -> dict[bytes, bytes]:
-    """Approver public key -> signature, read from a PSBT's global unknown fields."""
-    prefix = PROPRIETARY + APPROVAL_SUBTYPE
-    return {k[len(prefix):]: v for k, v in unknown.items() if k.startswith(prefix) and len(k) == len(prefix) + 32}
 
 
 @dataclass(frozen=True)
@@ -73,17 +57,9 @@ def check_policy(policy: dict) -> dict:
     approvers = policy.get("approvers", {})
     rules = policy.get("rules")
     if not isinstance(approvers, dict) or not isinstance(rules, list):
-        raise PolicyError("a policy holds 'approvers' (name -> ed25519 key, hex) and a list of 'rules'")
-    for name, key in approvers.items():
-        try:
-            nacl.signing.VerifyKey(bytes.fromhex(key))
-        except (ValueError, TypeError, nacl.exceptions.CryptoError):
-            raise PolicyError(f"approver {name!r}: not an ed25519 public key in hex") from None
-    holders: dict[str, str] = {}
-    for name, key in approvers.items():
-        if key.lower() in holders:                  # one key under two names would be counted as either
-            raise PolicyError(f"approvers {holders[key.lower()]!r} and {name!r} share one key")
-        holders[key.lower()] = name
+        raise PolicyError("a policy holds 'approvers' (name -> ed25519 key in hex, or {\"type\", \"key\", "
+                          "\"rp_id\"}) and a list of 'rules'")
+    parsed = _approvers(approvers)
     for n, rule in enumerate(rules):
         if not isinstance(rule, dict) or set(rule) - RULE_FIELDS:
             raise PolicyError(f"rule {n}: unknown fields {sorted(set(rule) - RULE_FIELDS) if isinstance(rule, dict) else rule}")
@@ -109,7 +85,23 @@ def check_policy(policy: dict) -> dict:
     if "allow_proofs" in policy and not isinstance(policy["allow_proofs"], bool):
         raise PolicyError("allow_proofs is true or false")
     extra = {"allow_proofs": policy["allow_proofs"]} if "allow_proofs" in policy else {}
-    return {"approvers": dict(approvers), "rules": list(rules), **extra}
+    return {"approvers": {a.name: approving.approver_entry(a) for a in parsed}, "rules": list(rules), **extra}
+
+
+def _approvers(entries: dict) -> list[Approver]:
+    """The policy's approvers, each readable, no key under two names (one holder would count as two, and
+    the same point as a key file and as a passkey is still one holder)."""
+    found, holders = [], {}
+    for name, entry in entries.items():
+        try:
+            approver = approving.parse_approver(name, entry)
+        except ApprovalError as e:
+            raise PolicyError(str(e)) from None
+        if approver.key in holders:
+            raise PolicyError(f"approvers {holders[approver.key]!r} and {name!r} share one key")
+        holders[approver.key] = name
+        found.append(approver)
+    return found
 
 
 class Hsm:
@@ -131,16 +123,17 @@ class Hsm:
                    hashlib.sha256(json.dumps(policy, sort_keys=True).encode()).hexdigest()})
         atomic_write(self.state / "hsm_policy.json", json.dumps(checked, sort_keys=True, indent=1))
 
-    def decide(self, facts: Facts, approvals: dict[bytes, bytes]) -> Decision:
+    def decide(self, facts: Facts, approvals: list[Approval]) -> Decision:
         """Apply the rules; an allowed spend is counted against its rule's velocity before returning."""
         policy = self.policy
+        approved_by: set[str] = set()
         if policy is None:
             decision = Decision(False, None, ["no policy is installed: nothing is signed"])
         else:
-            approved_by = self._valid_approvers(policy["approvers"], approvals, facts.txid)
+            approved_by, refused = _judge(_approvers(policy["approvers"]), approvals, spend_message(facts))
             reasons, decision = [], None
             for n, rule in enumerate(policy["rules"]):
-                why = self._mismatch(n, rule, facts, approved_by, policy["approvers"])
+                why = self._mismatch(n, rule, facts, approved_by, refused, policy["approvers"])
                 if why is None:
                     decision = Decision(True, n, [])
                     break
@@ -151,7 +144,7 @@ class Hsm:
         self._log({"event": "sign" if decision.allowed else "refuse", "txid": facts.txid,
                    "wallet": facts.wallet.name, "amount": facts.spent, "fee": facts.fee,
                    "destinations": facts.destinations, "destination_wallets": facts.destination_wallets,
-                   "rule": decision.rule, "reasons": decision.reasons})
+                   "rule": decision.rule, "reasons": decision.reasons, "approved_by": sorted(approved_by)})
         return decision
 
     def decide_proof(self, proof: ProofFacts) -> Decision:
@@ -167,7 +160,8 @@ class Hsm:
         return decision
 
     # -- rules ---------------------------------------------------------------------------------------------
-    def _mismatch(self, n: int, rule: dict, facts: Facts, approved_by: set[str], approvers: dict) -> str | None:
+    def _mismatch(self, n: int, rule: dict, facts: Facts, approved_by: set[str], refused: list[str],
+                  approvers: dict) -> str | None:
         if "wallet" in rule and rule["wallet"] != facts.wallet.name:
             return f"for wallet {rule['wallet']!r}, not {facts.wallet.name!r}"
         if "max_amount" in rule and facts.spent > rule["max_amount"]:
@@ -187,24 +181,12 @@ class Hsm:
                 return (f"{used} sat already spent in the last {rule['per_period']['minutes']} min; "
                         f"{facts.spent} more exceeds its {rule['per_period']['max_amount']} sat")
         needed = rule.get("min_approvers", 0)
-        counted = approved_by & set(rule.get("approvers", approvers))
+        counts = set(rule.get("approvers", approvers))
+        counted = approved_by & counts
         if len(counted) < needed:
-            return f"{len(counted)} valid approver signature(s), {needed} needed"
+            others = [f"{name}'s approval does not count for this rule" for name in sorted(approved_by - counts)]
+            return "; ".join([f"{len(counted)} valid approver signature(s), {needed} needed", *refused, *others])
         return None
-
-    @staticmethod
-    def _valid_approvers(approvers: dict, approvals: dict[bytes, bytes], txid: str) -> set[str]:
-        by_key = {bytes.fromhex(key): name for name, key in approvers.items()}
-        valid = set()
-        for key, signature in approvals.items():
-            if key not in by_key:
-                continue
-            try:
-                nacl.signing.VerifyKey(key).verify(approval_message(txid), signature)
-            except nacl.exceptions.BadSignatureError:
-                continue
-            valid.add(by_key[key])
-        return valid
 
     # -- velocity counters ---------------------------------------------------------------------------------
     def _spends(self) -> list[dict]:
@@ -247,6 +229,25 @@ class Hsm:
                 "prev": last["hash"] if last else GENESIS}
         body["hash"] = entry_hash(body)
         append(self.state / "hsm_log.jsonl", json.dumps(body, sort_keys=True) + "\n")
+
+
+def spend_message(facts: Facts) -> bytes:
+    """The approval message rebuilt from what the device proved, never from what the PSBT claims."""
+    return approving.approval_message(facts.wallet.policy_id, facts.txid,
+                                      [(o.address, o.value, o.change) for o in facts.outputs], facts.fee)
+
+
+def _judge(approvers: list[Approver], approvals: list[Approval], message: bytes) -> tuple[set[str], list[str]]:
+    """The names whose approval of `message` verifies, and why every other approval does not count."""
+    valid, refused = approving.valid_approvers(approvers, approvals, message)
+    known, holders = {(a.kind, a.key) for a in approvers}, {a.key: a for a in approvers}
+    for approval in approvals:
+        if (approval.kind, approval.key) in known:
+            continue
+        holder = holders.get(approval.key)
+        refused.append(f"{holder.name} approves with a {holder.kind} key, not a {approval.kind} approval" if holder
+                       else f"a {approval.kind} approval by a key not in this policy ({approval.key.hex()[:16]}…)")
+    return valid, refused
 
 
 def entry_hash(entry: dict) -> str:
