@@ -14,7 +14,7 @@ from pathlib import Path
 
 from custody.node_client import NodeClient, NodeError
 
-from . import bip127, liabilities, report, verify
+from . import bip127, liabilities, log_checkpoint, report, verify
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--report", help="write the signed JSON report here")
     c.add_argument("--html", help="write the human report here")
     c.add_argument("--workers", type=int, help="processes for script verification (default: one per core)")
+    c.add_argument("--checkpoints", help="directory of the custodian's event-log checkpoints you keep: the "
+                   "package's head must not contradict them, and is kept there once it holds")
     c.set_defaults(handler=_verify)
     c = sub.add_parser("import-bip127", help="read a BIP-127 proof file (any tool's): its message and commitment "
                        "variant; with --out, a package for `verify`")
@@ -83,9 +85,18 @@ def _parser() -> argparse.ArgumentParser:
 def _verify(args) -> None:
     text = Path(args.package).read_text()
     package = verify.load_package(text)
+    kept = None
+    if args.checkpoints:
+        if not Path(args.checkpoints).is_dir():
+            raise ValueError(f"--checkpoints {args.checkpoints}: not a directory")
+        kept = log_checkpoint.load_files([Path(args.checkpoints)])
     client = NodeClient(args.node, cookie_file=args.cookie, timeout=600)
     result = verify.verify(package, client, nonce=args.nonce, audit=args.audit, min_depth=args.min_depth,
-                           workers=args.workers, progress=_progress(len(package["coins"])))
+                           workers=args.workers, progress=_progress(len(package["coins"])), checkpoints=kept)
+    if args.checkpoints and any(c.name == "event log" and c.verdict == verify.VALID for c in result.checks):
+        head = package["event_log"]["checkpoint"]
+        name = f"checkpoint-{head['seq']:012d}-{head['time'].replace(':', '')}.json"
+        (Path(args.checkpoints) / name).write_text(json.dumps(package["event_log"], indent=1) + "\n")
     if args.liabilities:
         verify.solvency(result, json.loads(Path(args.liabilities).read_text()))
     signed = report.sign(report.build(package, verify.package_digest(text), result, auditor=args.auditor),

@@ -22,7 +22,7 @@ from embit.descriptor.checksum import checksum
 
 from custody.node_client import NodeClient, NodeError
 
-from . import chain, commitment, proof_format, scripts, txparse
+from . import chain, commitment, log_checkpoint, proof_format, scripts, txparse
 
 VALID, INVALID, INCONCLUSIVE = "valid", "invalid", "inconclusive"
 COINBASE_MATURITY = 100
@@ -85,8 +85,11 @@ def load_package(text: str) -> dict:
 
 
 def verify(package: dict, client: NodeClient, *, nonce: str, audit: str | None = None,
-           min_depth: int = DEFAULT_MIN_DEPTH, workers: int | None = None, progress=None) -> Verification:
-    """Run every check; never raises for a bad proof (that is a verdict), only for an unreachable node."""
+           min_depth: int = DEFAULT_MIN_DEPTH, workers: int | None = None, progress=None,
+           checkpoints: list[dict] | None = None) -> Verification:
+    """Run every check; never raises for a bad proof (that is a verdict), only for an unreachable node.
+    `checkpoints`: the auditor's kept event-log checkpoints (checked documents, `log_checkpoint.load_files`)
+    the package's event-log head must not contradict."""
     result = Verification()
     started = time.perf_counter()
     info = client.getblockchaininfo()
@@ -130,6 +133,7 @@ def verify(package: dict, client: NodeClient, *, nonce: str, audit: str | None =
     _chain(result, package, client, found, tip, tip_hash, min_depth)
     _maturity(result, package, found)
     _total(result, package, tx, found)
+    _event_log(result, package, checkpoints)
     result.total = sum(c.amount for c in found) if found else 0
     result.timings["total_s"] = round(time.perf_counter() - started, 3)
     return result
@@ -436,6 +440,28 @@ def solvency(result: Verification, published_root: dict) -> None:
         return result.add("solvency", INVALID, f"liabilities {liabilities} sat exceed reserves {result.total} sat")
     result.add("solvency", VALID, f"liabilities {liabilities} sat <= reserves {result.total} sat "
                                   f"(root {published_root.get('root')})")
+
+
+def _event_log(result: Verification, package: dict, kept: list[dict] | None) -> None:
+    """The custodian's event-log head at the proof, signed as a checkpoint. Not one of CHECKS: packages
+    from other tools carry none; but one that is there must hold, and with kept checkpoints it must be."""
+    if "event_log" not in package:
+        if kept:
+            result.add("event log", INCONCLUSIVE, "the package carries no event-log head to check against your "
+                                                  f"{len(kept)} kept checkpoints")
+        return
+    try:
+        head = log_checkpoint.check(package["event_log"])
+    except log_checkpoint.CheckpointError as e:
+        return result.add("event log", INVALID, f"the event-log head: {e}")
+    problem = log_checkpoint.against_kept(head, kept or [])
+    if problem:
+        return result.add("event log", INVALID, problem)
+    against = (f"consistent with your {len(kept)} kept checkpoints (latest seq {kept[-1]['seq']}, "
+               f"{kept[-1]['time']})" if kept else "keep it (custody-audit keeps it with --checkpoints DIR) to check "
+               "later proofs against it")
+    result.add("event log", VALID, f"head at seq {head['seq']} ({head['head_hash']}) of {head['time']}, signed by "
+                                   f"coordinator key {head['key_id']}; {against}")
 
 
 def package_digest(text: str) -> str:

@@ -15,7 +15,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from custody import accounts, eventlog, ledger, registry, service, spends
+from custody import accounts, eventlog, governance, ledger, registry, service, spends
 from custody.errors import CustodyError
 
 from .auth import route
@@ -25,6 +25,13 @@ from . import refusals, visibility
 from .downloads import attachment
 
 router = APIRouter(prefix="/api")
+ACCEPTED = {202: {"description": "proposed: the change waits for other admins' or officers' approval "
+                                 "(custody.governance); the body is the proposal"}}
+
+
+def proposed(s, proposal) -> JSONResponse:
+    """The answer of a route that used to make a change and now proposes it: 202 with the proposal."""
+    return JSONResponse(governance.proposal_json(s, proposal), status_code=202)
 
 Amount = Annotated[StrictStr | StrictInt, Field(description="BTC as a decimal string (\"0.5\"), \"NNNsat\", or integer satoshis")]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
@@ -40,6 +47,52 @@ class Strict(BaseModel):
 def me(request: Request) -> dict:
     p = request.state.principal
     return {"username": p.username, "role": p.role, "via": p.via}
+
+
+class PasswordChange(Strict):
+    password: str = Field(min_length=1, max_length=1000, description="the current password")
+    code: str = Field("", max_length=10, description="a current authenticator code (when the account has TOTP)")
+    new_password: str = Field(min_length=12, max_length=1000)
+
+
+class TotpChange(Strict):
+    password: str = Field(min_length=1, max_length=1000, description="the current password")
+    code: str = Field("", max_length=10, description="a current code of the present secret (when there is one)")
+    new_secret: str = Field(min_length=32, max_length=64, description="base32, 160 bits or more: the new secret")
+    new_code: str = Field(min_length=6, max_length=10, description="the code the new secret gives now")
+
+
+def _own_credentials(request: Request, change) -> dict:
+    """Run `change(session, user, keep_session)` as the caller; a wrong current password or code counts
+    as a failed login (custody.accounts commits that itself) and is answered 400."""
+    from .auth import SESSION_COOKIE
+    from fastapi import HTTPException
+    p = request.state.principal
+    keep = request.cookies.get(SESSION_COOKIE) if p.via == "session" else None
+    with request.app.state.sessions() as s:
+        user = s.get(accounts.User, p.user_id)
+        if p.role != user.role:
+            raise HTTPException(403, "a viewer-scope token cannot change credentials")
+        try:
+            change(s, user, keep)
+        except accounts.AuthError as e:
+            raise CustodyError(str(e)) from None
+        s.commit()
+        return accounts.user_json(s.get(accounts.User, p.user_id))
+
+
+@route(router, "POST", "/me/password", "me")
+def change_password(request: Request, body: PasswordChange) -> dict:
+    """Change one's own password; one's other login sessions end."""
+    return _own_credentials(request, lambda s, user, keep: accounts.change_password(
+        s, user, body.password, body.code, body.new_password, keep_session=keep))
+
+
+@route(router, "POST", "/me/totp", "me")
+def change_totp(request: Request, body: TotpChange) -> dict:
+    """Enroll a new TOTP secret (make one with 20 random bytes in base32, or take the account page's)."""
+    return _own_credentials(request, lambda s, user, keep: accounts.change_totp(
+        s, user, body.password, body.code, body.new_secret, body.new_code, keep_session=keep))
 
 
 # -- keys and policies -----------------------------------------------------------------------------
@@ -124,10 +177,11 @@ def export_policy(request: Request, name: str,
     return PlainTextResponse(text, headers=attachment(f"{name}-{format}.{extension}"))
 
 
-@route(router, "POST", "/policies/{name}/status", "policy.write")
+@route(router, "POST", "/policies/{name}/status", "policy.write", status_code=202, responses=ACCEPTED)
 def set_policy_status(request: Request, name: str, body: StatusIn) -> dict:
+    """Proposes the change (custody.governance): other admins or officers approve it."""
     with write(request) as s:
-        return service.policy_status(s, name, body.status, actor=actor(request))
+        return proposed(s, governance.propose(s, "policy_status", name, {"status": body.status}, actor(request)))
 
 
 @route(router, "GET", "/policies/{name}/addresses", "policy.read")
@@ -151,12 +205,13 @@ def show_rule(request: Request, name: str) -> dict | None:
         return service.approval_rule_show(s, name)
 
 
-@route(router, "PUT", "/policies/{name}/approval-rule", "rule.write")
-def set_rule(request: Request, name: str, body: RuleIn) -> dict | None:
+@route(router, "PUT", "/policies/{name}/approval-rule", "rule.write", status_code=202, responses=ACCEPTED)
+def set_rule(request: Request, name: str, body: RuleIn) -> dict:
+    """Proposes the rule (custody.governance): other admins or officers approve it; a looser rule then waits."""
     with write(request) as s:
-        return service.approval_rule_set(s, name, approvals=body.approvals, per_request=body.per_request,
-                                         daily=body.daily, allow=body.allow, delay_above=body.delay_above,
-                                         delay=body.delay, actor=actor(request))
+        change = governance.rule_change(approvals=body.approvals, per_request=body.per_request, daily=body.daily,
+                                        allow=body.allow, delay_above=body.delay_above, delay=body.delay)
+        return proposed(s, governance.propose(s, "approval_rule", name, change, actor(request)))
 
 
 class DeriveIn(Strict):
@@ -272,7 +327,7 @@ def export_labels(request: Request):
 @route(router, "POST", "/labels", "label.write")
 def set_label(request: Request, body: LabelIn) -> dict:
     with write(request) as s:
-        return service.label_set(s, body.type, body.ref, body.label)
+        return service.label_set(s, body.type, body.ref, body.label, actor=actor(request))
 
 
 @route(router, "POST", "/labels/import", "label.write")
@@ -281,7 +336,7 @@ async def import_labels(request: Request, body: LabelsIn) -> dict:
 
     def store() -> dict:
         with write(request) as s:
-            return service.labels_store(s, records)
+            return service.labels_store(s, records, actor=actor(request))
     return await in_thread(store)
 
 
@@ -334,8 +389,7 @@ def request_spend(request: Request, body: SpendIn) -> dict:
     with write(request) as s:
         return service.spend_request(s, body.policy, requester=actor(request),
                                      to=[(d.address, d.amount) for d in body.to], fee_rate=body.fee_rate,
-                                     client=None if body.fee_rate else node(request), memo=body.memo,
-                                     coins=body.coins, sweep=body.sweep)
+                                     client=node(request), memo=body.memo, coins=body.coins, sweep=body.sweep)
 
 
 @route(router, "POST", "/spends/preview", "spend.request")
@@ -353,10 +407,26 @@ def show_spend(request: Request, spend_id: Id) -> dict:
                                 {**service.spend_show(s, spend_id), "timeline": service.spend_timeline(s, spend_id)})
 
 
-@route(router, "POST", "/spends/{spend_id}/approve", "spend.decide")
-def approve(request: Request, spend_id: Id) -> dict:
+class ApprovalIn(Strict):
+    proof: dict = Field(description="the officer's approval of the spend's unsigned transaction: "
+                        "{\"kind\": \"webauthn\", \"credential\": <PublicKeyCredential JSON>} from a passkey, or "
+                        "{\"kind\": \"ed25519\"|\"p256\", \"public_key\": hex, \"signature\": hex} from a key file, "
+                        "over the message of POST /spends/{id}/approval-request")
+
+
+@route(router, "POST", "/spends/{spend_id}/approval-request", "spend.decide")
+def approval_request(request: Request, spend_id: Id) -> dict:
+    """The message to sign to approve this spend (its policy, unsigned transaction, outputs and fee)
+    and, for a passkey, the options for navigator.credentials.get(). Makes the transaction first if the
+    request has none yet."""
     with write(request) as s:
-        return service.spend_decide(s, spend_id, officer=actor(request), approve=True)
+        return service.spend_approval_request(s, spend_id, officer=actor(request), client=node(request))
+
+
+@route(router, "POST", "/spends/{spend_id}/approve", "spend.decide")
+def approve(request: Request, spend_id: Id, body: ApprovalIn) -> dict:
+    with write(request) as s:
+        return service.spend_decide(s, spend_id, officer=actor(request), approve=True, proof=body.proof)
 
 
 @route(router, "POST", "/spends/{spend_id}/reject", "spend.decide")
@@ -448,13 +518,39 @@ class LogFileIn(Strict):
     jsonl: str = Field(max_length=100_000_000, description="an exported log (JSON Lines)")
     keys: list[Annotated[str, Field(pattern="^[0-9a-f]{64}$")]] | None = Field(
         None, max_length=20, description="accepted coordinator public keys (hex); default: this coordinator's")
+    checkpoints: list[dict] | None = Field(None, max_length=1000, description="signed checkpoints "
+                                           "({\"checkpoint\", \"signature\"}) the copy must still agree with")
 
 
 @route(router, "POST", "/log/verify", "log.read")
 async def log_verify_file(request: Request, body: LogFileIn) -> dict:
     """Verify an exported copy of the log, as `custody log verify --file` does; 400 names the first problem."""
     keys = set(body.keys) if body.keys else {(await in_thread(eventlog.coordinator_key)).public_hex}
-    return await offload(request, service.log_verify, None, keys=keys, jsonl=body.jsonl)   # in a worker process
+    kept = service.log_checkpoint_documents(body.checkpoints, keys=keys) if body.checkpoints else None
+    return await offload(request, service.log_verify, None, keys=keys, jsonl=body.jsonl,   # in a worker process
+                         checkpoints=kept)
+
+
+class CheckpointsIn(Strict):
+    checkpoints: list[dict] = Field(min_length=1, max_length=1000, description="signed checkpoints "
+                                    "({\"checkpoint\", \"signature\"}) the log must still agree with")
+
+
+@route(router, "POST", "/log/verify/checkpoints", "log.read")
+def log_verify_checkpoints(request: Request, body: CheckpointsIn) -> dict:
+    """Verify the database's log and that it was neither cut below nor rewritten at any of the auditor's
+    checkpoints, as `custody log verify --checkpoint` does; 400 names the first problem."""
+    with read(request) as s:
+        return service.log_verify(s, checkpoints=service.log_checkpoint_documents(body.checkpoints))
+
+
+@route(router, "GET", "/log/checkpoint", "log.read", response_class=JSONResponse,
+       responses=refusals.body("application/json"))
+def log_checkpoint_latest(request: Request):
+    """The latest signed checkpoint of the log's head, for the auditor to keep (404 before the first)."""
+    with read(request) as s:
+        signed = service.log_checkpoint_latest(s)
+    return JSONResponse(signed, headers=attachment(f"event-log-checkpoint-{signed['checkpoint']['seq']}.json"))
 
 
 @route(router, "GET", "/log/export", "log.read", response_class=PlainTextResponse,
@@ -469,8 +565,7 @@ def log_export(request: Request):
 class UserIn(Strict):
     username: str = Field(min_length=1, max_length=64)
     role: Literal["admin", "officer", "signatory", "auditor", "viewer"]
-    password: str = Field(min_length=12, max_length=1000)
-    second_factor: bool = False
+    second_factor: bool = Field(False, description="require a second factor of a role that does not need one")
 
 
 class UserChange(Strict):
@@ -491,30 +586,47 @@ def list_users(request: Request) -> list[dict]:
         return [accounts.user_json(u) for u in accounts.list_users(s)]
 
 
+def enrollment_shown(request: Request, token: str, link) -> dict:
+    """The one-time link for the admin to hand over (its token is in no log and no database)."""
+    return {"enrollment_link": str(request.base_url).rstrip("/") + f"/enroll/{token}",
+            "enrollment_expires_at": link.expires_at.isoformat()}
+
+
 @route(router, "POST", "/users", "user.admin", status_code=201)
 def create_user(request: Request, body: UserIn) -> dict:
+    """The account and its one-time enrollment link: its holder sets their own password and second factor."""
     with write(request) as s:
-        user, secret = accounts.create_user(s, body.username, body.role, body.password,
-                                            second_factor=body.second_factor, actor=actor(request))
-        shown = accounts.user_json(user)
-        if secret:
-            shown.update(totp_secret=secret, totp_uri=accounts.totp_uri(user.username, secret))
-        return shown
+        user, token, link = accounts.invite_user(s, body.username, body.role, second_factor=body.second_factor,
+                                                 actor=actor(request))
+        return {**accounts.user_json(user), **enrollment_shown(request, token, link)}
 
 
-@route(router, "PATCH", "/users/{username}", "user.admin")
+@route(router, "POST", "/users/{username}/reset", "user.admin")
+def reset_user(request: Request, username: str) -> dict:
+    """Clear the user's password and second factor, end their sessions and tokens, and give a new link."""
+    with write(request) as s:
+        user = accounts.get_user(s, username)
+        token, link = accounts.reset_credentials(s, user, actor=actor(request),
+                                                 by=s.get(accounts.User, request.state.principal.user_id))
+        return {**accounts.user_json(user), **enrollment_shown(request, token, link)}
+
+
+@route(router, "PATCH", "/users/{username}", "user.admin", responses=ACCEPTED)
 def change_user(request: Request, username: str, body: UserChange) -> dict:
+    """Disabling and unlocking take effect at once; a new role is proposed (custody.governance), and then the
+    answer is 202 with the proposal."""
     with write(request) as s:
         user = accounts.get_user(s, username)
         if user.id == request.state.principal.user_id and (body.disabled or (body.role and body.role != "admin")):
             raise CustodyError("an admin cannot disable or demote their own account")
-        if body.role is not None:
-            accounts.set_role(s, user, body.role, actor=actor(request))
+        proposal = None
+        if body.role is not None and body.role != user.role:
+            proposal = governance.propose(s, "user_role", user.username, {"role": body.role}, actor(request))
         if body.disabled is not None:
             accounts.set_disabled(s, user, body.disabled, actor=actor(request))
         if body.unlock:
             accounts.unlock(s, user, actor=actor(request))
-        return accounts.user_json(user)
+        return proposed(s, proposal) if proposal is not None else accounts.user_json(user)
 
 
 @route(router, "GET", "/tokens", "token.self")

@@ -72,7 +72,9 @@ class Observe:
             principal = getattr(scope.get("state", {}).get("principal"), "username", None) \
                 if isinstance(scope.get("state"), dict) else None
             log.info("request", extra={"fields": {
-                "method": scope["method"], "path": scope["path"], "route": template, "status": status,
+                # an enrollment link's token is a credential: its route template is logged instead
+                "method": scope["method"], "route": template, "status": status,
+                "path": "/enroll/{token}" if scope["path"].startswith("/enroll/") else scope["path"],
                 "duration_ms": round(elapsed * 1000, 2), "user": principal}})
 
 
@@ -221,15 +223,20 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         """Prometheus text format (scrape with an API token)."""
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    from . import api, device_api, device_pages, mining_api, mining_pages, pages, reserve_api, reserve_pages
+    from . import api, approver_pages, approvers_api, device_api, device_pages, mining_api, mining_pages, pages, reserve_api, reserve_pages
     app.include_router(api.router)
+    app.include_router(approvers_api.router)
     app.include_router(device_api.router)
     app.include_router(reserve_api.router)
     app.include_router(mining_api.router)
     app.include_router(pages.router)
+    app.include_router(approver_pages.router)
     app.include_router(device_pages.router)
     app.include_router(reserve_pages.router)
     app.include_router(mining_pages.router)
+    from . import governance_api, governance_pages
+    app.include_router(governance_api.router)
+    app.include_router(governance_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=SWAGGER_UI), name="docs-assets")
     app.add_route("/docs", docs_page, include_in_schema=False)

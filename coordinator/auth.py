@@ -37,6 +37,8 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "spend.read": READERS,
     "spend.request": ("officer",),
     "spend.decide": ("officer",),
+    "approver.enroll": ("officer",),             # enrol and revoke one's own approval passkeys and key files
+    "approver.read": ("admin", "officer", "signatory", "auditor"),   # the approver keys devices install
     "spend.operate": ("officer",),               # make the PSBT, broadcast, track, bump, cancel
     "psbt.download": ("officer", "signatory"),
     "psbt.upload": ("signatory",),
@@ -61,6 +63,10 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "mining.configure": ("admin", "officer"),            # pools, accounts and their terms, fleet devices
     "mining.operate": ("officer",),              # import statements and telemetry, reconcile, resolve findings
     "mining.sweep": ("officer",),                # sweep the fleet wallet into custody
+    # governance changes (rules, statuses, roles) are proposals that others approve (custody.governance)
+    "governance.read": ("admin", "officer", "auditor"),
+    "governance.propose": ("admin", "officer"),  # propose, and cancel one's own proposal
+    "governance.decide": ("admin", "officer"),   # approve or reject others' proposals, run what is due
 }
 
 

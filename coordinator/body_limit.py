@@ -62,6 +62,7 @@ LIMITS: dict[tuple[str, str], Limit] = {
     ("POST", "/firmware/add"): Limit(40 * MB + FORM, heavy=True),       # a 40 MB image, as a form upload
     ("POST", "/api/mining/accounts/{account_id}/statements"): Limit(24 * MB, heavy=True),   # 16M characters
     ("POST", "/api/mining/telemetry/import"): Limit(24 * MB, heavy=True),                   # 16M characters
+    ("POST", "/enroll/{token}"): Limit(8_000),      # anyone with a link: two passwords, a secret and a code
 }
 
 

@@ -4,9 +4,9 @@ Three signatories are issued reference signers (simulated devices, each its own 
 through HWI). In the key ceremony each device proves it holds its key, the 2-of-3 policy is registered
 on every device with a proof, and each holder confirms the first address their device shows. A miner
 and a client pay the policy, and the ledger, kept in step with the node, shows the balance and every
-coin. Then a treasury officer requests a payment, two other officers approve it (one also signs it for
-the devices' own policy), two devices check and sign the PSBT, and the coordinator verifies,
-broadcasts and follows it. Finally an auditor challenges the custodian: the quorum signs a proof of
+coin. Then a treasury officer requests a payment, two other officers approve it by signing its
+transaction with their own approval keys, two devices check those approvals and sign the PSBT, and the
+coordinator verifies, broadcasts and follows it. Finally an auditor challenges the custodian: the quorum signs a proof of
 reserves on two devices, which show the message, and the auditor verifies it on their own node, with
 the clients' liabilities. Last, a mining fleet: its payout key on a fourth device that may pay the treasury
 only, miners polled over the CGMiner API, a pool's day reconciled and the payouts swept into custody.
@@ -22,17 +22,15 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import nacl.signing
 from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from sqlalchemy import select
 
-from custody import (ceremony, device_signing, devices, eventlog, expected, fleet, ledger, reconcile, registry,
-                     reserve_service, reserves, spends, statements, sweeps, telemetry)
+from custody import (ceremony, credentials, device_signing, devices, eventlog, expected, fleet, ledger, reconcile,
+                     registry, reserve_service, reserves, spends, statements, sweeps, telemetry)
 from custody.mining_models import MiningDevice, Pool, PoolAccount
 from custody_signer.cli import main as signer_cli
 from custody_signer.device import MODEL, shown_first_address
-from custody_signer.hsm import approval_message
 from custody_signer.simulator import spawn
 from custody.models import EventLogEntry
 from custody.db import open_database
@@ -44,7 +42,8 @@ from regtest.testwallet import TestWallet, Utxo
 
 SIGNATORIES = {"alice": "Alice (CFO)", "bob": "Bob (treasurer)", "carol": "Carol (board)"}
 SERIALS: dict[str, str] = {}                       # holder -> the serial their device reports
-APPROVERS = {name: nacl.signing.SigningKey.generate() for name in ("erin", "frank")}   # officers' approval keys
+OFFICERS = ("dana", "erin", "frank")
+APPROVAL_KEYS: dict[str, Path] = {}                # officer -> their approval key file (the officer keeps it)
 
 
 def table(rows: list[dict], columns: list[str]) -> None:
@@ -63,6 +62,8 @@ def main() -> int:
         try:
             print(f"embedded regtest node (Bitcoin Core's consensus via libbitcoinkernel) on {node.url}\n")
             sessions = open_database(f"sqlite:///{tmp}/custody.db")
+            accounts_ = demo_accounts(sessions)
+            approval_keys(sessions, Path(tmp))
             key_ceremony(sessions, Path(tmp), signers)
 
             syncer = Syncer(sessions, rpc)
@@ -91,10 +92,9 @@ def main() -> int:
             spend_story(sessions, syncer, rpc)
             reserves_story(sessions, syncer, rpc, node, Path(tmp))
             fleet_story(sessions, syncer, rpc, Path(tmp), signers)
-            pending_request(sessions)
-            accounts_ = demo_accounts(sessions)
+            pending = pending_request(sessions, rpc)
             if os.environ.get("DEMO_SERVE", "1") != "0":
-                serve_console(tmp, node, accounts_)
+                serve_console(tmp, node, accounts_, pending)
         finally:
             for process in signers:
                 process.terminate()
@@ -108,17 +108,32 @@ DEMO_USERS = [("admin", "admin"), ("dana", "officer"), ("erin", "officer"), ("fr
               ("victor", "viewer")]
 
 
-def pending_request(sessions) -> None:
+def pending_request(sessions, rpc) -> int:
     """A second request left for the console: it waits in the officers' approvals queue."""
     with sessions.begin() as s:
         spend = spends.request_spend(s, registry.get_policy(s, "treasury"), "dana",
                                      [(TestWallet("demo payroll").address(), 50_000_000)], fee_rate=2.0,
-                                     memo="payroll November")
+                                     memo="payroll November", client=rpc)
         print(f"\nspend #{spend.id}: dana requests 0.5 BTC for payroll; it waits for approval in the console")
+        return spend.id
+
+
+def approval_keys(sessions, tmp: Path) -> None:
+    """Each officer makes an approval key file (`custody approver keygen`) and enrols its public key."""
+    from custody.accounts import get_user
+    (tmp / "officers").mkdir()
+    for officer in OFFICERS:
+        APPROVAL_KEYS[officer] = tmp / "officers" / f"{officer}-approval.pem"
+        public = credentials.generate_key_file(APPROVAL_KEYS[officer])
+        with sessions.begin() as s:
+            credentials.enroll_key(s, get_user(s, officer), public, label="demo key file", actor=officer)
+    print(f"officers {', '.join(OFFICERS)} enrolled their approval keys (key files in {tmp / 'officers'})\n")
 
 
 def demo_accounts(sessions) -> list[dict]:
-    """Console accounts for each role; passwords and TOTP secrets are printed once, as at enrolment."""
+    """Console accounts for each role, enrolled at once with passwords and TOTP secrets printed for the
+    people trying the demo. Demo only: a real account is made with an enrollment link (`custody user
+    add`, the Users page), on which its holder sets credentials nobody else learns."""
     import secrets
     from custody import accounts
     made = []
@@ -130,13 +145,16 @@ def demo_accounts(sessions) -> list[dict]:
     return made
 
 
-def serve_console(tmp: str, node, made: list[dict]) -> None:
+def serve_console(tmp: str, node, made: list[dict], pending: int) -> None:
     from coordinator.server import serve
     port = int(os.environ.get("DEMO_PORT", "8000"))
     print(f"\nthe web console: http://127.0.0.1:{port}/  (API docs at /docs; Ctrl-C stops the demo)")
     print("demo accounts (admins and officers log in with a code from an authenticator app holding the secret,")
     print("e.g. `python -c \"from custody.accounts import totp; print(totp('SECRET'))\"`):")
     table(made, ["user", "role", "password", "totp_secret"])
+    print(f"to complete spend #{pending} in the console: erin and frank each open it and choose 'with a key file'")
+    print(f"  ({APPROVAL_KEYS['erin']} and {APPROVAL_KEYS['frank']}); alice and bob each press")
+    print("  'Sign on my device'; then an officer presses 'Broadcast'")
     sys.stdout.flush()
     try:
         serve(db_url=f"sqlite:///{tmp}/custody.db", node_url=node.url,
@@ -152,23 +170,18 @@ def spend_story(sessions, syncer, rpc) -> None:
         spends.set_approval_rule(s, policy, required_approvals=2, per_request_limit=20 * 100_000_000,
                                  daily_limit=50 * 100_000_000)
         spend = spends.request_spend(s, policy, "dana", [(supplier, 2 * 100_000_000)],
-                                     fee_rate=2.0, memo="supplier invoice 2026-117")
+                                     fee_rate=2.0, memo="supplier invoice 2026-117", client=rpc)
         spend_id = spend.id
     print(f"\nspend #{spend_id}: dana requests 2 BTC to {supplier[:20]}… (rule: 2 approvals, 20 BTC per spend)")
-    for officer in ("erin", "frank"):
-        with sessions.begin() as s:
-            state = spends.decide(s, spends.get_spend(s, spend_id), officer, True).state
-        print(f"  approved by {officer:18} -> {state}")
-    with sessions.begin() as s:
-        spend = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
-        print(f"  PSBT built: {len(PSBT.from_string(spend.psbt).inputs)} input(s), fee {spend.fee} sat, coins reserved")
-    with sessions.begin() as s:                               # erin signs for the devices' own policy
+    with sessions() as s:
         spend = spends.get_spend(s, spend_id)
-        key = APPROVERS["erin"]
-        txid = PSBT.from_string(spend.psbt).tx.txid().hex()
-        device_signing.add_approver_signature(s, spend, key.verify_key.encode().hex(),
-                                              key.sign(approval_message(txid)).signature.hex(), actor="erin")
-    print("  erin's approval signature attached (the devices' policy asks for one)")
+        print(f"  PSBT built: {len(PSBT.from_string(spend.psbt).inputs)} input(s), fee {spend.fee} sat, coins reserved")
+    for officer in ("erin", "frank"):                 # each signs the transaction with their own key file
+        with sessions.begin() as s:
+            spend = spends.get_spend(s, spend_id)
+            proof = credentials.sign_with_key_file(APPROVAL_KEYS[officer], spends.approval_message(s, spend))
+            state = spends.decide(s, spend, officer, True, proof).state
+        print(f"  approved by {officer:18} -> {state} (signed with {officer}'s approval key)")
     for holder in ("alice", "bob"):
         with sessions.begin() as s:
             spend = spends.get_spend(s, spend_id)
@@ -346,8 +359,10 @@ def key_ceremony(sessions, tmp: Path, processes: list) -> None:
         print(f"device issued to {SIGNATORIES[holder]:16} fingerprint {info['fingerprint']}, "
               f"firmware {info['firmware']['version']}")
         # the holder approves the device's own signing policy on the device itself
-        policy = {"approvers": {n: k.verify_key.encode().hex() for n, k in APPROVERS.items()},
-                  "rules": [{"wallet": "treasury", "max_amount": 20 * 100_000_000, "min_approvers": 1}]}
+        with sessions() as s:
+            approvers = credentials.device_approvers(s)
+        policy = {"approvers": approvers,
+                  "rules": [{"wallet": "treasury", "max_amount": 20 * 100_000_000, "min_approvers": 2}]}
         (tmp / f"policy-{holder}.json").write_text(json.dumps(policy))
         signer_cli(["hsm-policy", "--state", str(states[holder]), str(tmp / f"policy-{holder}.json")])
     serials = [SERIALS[holder] for holder in SIGNATORIES]

@@ -14,12 +14,12 @@ from fastapi import Path as PathParam
 from pydantic import Field
 
 from custody import device_service as ds
-from custody import ceremony, devices, holders, spends
+from custody import ceremony, devices, governance, holders, spends
 from custody.errors import CustodyError
 from custody.spends import parse_amount
 
 from . import visibility
-from .api import Amount, Id, Name, Strict
+from .api import ACCEPTED, Amount, Id, Name, Strict, proposed
 from .auth import route
 from .context import actor, read, write
 
@@ -83,10 +83,12 @@ def connect_device(request: Request, serial: Serial) -> dict:
         return ds.device_connect(s, serial, network=_network(request), actor=actor(request))
 
 
-@route(router, "POST", "/devices/{serial}/status", "device.admin")
+@route(router, "POST", "/devices/{serial}/status", "device.admin", status_code=202, responses=ACCEPTED)
 def device_status(request: Request, serial: Serial, body: StatusIn) -> dict:
+    """Proposes the change (custody.governance): other admins or officers approve it."""
     with write(request) as s:
-        return ds.device_status(s, serial, body.status, actor=actor(request), reason=body.reason)
+        return proposed(s, governance.propose(s, "device_status", serial, {"status": body.status,
+                                                                             "reason": body.reason}, actor(request)))
 
 
 @route(router, "POST", "/spends/{spend_id}/devices/{serial}/sign", "device.sign")
@@ -95,18 +97,6 @@ def sign_on_device(request: Request, spend_id: Id, serial: Serial) -> dict:
         spends.get_spend(s, spend_id)                # 404 first
         holder_only(s, serial, request)
         return ds.device_sign(s, spend_id, serial, actor=actor(request))
-
-
-class ApproverSignatureIn(Strict):
-    public_key: Hex
-    signature: Hex
-
-
-@route(router, "POST", "/spends/{spend_id}/approver-signatures", "spend.decide")
-def approver_signature(request: Request, spend_id: Id, body: ApproverSignatureIn) -> dict:
-    with write(request) as s:
-        return ds.approver_signature(s, spend_id, public_key=body.public_key, signature=body.signature,
-                                     actor=actor(request))
 
 
 # -- firmware ----------------------------------------------------------------------------------------------

@@ -29,6 +29,15 @@ def devices_page(request: Request):
                       rotations=ds.rotation_list(s))
 
 
+@route(router, "POST", "/spends/{spend_id}/devices/{serial}/sign", "device.sign", page=True)
+def sign_on_device(request: Request, spend_id: Id, serial: str):
+    """The holder has their device check the spend (its approvals included) and sign, through HWI."""
+    with write(request) as s:
+        holder_only(s, serial, request)
+        result = ds.device_sign(s, spend_id, serial, actor=actor(request))
+    return back(f"/spends/{spend_id}", flash=f"device {serial} signed: {', '.join(result['new_signers'])}")
+
+
 @route(router, "POST", "/devices/{serial}/connect", "device.admin", page=True)
 def connect(request: Request, serial: str):
     with write(request) as s:

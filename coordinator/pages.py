@@ -13,10 +13,11 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from custody import accounts, ledger, registry, service
+from custody import accounts, eventlog, ledger, registry, service
 from custody.accounts import AuthError
 from custody.errors import CustodyError
 from custody.formats import FORMATS
@@ -113,6 +114,62 @@ def login(request: Request, username: str = Form(max_length=64), password: str =
         cookie, _ = accounts.start_session(s, user)
         s.commit()
     response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict", secure=cookie_is_secure(request),
+                        max_age=int(accounts.SESSION_LIFETIME.total_seconds()))
+    response.delete_cookie(LOGIN_CSRF_COOKIE)
+    return response
+
+
+# -- enrolling: the holder of a one-time link sets their own credentials --------------------------
+def _totp_qr(uri: str) -> str:
+    import segno
+    return segno.make(uri, error="m", micro=False).svg_data_uri(scale=4, border=2)
+
+
+def _enroll_page(request: Request, token: str, status_code: int = 200, *, error: str | None = None,
+                 secret: str | None = None):
+    """The enrollment form with a new TOTP secret (or the one being confirmed), or only the refusal."""
+    with read(request) as s:
+        try:
+            link, user = accounts.find_enrollment(s, token)
+        except CustodyError as e:
+            return render(request, "enroll.html", status_code=404, error=str(e), form=None)
+        form = {"username": user.username, "role": user.role,
+                "required": accounts.second_factor_required(link, user)}
+    secret = secret or accounts.new_totp_secret()
+    uri = accounts.totp_uri(form["username"], secret)
+    csrf_token = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
+    response = render(request, "enroll.html", status_code=status_code, error=error, token=token, form=form,
+                      secret=secret, qr=_totp_qr(uri), login_csrf=csrf_token,
+                      min_length=accounts.MIN_PASSWORD_LENGTH)
+    response.set_cookie(LOGIN_CSRF_COOKIE, csrf_token, httponly=True, samesite="strict",
+                        secure=cookie_is_secure(request), max_age=1800)
+    return response
+
+
+@route(router, "GET", "/enroll/{token}", "public", page=True)
+def enroll_page(request: Request, token: str = PathParam(max_length=100)):
+    return _enroll_page(request, token)
+
+
+@route(router, "POST", "/enroll/{token}", "public", page=True)
+def enroll(request: Request, token: str = PathParam(max_length=100), password: str = Form(max_length=1000),
+           password_again: str = Form(max_length=1000), totp_secret: str = Form("", max_length=64),
+           code: str = Form("", max_length=10), login_csrf: str = Form(max_length=100)):
+    """Set the password and second factor, spend the link, and log in."""
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not expected or not secrets.compare_digest(expected, login_csrf):
+        return _enroll_page(request, token, 403, error="the form expired: enter your choices again")
+    if password != password_again:
+        return _enroll_page(request, token, 400, error="the two passwords differ", secret=totp_secret or None)
+    try:
+        with request.app.state.sessions.begin() as s:
+            user = accounts.complete_enrollment(s, token, password, totp_secret=totp_secret or None, code=code)
+            eventlog.record(s, "user.login", user.username, f"user:{user.username}", {"enrolled": True})
+            cookie, _ = accounts.start_session(s, user)
+    except CustodyError as e:
+        return _enroll_page(request, token, 400, error=str(e), secret=totp_secret or None)
+    response = RedirectResponse("/account", status_code=303)
     response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict", secure=cookie_is_secure(request),
                         max_age=int(accounts.SESSION_LIFETIME.total_seconds()))
     response.delete_cookie(LOGIN_CSRF_COOKIE)
@@ -222,7 +279,7 @@ def unfreeze(request: Request, outpoint: str = Form(max_length=80), back_to: str
 def label(request: Request, ref: str = Form(max_length=200), text: str = Form("", max_length=1000),
           type: str = Form("output", max_length=10), back_to: str = Form("/utxos")):
     with write(request) as s:
-        service.label_set(s, type, ref, text)
+        service.label_set(s, type, ref, text, actor=actor(request))
     return back(_safe_next(back_to), flash=f"labelled {ref}")
 
 
@@ -285,7 +342,7 @@ def new_spend(request: Request, policy: str = Form(max_length=200), address: lis
             return _spend_form(request, preview=preview, **form)
         with write(request) as s:
             created = service.spend_request(s, policy, requester=actor(request), to=destinations, fee_rate=rate,
-                                            client=None if rate else node(request), memo=memo or None,
+                                            client=node(request), memo=memo or None,
                                             coins=coin or None, sweep=sweep)
     except CustodyError as e:
         return _spend_form(request, 400, error=str(e), **form)
@@ -329,7 +386,19 @@ def spend_page(request: Request, spend_id: Id, flash: str = ""):
             text = visibility.psbt(visibility.reader(request, s), service.spend_psbt(s, spend_id, client=None),
                                    [registry.get_policy(s, context["spend"]["policy"]).id])
             qr_frames = psbt_frames(base64.b64decode(text))
-    return render(request, "spend.html", flash=flash, qr_frames=qr_frames, **context)
+        my_devices = []
+        if context["spend"]["state"] == "signing" and allowed("device.sign", request.state.principal.role):
+            from custody import device_service
+            me = request.state.principal.username
+            my_devices = [d["serial"] for d in device_service.device_list(s)
+                          if d["status"] == "active" and d["signatory"] and d["signatory"].casefold() == me
+                          and any(r["policy"] == context["spend"]["policy"] and r["state"] == "confirmed"
+                                  for r in d["registrations"])]
+        approval_message = None
+        if context["has_psbt"] and context["spend"]["state"] == "requested" and allowed("spend.decide", request.state.principal.role):
+            approval_message = service.spend_approval_message(s, spend_id).decode()
+    return render(request, "spend.html", flash=flash, qr_frames=qr_frames, approval_message=approval_message,
+                  my_devices=my_devices, **context)
 
 
 @route(router, "GET", "/spends/{spend_id}/timeline", "spend.read", page=True)
@@ -338,13 +407,6 @@ def spend_timeline(request: Request, spend_id: Id):
     with read(request) as s:
         context = _spend_context(request, s, spend_id)
     return render(request, "_timeline.html", **context)
-
-
-@route(router, "POST", "/spends/{spend_id}/approve", "spend.decide", page=True)
-def approve(request: Request, spend_id: Id):
-    with write(request) as s:
-        service.spend_decide(s, spend_id, officer=actor(request), approve=True)
-    return back(f"/spends/{spend_id}", flash="approved")
 
 
 @route(router, "POST", "/spends/{spend_id}/reject", "spend.decide", page=True)
@@ -412,12 +474,57 @@ def log_page(request: Request, page: int = Query(1, ge=1, le=100_000), subject: 
 
 
 # -- account and administration ------------------------------------------------------------------
-@route(router, "GET", "/account", "me", page=True)
-def account_page(request: Request):
+def _account(request: Request, status_code: int = 200, *, new_token: str | None = None, error: str | None = None,
+             secret: str | None = None, flash: str = ""):
+    """The account page: tokens, and the forms to change one's password and authenticator (with a new
+    secret to enroll, or the one being confirmed)."""
     p = request.state.principal
     with read(request) as s:
-        tokens = accounts.list_tokens(s, s.get(accounts.User, p.user_id))
-    return render(request, "account.html", tokens=tokens, new_token=None)
+        user = s.get(accounts.User, p.user_id)
+        tokens = accounts.list_tokens(s, user)
+        second_factor = user.second_factor
+    secret = secret or accounts.new_totp_secret()
+    return render(request, "account.html", status_code=status_code, tokens=tokens, new_token=new_token,
+                  error=error, flash=flash, second_factor=second_factor, new_secret=secret,
+                  new_secret_qr=_totp_qr(accounts.totp_uri(p.username, secret)),
+                  min_length=accounts.MIN_PASSWORD_LENGTH)
+
+
+@route(router, "GET", "/account", "me", page=True)
+def account_page(request: Request, flash: str = ""):
+    return _account(request, flash=flash)
+
+
+def _change_own(request: Request, change, done: str, secret: str | None = None):
+    """Run `change(session, user, cookie)` for the logged-in user: a wrong current password or code
+    counts as a failed login (custody.accounts commits that itself); any refusal shows the page again
+    with the reason."""
+    p = request.state.principal
+    try:
+        with request.app.state.sessions() as s:
+            change(s, s.get(accounts.User, p.user_id), request.cookies.get(SESSION_COOKIE))
+            s.commit()
+    except CustodyError as e:
+        return _account(request, 400, error=str(e), secret=secret)
+    return back("/account", flash=done)
+
+
+@route(router, "POST", "/account/password", "me", page=True)
+def change_password(request: Request, password: str = Form(max_length=1000), code: str = Form("", max_length=10),
+                    new_password: str = Form(max_length=1000), new_password_again: str = Form(max_length=1000)):
+    if new_password != new_password_again:
+        return _account(request, 400, error="the two new passwords differ")
+    return _change_own(request, lambda s, user, cookie: accounts.change_password(
+        s, user, password, code, new_password, keep_session=cookie),
+        "Password changed; your other sessions have ended.")
+
+
+@route(router, "POST", "/account/totp", "me", page=True)
+def change_totp(request: Request, password: str = Form(max_length=1000), code: str = Form("", max_length=10),
+                new_secret: str = Form(max_length=64), new_code: str = Form(max_length=10)):
+    return _change_own(request, lambda s, user, cookie: accounts.change_totp(
+        s, user, password, code, new_secret, new_code, keep_session=cookie),
+        "Authenticator changed; your other sessions have ended.", secret=new_secret)
 
 
 @route(router, "POST", "/account/tokens", "token.write", page=True)
@@ -428,9 +535,7 @@ def create_token(request: Request, name: str = Form(max_length=100), role: str =
         user = s.get(accounts.User, p.user_id)
         token, _ = accounts.create_token(s, user, name, role=role or p.role, expires_in_days=days,
                                          scope=p.role if p.via == "token" else None)
-    with read(request) as s:
-        tokens = accounts.list_tokens(s, s.get(accounts.User, p.user_id))
-    return render(request, "account.html", tokens=tokens, new_token=token)
+    return _account(request, new_token=token)
 
 
 @route(router, "POST", "/account/tokens/{token_id}/revoke", "token.write", page=True)
@@ -442,22 +547,42 @@ def revoke_token(request: Request, token_id: Id):
 
 
 @route(router, "GET", "/admin/users", "user.admin", page=True)
-def users_page(request: Request):
+def users_page(request: Request, flash: str = ""):
+    from custody import governance
     with read(request) as s:
         users = [accounts.user_json(u) for u in accounts.list_users(s)]
-    return render(request, "users.html", users=users, created=None, roles=accounts.ROLES)
+        # role changes are proposals (custody.governance): show the ones waiting beside their user
+        waiting = {p["target"]: p for p in governance.list_proposals(s, states=list(governance.OPEN))
+                   if p["kind"] == "user_role"}
+    return render(request, "users.html", users=users, created=None, roles=accounts.ROLES, waiting=waiting,
+                  flash=flash)
 
 
-@route(router, "POST", "/admin/users", "user.admin", page=True)
-def create_user(request: Request, username: str = Form(max_length=64), role: str = Form(max_length=16),
-                password: str = Form(max_length=1000)):
-    with write(request) as s:
-        user, secret = accounts.create_user(s, username, role, password, actor=actor(request))
-        created = {"username": user.username, "role": user.role, "totp_secret": secret,
-                   "totp_uri": accounts.totp_uri(user.username, secret) if secret else None}
+def _users_with_link(request: Request, username: str, role: str, token: str, link, what: str):
+    """The users page showing the one-time link to hand over (this once; only its hash is kept)."""
+    from .api import enrollment_shown
+    created = {"username": username, "role": role, "what": what, **enrollment_shown(request, token, link)}
     with read(request) as s:
         users = [accounts.user_json(u) for u in accounts.list_users(s)]
     return render(request, "users.html", users=users, created=created, roles=accounts.ROLES)
+
+
+@route(router, "POST", "/admin/users", "user.admin", page=True)
+def create_user(request: Request, username: str = Form(max_length=64), role: str = Form(max_length=16)):
+    with write(request) as s:
+        user, token, link = accounts.invite_user(s, username, role, actor=actor(request))
+        name, role = user.username, user.role
+    return _users_with_link(request, name, role, token, link, "Created")
+
+
+@route(router, "POST", "/admin/users/{username}/reset", "user.admin", page=True)
+def reset_user(request: Request, username: str):
+    with write(request) as s:
+        user = accounts.get_user(s, username)
+        token, link = accounts.reset_credentials(s, user, actor=actor(request),
+                                                 by=s.get(accounts.User, request.state.principal.user_id))
+        name, role = user.username, user.role
+    return _users_with_link(request, name, role, token, link, "Reset")
 
 
 @route(router, "POST", "/admin/users/{username}/unlock", "user.admin", page=True)

@@ -10,6 +10,12 @@ refused. Logging in is safe against parallel attempts: an attempt is counted in 
 its password is checked (so N parallel guesses check at most MAX_FAILED_LOGINS), and a TOTP code is
 taken by a conditional UPDATE whose row count decides (so one code opens one session). A refusal
 never says whether the account exists.
+
+People own their credentials: an admin creates an account (`invite_user`) or resets one
+(`reset_credentials`) and gets a one-time enrollment link, never a password or a secret; the holder
+opens it and sets their own password and second factor (`complete_enrollment`), and later changes them
+(`change_password`, `change_totp`). Until then the account can neither log in nor have tokens.
+`create_user`, which takes the password itself, is for the demo, the tests and scripted set-ups only.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import nacl.pwhash
 from sqlalchemy import case, delete, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from .account_models import ApiToken, LoginSession, User
+from .account_models import ApiToken, Enrollment, LoginSession, User
 from .errors import CustodyError, NotFound
 from .eventlog import record
 
@@ -48,6 +54,10 @@ SESSION_TOUCH = timedelta(minutes=1)
 TOTP_STEP = 30
 TOTP_DIGITS = 6
 TOKEN_PREFIX = "cst_"
+ENROLLMENT_LIFETIME = timedelta(hours=72)
+# The kinds of second factor a user may enroll. A passkey (custody/credentials.py) joins here: see
+# `_second_factor_refusal` and `complete_enrollment` for where it plugs in.
+SECOND_FACTOR_KINDS = ("totp",)
 # libsodium's "interactive" argon2id cost: 64 MiB, 2 passes (above OWASP's 19 MiB / 2 minimum)
 _OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
 _MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
@@ -60,6 +70,12 @@ class AuthError(CustodyError):
 
 LOGIN_REFUSED = (f"wrong username, password or code (after {MAX_FAILED_LOGINS} failed logins in a row an "
                  f"account is locked for {int(LOCKOUT.total_seconds() // 60)} minutes; an admin can unlock it)")
+CURRENT_REFUSED = (f"the current password or authenticator code is wrong (after {MAX_FAILED_LOGINS} failed "
+                   f"attempts in a row the account is locked for {int(LOCKOUT.total_seconds() // 60)} minutes)")
+# one answer for every link that does not enroll anyone: unknown, wrong, expired, used, replaced
+ENROLLMENT_REFUSED = (f"this enrollment link is not valid: it has expired (links last "
+                      f"{int(ENROLLMENT_LIFETIME.total_seconds() // 3600)} hours), was used already or was "
+                      "replaced by a newer one. Ask an admin for a new link.")
 
 
 def _now() -> datetime:
@@ -169,19 +185,144 @@ def _valid_role(role: str) -> str:
 
 def create_user(session: Session, username: str, role: str, password: str, *, second_factor: bool | None = None,
                 actor: str = "coordinator") -> tuple[User, str | None]:
-    """Returns the user and their TOTP secret (shown once), which admins and officers always get."""
+    """An account enrolled at once with this password, and its TOTP secret (returned once; admins and
+    officers always get one). For the demo, the tests and scripted set-ups only: whoever calls this
+    knows the credentials, so no operator-facing path (API, console, CLI) does; they use invite_user."""
     name, role = _valid_username(username), _valid_role(role)
     _check_new_password(password, name)
-    if session.scalar(select(User).where(User.username == name)) is not None:
-        raise CustodyError(f"user {name!r} already exists")
+    _check_new_name(session, name)
     wants_totp = role in SECOND_FACTOR_ROLES or bool(second_factor)
     secret = new_totp_secret() if wants_totp else None
     user = User(username=name, role=role, password_hash=hash_password(password), totp_secret=secret,
-                last_totp_step=0, failed_logins=0, failures_unlogged=0, disabled=False)
+                second_factor="totp" if wants_totp else None, last_totp_step=0, failed_logins=0,
+                failures_unlogged=0, disabled=False, enrolled_at=_now())
     session.add(user)
     session.flush()
     record(session, "user.created", actor, f"user:{name}", {"role": role, "second_factor": wants_totp})
     return user, secret
+
+
+def _check_new_name(session: Session, name: str) -> None:
+    if session.scalar(select(User).where(User.username == name)) is not None:
+        raise CustodyError(f"user {name!r} already exists")
+
+
+def invite_user(session: Session, username: str, role: str, *, second_factor: bool = False,
+                actor: str) -> tuple[User, str, Enrollment]:
+    """A new account with no credentials, and the one-time enrollment link (its token, shown once) on
+    which its holder sets them. Admins and officers, and anyone created with `second_factor`, must
+    enroll a second factor there."""
+    name, role = _valid_username(username), _valid_role(role)
+    _check_new_name(session, name)
+    user = User(username=name, role=role, password_hash="", totp_secret=None, second_factor=None, last_totp_step=0,
+                failed_logins=0, failures_unlogged=0, disabled=False, enrolled_at=None)
+    session.add(user)
+    session.flush()
+    required = role in SECOND_FACTOR_ROLES or second_factor
+    record(session, "user.created", actor, f"user:{name}", {"role": role, "second_factor": required,
+                                                            "enrollment": True})
+    token, link = _issue_enrollment(session, user, required=required, actor=actor)
+    return user, token, link
+
+
+def reset_credentials(session: Session, user: User, *, actor: str, by: User | None) -> tuple[str, Enrollment]:
+    """Clear the user's password and second factor, end their sessions and tokens, and issue a new
+    enrollment link: the admin learns the link, never a credential.
+
+    `by`: the logged-in admin asking (API, console). Nobody resets themselves that way (they change
+    their own credentials on their account page, and would lock themselves out), so the admin resetting
+    is always another working admin and the last one cannot be reset from the console. `by` None: the
+    CLI, run by whoever holds the database, which may reset any account, the last admin included: it is
+    the recovery path when the only admin has lost their authenticator."""
+    if by is not None and by.id == user.id:
+        raise CustodyError("you cannot reset your own account: change your password or authenticator on your "
+                           "account page, or ask another admin")
+    required = user.role in SECOND_FACTOR_ROLES or user.second_factor is not None
+    user.password_hash, user.totp_secret, user.second_factor, user.enrolled_at = "", None, None, None
+    user.last_totp_step = 0
+    _revoke_all(session, user)
+    record(session, "user.credentials_reset", actor, f"user:{user.username}", {})
+    return _issue_enrollment(session, user, required=required, actor=actor)
+
+
+def _issue_enrollment(session: Session, user: User, *, required: bool, actor: str) -> tuple[str, Enrollment]:
+    """A new link for `user`; any earlier link of theirs stops working."""
+    now = _now()
+    session.execute(update(Enrollment).where(Enrollment.user_id == user.id, Enrollment.spent_at.is_(None))
+                    .values(spent_at=now).execution_options(synchronize_session=False))
+    selector, verifier = secrets.token_urlsafe(12), secrets.token_urlsafe(32)
+    row = Enrollment(user_id=user.id, selector=selector, verifier_hash=_sha256(verifier), second_factor_required=required,
+                     created_by=actor, created_at=now, expires_at=now + ENROLLMENT_LIFETIME)
+    session.add(row)
+    session.flush()
+    record(session, "user.enrollment_issued", actor, f"user:{user.username}",
+           {"enrollment": row.id, "second_factor_required": required, "expires_at": row.expires_at.isoformat()})
+    return f"{selector}.{verifier}", row
+
+
+def find_enrollment(session: Session, token: str) -> tuple[Enrollment, User]:
+    """The live link this token opens and its user, or CustodyError(ENROLLMENT_REFUSED), the one answer
+    whatever is wrong. The verifier's hash is compared in constant time."""
+    selector, _, verifier = (token or "").partition(".")
+    row = session.scalar(select(Enrollment).where(Enrollment.selector == selector)) if selector and verifier else None
+    matches = hmac.compare_digest(row.verifier_hash if row is not None else _sha256("-"), _sha256(verifier))
+    if row is None or not matches or row.spent_at is not None or _aware(row.expires_at) <= _now():
+        raise CustodyError(ENROLLMENT_REFUSED)
+    user = session.get(User, row.user_id)
+    if user is None or user.disabled or user.enrolled_at is not None:
+        raise CustodyError(ENROLLMENT_REFUSED)
+    return row, user
+
+
+def second_factor_required(link: Enrollment, user: User) -> bool:
+    return link.second_factor_required or user.role in SECOND_FACTOR_ROLES
+
+
+def complete_enrollment(session: Session, token: str, password: str, *, totp_secret: str | None = None,
+                        code: str | None = None, now: float | None = None) -> User:
+    """The holder of a link sets their password and, with a code proving their authenticator holds it,
+    their TOTP secret. The link is spent by a conditional UPDATE whose row count decides, so it enrolls
+    once however many submissions race. The caller commits.
+
+    A passkey as the second factor plugs in here: the lead's custody/credentials.py registers it in the
+    same transaction, and this sets `second_factor = "passkey"` instead of a TOTP secret."""
+    link, user = find_enrollment(session, token)
+    _check_new_password(password, user.username)
+    step = None
+    if totp_secret:
+        totp_secret = _valid_totp_secret(totp_secret)
+        step = _totp_step(totp_secret, code or "", time.time() if now is None else now)
+        if step is None:
+            raise CustodyError("the authenticator code does not match: add the secret to your authenticator app "
+                               "and enter the code it shows now (check the phone's clock if it still fails)")
+    elif second_factor_required(link, user):
+        raise CustodyError(f"a {user.role} needs a second factor: add the secret to an authenticator app and "
+                           "enter its code")
+    spent = session.execute(
+        update(Enrollment).where(Enrollment.id == link.id, Enrollment.spent_at.is_(None),
+                                 Enrollment.expires_at > literal(_now(), Enrollment.expires_at.type))
+        .values(spent_at=_now()).execution_options(synchronize_session=False)).rowcount
+    if spent != 1:
+        raise CustodyError(ENROLLMENT_REFUSED)
+    user.password_hash = hash_password(password)
+    user.totp_secret, user.second_factor = (totp_secret, "totp") if totp_secret else (None, None)
+    user.last_totp_step = step or 0          # the code that confirmed the secret does not log in again
+    user.enrolled_at, user.failed_logins, user.locked_until = _now(), 0, None
+    record(session, "user.enrolled", user.username, f"user:{user.username}",
+           {"enrollment": link.id, "second_factor": user.second_factor})
+    return user
+
+
+def _valid_totp_secret(secret: str) -> str:
+    """A base32 TOTP secret of at least 160 bits (RFC 4226's recommendation), as new_totp_secret makes."""
+    cleaned = secret.strip().replace(" ", "").upper().rstrip("=")
+    try:
+        key = base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except (ValueError, base64.binascii.Error):
+        key = b""
+    if len(key) < 20 or len(cleaned) > 64:
+        raise CustodyError("a TOTP secret is base32 text of 160 bits or more (32 characters), as shown with the QR code")
+    return cleaned
 
 
 def _find_user(session: Session, username: str) -> User | None:
@@ -206,8 +347,8 @@ def list_users(session: Session) -> list[User]:
 
 def user_json(user: User) -> dict:
     locked = _aware(user.locked_until)
-    return {"username": user.username, "role": user.role, "second_factor": user.totp_secret is not None,
-            "disabled": user.disabled, "failed_logins": user.failed_logins,
+    return {"username": user.username, "role": user.role, "second_factor": user.second_factor,
+            "enrolled": user.enrolled_at is not None, "disabled": user.disabled, "failed_logins": user.failed_logins,
             "locked_until": locked.isoformat() if locked and locked > _now() else None}
 
 
@@ -220,19 +361,50 @@ def set_role(session: Session, user: User, role: str, *, actor: str) -> User:
     return user
 
 
-def set_password(session: Session, user: User, password: str, *, actor: str) -> None:
-    _check_new_password(password, user.username)
-    user.password_hash = hash_password(password)
-    _revoke_all(session, user)
-    record(session, "user.password_changed", actor, f"user:{user.username}", {})
+def change_password(session: Session, user: User, current_password: str, code: str | None, new_password: str,
+                    *, keep_session: str | None = None, now: float | None = None) -> None:
+    """The user changes their own password, proving the current one and a current code. Their other
+    login sessions end (`keep_session`: the cookie of the one asking, which stays); API tokens stay
+    (they are listed on the account page; an admin reset ends them too). The new password is checked
+    first, so a refused one costs no attempt. Commits the attempt as authenticate does; on success the
+    caller commits. A wrong password or code raises AuthError(CURRENT_REFUSED)."""
+    _check_new_password(new_password, user.username)
+    user = _reauthenticate(session, user, current_password, code, now)
+    user.password_hash = hash_password(new_password)
+    _end_other_sessions(session, user, keep_session)
+    record(session, "user.password_changed", user.username, f"user:{user.username}", {})
 
 
-def reset_totp(session: Session, user: User, *, actor: str) -> str:
-    secret = user.totp_secret = new_totp_secret()
-    user.last_totp_step = 0
-    _revoke_all(session, user)
-    record(session, "user.totp_reset", actor, f"user:{user.username}", {})
-    return secret
+def change_totp(session: Session, user: User, current_password: str, code: str | None, new_secret: str,
+                new_code: str, *, keep_session: str | None = None, now: float | None = None) -> None:
+    """The user enrolls a new TOTP secret (or their first, when they have no second factor), proving
+    their password and current code, and a code of the new secret that shows their authenticator holds
+    it. Their other login sessions end. Commits and answers as change_password."""
+    moment = time.time() if now is None else now
+    new_secret = _valid_totp_secret(new_secret)
+    new_step = _totp_step(new_secret, new_code or "", moment)
+    if new_step is None:
+        raise CustodyError("the code of the new secret does not match: add it to your authenticator app and enter "
+                           "the code it shows now")
+    user = _reauthenticate(session, user, current_password, code, now)
+    user.totp_secret, user.second_factor = new_secret, "totp"
+    user.last_totp_step = new_step
+    _end_other_sessions(session, user, keep_session)
+    record(session, "user.totp_changed", user.username, f"user:{user.username}", {})
+
+
+def _reauthenticate(session: Session, user: User, password: str, code: str | None, now: float | None) -> User:
+    try:
+        return _check_credentials(session, user.username, password, code, now=now, purpose="reauthentication")
+    except AuthError:
+        raise AuthError(CURRENT_REFUSED) from None
+
+
+def _end_other_sessions(session: Session, user: User, keep_session: str | None) -> None:
+    query = delete(LoginSession).where(LoginSession.user_id == user.id)
+    if keep_session:
+        query = query.where(LoginSession.id != _sha256(keep_session))
+    session.execute(query)
 
 
 def set_disabled(session: Session, user: User, disabled: bool, *, actor: str) -> User:
@@ -252,7 +424,7 @@ def unlock(session: Session, user: User, *, actor: str) -> User:
 
 
 def _revoke_all(session: Session, user: User) -> None:
-    """A changed role, password or second factor ends every session and token of the user."""
+    """A changed role or an admin's reset ends every session and token of the user."""
     session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
     for token in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))):
         token.revoked_at = _now()
@@ -262,7 +434,17 @@ def _revoke_all(session: Session, user: User) -> None:
 def authenticate(session: Session, username: str, password: str, code: str | None = None, *,
                  now: float | None = None) -> User:
     """Check name, password and (when the account has one) TOTP code; raise AuthError(LOGIN_REFUSED)
-    otherwise. Commits its own steps, so that parallel attempts cannot race:
+    otherwise, as _check_credentials does. On success the caller commits (with the session it starts)."""
+    user = _check_credentials(session, username, password, code, now=now)
+    record(session, "user.login", user.username, f"user:{user.username}",
+           {"failures_not_logged": user.failures_unlogged} if user.failures_unlogged else {})
+    user.failures_unlogged = 0
+    return user
+
+
+def _check_credentials(session: Session, username: str, password: str, code: str | None = None, *,
+                       now: float | None = None, purpose: str = "login") -> User:
+    """Commits its own steps, so that parallel attempts cannot race:
 
     1. the attempt is counted before the password is checked, by one conditional UPDATE that also
        takes the lock-out decision (refused while locked; the MAX_FAILED_LOGINS-th attempt in a row
@@ -274,13 +456,15 @@ def authenticate(session: Session, username: str, password: str, code: str | Non
        the entry that locks the account is always written), and committed here. Unknown names are not
        logged at all, and cost the same argon2id verification as known ones.
 
-    On success the caller commits (with the session it starts)."""
+    An account waiting for enrollment has no password: it is refused as a wrong one, after the same
+    argon2id cost. `purpose` names the check in a failure's log entry. On success the caller commits."""
     moment = time.time() if now is None else now
     when = datetime.fromtimestamp(moment, timezone.utc)
     user = _find_user(session, username)
     if user is not None:
         user_id, name, password_hash = user.id, user.username, user.password_hash
         role, secret, disabled = user.role, user.totp_secret, user.disabled
+        kind, enrolled = user.second_factor, user.enrolled_at is not None
     session.commit()                 # no transaction (or connection) is held while a password is hashed
     if user is None:
         check_password(_DUMMY_HASH, password)
@@ -301,30 +485,32 @@ def authenticate(session: Session, username: str, password: str, code: str | Non
     locks = failed >= MAX_FAILED_LOGINS
 
     reason = None
-    if not check_password(password_hash, password):
-        reason = "password"
+    if not check_password(password_hash or _DUMMY_HASH, password) or not enrolled:
+        reason = "password" if enrolled else "not enrolled"
     elif disabled:
         reason = "disabled"
-    elif secret is not None:
+    elif kind == "totp" and secret is not None:
         step = _totp_step(secret, code or "", moment)
         if step is None:
             reason = "second factor"
         elif session.execute(update(User).where(User.id == user_id, User.last_totp_step < step)
                              .values(last_totp_step=step).execution_options(synchronize_session=False)).rowcount != 1:
             reason = "second factor replayed"
+    elif kind is not None:
+        # a passkey (the lead's coordinator/passkeys.py) is checked by its own ceremony, which the
+        # password form cannot carry: that ceremony calls in here once it has verified the assertion
+        reason = f"second factor {kind} not accepted here"
     elif role in SECOND_FACTOR_ROLES:
         reason = "no second factor enrolled"
     if reason is not None:
-        _log_failure(session, user_id, name, reason, when, locks=locks)
+        _log_failure(session, user_id, name, reason if purpose == "login" else f"{purpose}: {reason}", when,
+                     locks=locks)
         session.commit()
         raise AuthError(LOGIN_REFUSED)
-    unlogged = session.scalar(select(User.failures_unlogged).where(User.id == user_id))
     session.execute(update(User).where(User.id == user_id)
-                    .values(failed_logins=0, locked_until=None, failures_unlogged=0)
+                    .values(failed_logins=0, locked_until=None)
                     .execution_options(synchronize_session=False))
     session.refresh(user)
-    record(session, "user.login", name, f"user:{name}",
-           {"failures_not_logged": unlogged} if unlogged else {})
     return user
 
 
@@ -373,7 +559,7 @@ def find_session(session: Session, cookie: str | None, *,
         session.execute(delete(LoginSession).where(LoginSession.id == row.id))
         return None
     user = session.get(User, row.user_id)
-    if user is None or user.disabled:
+    if user is None or user.disabled or user.enrolled_at is None:
         return None
     if now - seen >= SESSION_TOUCH:
         cutoff = literal(now - SESSION_TOUCH, LoginSession.last_seen_at.type)
@@ -400,6 +586,9 @@ def create_token(session: Session, user: User, name: str, *, role: str | None = 
 
     `scope`: the role of the token making this one, when a token does (None: a login session or the
     CLI). A token makes tokens of its own role or viewer only, and a viewer-scope token none at all."""
+    if user.enrolled_at is None:
+        raise CustodyError(f"{user.username} has not enrolled yet (set their own password on their enrollment "
+                           "link): an account without credentials has no tokens")
     if scope is not None:
         _valid_role(scope)
         if scope == "viewer":
@@ -432,7 +621,7 @@ def find_token(session: Session, token: str | None) -> tuple[ApiToken, User] | N
     if row is None or row.revoked_at is not None or (row.expires_at and _aware(row.expires_at) <= _now()):
         return None
     user = session.get(User, row.user_id)
-    if user is None or user.disabled:
+    if user is None or user.disabled or user.enrolled_at is None:
         return None
     return row, user
 

@@ -44,6 +44,7 @@ _GROUPS = {
                    "rotation": "replace devices: successor policy, test spend, migration"},
     "reserve_cli": {"reserves": "proof of reserves for auditors"},
     "mining_cli": {"mining": "mining treasury: pools, fleet, statements, reconciliation, sweeps"},
+    "governance_cli": {"governance": "proposals to change rules, statuses and roles, under a quorum"},
 }
 
 
@@ -200,6 +201,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c.add_argument("--branch", type=int, choices=[0, 1], default=0)
     c.add_argument("--unused", action="store_true")
+    ap = sub.add_parser("approver", help="officers' approval keys (what the devices' policies name)").add_subparsers(
+        dest="approver_command", required=True)
+    c = command("keygen", _approver_keygen, "make an approval key file; the officer keeps it, the coordinator "
+                "gets only its public key", ap)
+    c.add_argument("file")
+    c.add_argument("--kind", choices=["ed25519", "p256"], default="ed25519")
+    c = command("enroll", _approver_enroll, "enrol an officer's approval public key (hex, or a PEM file)", ap)
+    c.add_argument("public_key")
+    c.add_argument("--officer", required=True)
+    c.add_argument("--label", default="key file")
+    command("list", _approver_list, "every officer's approval keys, as a device policy's approvers", ap)
+
     c = command("derive", _derive, "derive addresses of a descriptor, as Bitcoin Core's deriveaddresses")
     c.add_argument("descriptor")
     c.add_argument("--from", dest="start", type=int, default=0)
@@ -247,12 +260,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--memo")
     c.add_argument("--coin", action="append", help="spend exactly these coins (txid:vout)")
     c.add_argument("--sweep", action="store_true", help="send everything chosen to the one destination")
-    for name, approve in (("approve", True), ("reject", False)):
-        c = command(name, _spend_decide, f"{name} a spend request", sp)
-        c.add_argument("id", type=int)
-        c.add_argument("--officer", required=True)
-        c.set_defaults(approve=approve)
-    c = command("psbt", _spend_psbt, "make (once approved) and print the spend's PSBT", sp)
+    c = command("approve", _spend_decide, "approve a spend request: sign its unsigned transaction with your "
+                "approval key file", sp)
+    c.add_argument("id", type=int)
+    c.add_argument("--officer", required=True)
+    c.add_argument("--key", required=True, help="the officer's approval key file (PEM; see `custody approver keygen`)")
+    c.set_defaults(approve=True)
+    c = command("reject", _spend_decide, "reject a spend request", sp)
+    c.add_argument("id", type=int)
+    c.add_argument("--officer", required=True)
+    c.set_defaults(approve=False, key=None)
+    c = command("psbt", _spend_psbt, "make the spend's PSBT (handed to signers once approved) and print it", sp)
     c.add_argument("id", type=int)
     c.add_argument("--v2", action="store_true", help="PSBT version 2 (BIP-370)")
     c.add_argument("--out", help="write the PSBT (binary) to this file")
@@ -289,14 +307,21 @@ def _parser() -> argparse.ArgumentParser:
                       .add_commands(sub, command, _in_transaction, *(() if module == "device_cli" else (_client,))))
 
     users = sub.add_parser("user", help="console and API accounts").add_subparsers(dest="user_command", required=True)
-    c = command("add", _user_add, "add an account (prints its password and TOTP secret once)", users)
+    link_base = dict(default=os.environ.get("CUSTODY_URL") or "http://127.0.0.1:8000",
+                     help="the console's address, for the link (default $CUSTODY_URL or http://127.0.0.1:8000)")
+    c = command("add", _user_add, "add an account: prints a one-time enrollment link on which its holder sets "
+                "their own password and second factor", users)
     c.add_argument("username")
     c.add_argument("--role", required=True, choices=["admin", "officer", "signatory", "auditor", "viewer"])
-    c.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     c.add_argument("--totp", action="store_true", help="a second factor for roles that do not require one")
+    c.add_argument("--url", **link_base)
     command("list", _user_list, "list accounts", users)
     c = command("unlock", _user_unlock, "clear a lock-out after failed logins", users)
     c.add_argument("username")
+    c = command("reset", _user_reset, "clear an account's password and second factor, end its sessions and "
+                "tokens, and print a new enrollment link (also the recovery path for the last admin)", users)
+    c.add_argument("username")
+    c.add_argument("--url", **link_base)
     tokens = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     c = command("create", _token_create, "make an API token for a user (printed once; only its hash is kept)", tokens)
     c.add_argument("username")
@@ -322,8 +347,16 @@ def _parser() -> argparse.ArgumentParser:
     c = command("verify", _log_verify, "check every entry's hash, chain link and signature", log)
     c.add_argument("--file", help="verify an exported JSONL copy instead of the database")
     c.add_argument("--key", action="append", help="accepted coordinator public key (hex); default: this coordinator's")
+    c.add_argument("--checkpoint", nargs="+", default=[], metavar="FILE",
+                   help="checkpoint files (or directories of them) the log must still agree with")
     c = command("export", _log_export, "export the log as JSON Lines", log)
     c.add_argument("file", nargs="?", default="-")
+    c = command("checkpoint", _log_checkpoint, "sign the log's head and write it for the auditor to keep", log)
+    c.add_argument("--out", required=True, help="directory to write the checkpoint file in")
+    c = command("log-signer", _log_signer, "hold the coordinator's log key in its own process, signing over a "
+                "unix socket (the coordinator then runs with CUSTODY_LOG_SIGNER=unix:PATH)")
+    c.add_argument("--key", required=True, help="the log key file (32-byte hex seed, mode 0600)")
+    c.add_argument("--socket", required=True, help="the unix socket to answer on (made owner-only)")
 
     lab = sub.add_parser("labels", help="BIP-329 labels").add_subparsers(dest="labels_command", required=True)
     c = command("import", _labels_import, "import BIP-329 JSON Lines", lab)
@@ -520,7 +553,7 @@ def _unfreeze(args):
 
 def _labels_import(args):
     with _sessions(args).begin() as s:
-        return service.labels_import(s, _read(args.file))
+        return service.labels_import(s, _read(args.file), actor=args.actor)
 
 
 def _labels_export(args):
@@ -538,7 +571,7 @@ def _emit_lines(text: str, file: str):
 
 def _label(args):
     with _sessions(args).begin() as s:
-        return service.label_set(s, args.type, args.ref, args.text)
+        return service.label_set(s, args.type, args.ref, args.text, actor=args.actor)
 
 
 # -- PSBT tools -------------------------------------------------------------------------------
@@ -551,10 +584,30 @@ def _psbt_check(args):
 # -- event log --------------------------------------------------------------------------------
 def _log_verify(args):
     keys = set(args.key) if args.key else None
+    kept = service.log_checkpoint_files(args.checkpoint, keys=keys) if args.checkpoint else None
     if args.file:
-        return service.log_verify(None, keys=keys, jsonl=_read(args.file))
+        return service.log_verify(None, keys=keys, jsonl=_read(args.file), checkpoints=kept)
     with _sessions(args)() as s:
-        return service.log_verify(s, keys=keys)
+        return service.log_verify(s, keys=keys, checkpoints=kept)
+
+
+def _log_checkpoint(args):
+    with _sessions(args).begin() as s:
+        return service.log_checkpoint(s, args.out, actor=args.actor)
+
+
+def _log_signer(args):
+    """Serve signatures until SIGTERM or SIGINT."""
+    import signal
+    import threading
+    from .jsonlog import setup_json_logging
+    from .log_signer import serve
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    setup_json_logging()
+    serve(args.key, args.socket, stop)
+    return None
 
 
 def _log_export(args):
@@ -583,7 +636,7 @@ def _destinations(items: list[str]) -> list[tuple[str, str]]:
 def _spend_request(args):
     with _sessions(args).begin() as s:
         return service.spend_request(s, args.policy, requester=args.requester, to=_destinations(args.to),
-                                     fee_rate=args.fee_rate, client=None if args.fee_rate else _client(args),
+                                     fee_rate=args.fee_rate, client=_client(args),
                                      memo=args.memo, coins=args.coin, sweep=args.sweep)
 
 
@@ -594,8 +647,39 @@ def _spend_preview(args):
 
 
 def _spend_decide(args):
+    proof = None
     with _sessions(args).begin() as s:
-        return service.spend_decide(s, args.id, officer=args.officer, approve=args.approve)
+        if args.approve:
+            from .credentials import sign_with_key_file
+            spend = service.spends.get_spend(s, args.id)
+            if spend.psbt is None and spend.state == "requested":
+                service.spends.prepare_psbt(s, spend, _client(args), actor=args.actor)
+            proof = sign_with_key_file(Path(args.key), service.spend_approval_message(s, args.id))
+        return service.spend_decide(s, args.id, officer=args.officer, approve=args.approve, proof=proof)
+
+
+def _approver_keygen(args):
+    from .credentials import generate_key_file
+    try:
+        public = generate_key_file(Path(args.file), args.kind)
+    except FileExistsError:
+        raise CustodyError(f"{args.file} exists: an approval key is never overwritten") from None
+    return {"file": args.file, "kind": args.kind, "public_key": public}
+
+
+def _approver_enroll(args):
+    from . import credentials
+    from .accounts import get_user
+    text = Path(args.public_key).read_text() if Path(args.public_key).is_file() else args.public_key
+    with _sessions(args).begin() as s:
+        return credentials.credential_json(credentials.enroll_key(s, get_user(s, args.officer), text,
+                                                                  label=args.label, actor=args.actor))
+
+
+def _approver_list(args):
+    from . import credentials
+    with _sessions(args)() as s:
+        return {"approvers": credentials.device_approvers(s)}
 
 
 def _spend_psbt(args):
@@ -650,20 +734,26 @@ def _spend_list(args):
 
 
 # -- users and tokens -------------------------------------------------------------------------
+def _enrollment_shown(args, user, token: str, link) -> dict:
+    return {"username": user.username, "role": user.role,
+            "enrollment_link": args.url.rstrip("/") + f"/enroll/{token}",
+            "enrollment_expires_at": link.expires_at.isoformat()}
+
+
 def _user_add(args):
-    import secrets
     from . import accounts
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else secrets.token_urlsafe(12)
     with _sessions(args).begin() as s:
-        user, secret = accounts.create_user(s, args.username, args.role, password, second_factor=args.totp or None,
-                                            actor=args.actor)
-        shown = {"username": user.username, "role": user.role}
-        if not args.password_stdin:
-            shown["password"] = password
-        if secret:
-            shown["totp_secret"] = secret
-            shown["totp_uri"] = accounts.totp_uri(user.username, secret)
-        return shown
+        user, token, link = accounts.invite_user(s, args.username, args.role, second_factor=args.totp,
+                                                 actor=args.actor)
+        return _enrollment_shown(args, user, token, link)
+
+
+def _user_reset(args):
+    from . import accounts
+    with _sessions(args).begin() as s:
+        user = accounts.get_user(s, args.username)
+        token, link = accounts.reset_credentials(s, user, actor=args.actor, by=None)
+        return _enrollment_shown(args, user, token, link)
 
 
 def _user_list(args):

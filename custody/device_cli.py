@@ -38,12 +38,6 @@ def add_commands(sub, command, tx) -> None:
                 "have a device sign a spend's PSBT through HWI", dev)
     c.add_argument("spend", type=int)
     c.add_argument("serial")
-    c = command("approve-signature", tx(lambda s, a: ds.approver_signature(
-        s, a.spend, public_key=a.public_key, signature=a.signature, actor=a.actor)),
-        "attach an approver's ed25519 signature (for the devices' own policy)", dev)
-    c.add_argument("spend", type=int)
-    c.add_argument("--public-key", required=True)
-    c.add_argument("--signature", required=True)
 
     cer = sub.add_parser("ceremony", help="key ceremonies: keys with proof, registration, confirmation"
                          ).add_subparsers(dest="ceremony_command", required=True)

@@ -45,11 +45,6 @@ def device_sign(s: Session, spend_id: int, serial: str, *, actor: str) -> dict:
     return {**spend_show(s, spend_id), "new_signers": signers}
 
 
-def approver_signature(s: Session, spend_id: int, *, public_key: str, signature: str, actor: str) -> dict:
-    device_signing.add_approver_signature(s, spends.get_spend(s, spend_id), public_key, signature, actor=actor)
-    return spend_show(s, spend_id)
-
-
 # -- firmware ----------------------------------------------------------------------------------------------
 def firmware_trust(s: Session, model: str, *, keys: list[str], threshold: int, production: bool, actor: str) -> dict:
     row = devices.trust_model(s, model, keys=keys, threshold=threshold, production=production, actor=actor)

@@ -1,26 +1,20 @@
 """Signing a spend on a device through HWI, with the approvals the device's own policy may ask for.
 
 The coordinator sends a PSBT to a device only if the device is active, runs at least the minimum
-firmware for its model and has the spend's policy registered and confirmed by its holder. Approvers'
-ed25519 signatures over the unsigned transaction (the device's `min_approvers` rules) travel in the
-PSBT as BIP-174 proprietary global fields; each is checked here before it is added. What comes back
-from the device is merged like any upload: every new signature verified, nothing else taken.
+firmware for its model and has the spend's policy registered and confirmed by its holder. The officers'
+approvals travel in the PSBT (custody.spends.open_signing) and the device checks them itself. What comes back
+from the device is merged like any upload: every new signature verified and attributed to its device
+(`devices.attribute_signers`, when stored), nothing else taken.
 """
 from __future__ import annotations
 
 import json
 
-import nacl.exceptions
-import nacl.signing
-from embit.psbt import PSBT
 from sqlalchemy.orm import Session
-
-from custody_signer.hsm import approval_key, approval_message
 
 from . import devices, reserves, spends
 from .device_models import DeviceRegistration
 from .errors import CustodyError
-from .eventlog import record
 from .hwi_devices import open_device
 from .models import Policy, SigningDevice
 from .registry import get_policy
@@ -28,25 +22,10 @@ from .reserve_models import ReserveRun
 from .spend_models import Spend
 
 
-def add_approver_signature(session: Session, spend: Spend, public_key: str, signature: str, *, actor: str) -> None:
-    """Attach an approver's ed25519 signature (hex) over the spend's unsigned transaction."""
-    if spend.state not in ("signing", "signed") or spend.psbt is None:
-        raise CustodyError(f"spend #{spend.id} is {spend.state}; approver signatures go on a PSBT being signed")
-    try:
-        key, sig = bytes.fromhex(public_key), bytes.fromhex(signature)
-        psbt = PSBT.from_string(spend.psbt)
-        nacl.signing.VerifyKey(key).verify(approval_message(psbt.tx.txid().hex()), sig)
-    except (ValueError, nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError):
-        raise CustodyError("the approver signature does not verify for this spend's transaction: refused") from None
-    psbt.unknown[approval_key(key)] = sig
-    spend.psbt = psbt.to_string()
-    record(session, "spend.approver_signature", actor, f"spend:{spend.id}", {"public_key": public_key})
-
-
 def _ready_to_sign(session: Session, device: SigningDevice, policy_ids: list[int]) -> None:
+    devices.require_may_sign(session, device)       # suspended, revoked, below the minimum firmware: by name
     if device.status != "active":
         raise CustodyError(f"device {device.serial} is {device.status}; only active devices sign")
-    devices.require_current_firmware(session, device)
     for policy_id in policy_ids:
         registration = session.get(DeviceRegistration, (device.id, policy_id))
         if registration is None or registration.state != "confirmed":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from custody_signer import firmware as images
@@ -21,7 +21,7 @@ from .device_models import DeviceRegistration, FirmwareModel, FirmwareRelease
 from .errors import CustodyError, NotFound
 from .eventlog import record
 from .hwi_devices import open_device
-from .models import Policy, SigningDevice, Signatory
+from .models import Key, Policy, PolicyKey, SigningDevice, Signatory
 from .registry import organization
 
 STATUS_FLOW = {"issued": {"active", "suspended", "revoked"}, "active": {"suspended", "revoked"},
@@ -205,11 +205,52 @@ def firmware_standing(session: Session, device: SigningDevice) -> str:
     return "current"
 
 
-def require_current_firmware(session: Session, device: SigningDevice) -> None:
+# -- signatures entering the coordinator ---------------------------------------------------------------------
+def signing_refusal(session: Session, device: SigningDevice) -> str | None:
+    """Why signatures by this device are not taken now (None: they are). The same answer for every way a
+    signature arrives (file, QR, API, HWI): a suspended or revoked device, or one below its model's minimum
+    firmware, signs nothing, and a device whose firmware was never read cannot show it meets a minimum."""
+    if device.status in ("suspended", "revoked"):
+        return f"the device is {device.status}"
     standing = firmware_standing(session, device)
     if standing.startswith("upgrade required"):
-        raise CustodyError(f"device {device.serial} runs firmware {device.firmware_version}: {standing}; "
-                           "it cannot sign until upgraded")
+        return f"it runs firmware {device.firmware_version}, {standing}: it cannot sign until upgraded"
+    trust = session.get(FirmwareModel, device.model)
+    if standing == "unknown" and trust is not None and trust.min_version is not None:
+        return f"its firmware was never read (connect it) and {device.model} requires at least {trust.min_version}"
+    return None
+
+
+def require_may_sign(session: Session, device: SigningDevice) -> None:
+    """CustodyError naming the device and the reason when its signatures are refused."""
+    reason = signing_refusal(session, device)
+    if reason is not None:
+        raise CustodyError(f"signature by device {device.serial} refused: {reason}")
+
+
+def attribute_signers(session: Session, fingerprints: list[str], policy_ids: list[int]) -> dict[str, list[str]]:
+    """Each new signer (a key's master fingerprint, as the policy's own PSBT records it) -> the serials of
+    the inventoried devices holding that key: the key's bound device, or a device with that master
+    fingerprint. Refuses the whole upload, by device, when any of them may not sign (`require_may_sign`).
+
+    A key with no device on record is accepted (its list is empty): a policy may be imported with keys on
+    hardware this coordinator does not inventory (a co-signer's, a recovery agent's), and the signature
+    itself was already verified against the policy's key. The attribution goes into the event log."""
+    wanted = set(fingerprints)
+    keys = session.scalars(select(Key).join(PolicyKey, PolicyKey.key_id == Key.id)
+                           .where(PolicyKey.policy_id.in_(policy_ids), Key.fingerprint.in_(wanted))).all() \
+        if wanted and policy_ids else []
+    found: dict[str, dict[int, SigningDevice]] = {fp: {} for fp in sorted(wanted)}
+    bound = {k.device_id for k in keys if k.device_id is not None}
+    for device in session.scalars(select(SigningDevice).where(
+            or_(SigningDevice.id.in_(bound), SigningDevice.fingerprint.in_(wanted))).order_by(SigningDevice.id)):
+        for fp in [k.fingerprint for k in keys if k.device_id == device.id] + [device.fingerprint]:
+            if fp in found:
+                found[fp][device.id] = device
+    for held in found.values():
+        for device in held.values():
+            require_may_sign(session, device)
+    return {fp: [d.serial for d in held.values()] for fp, held in found.items()}
 
 
 def upgrade(session: Session, device: SigningDevice, release_id: int, network: str, *, actor: str) -> dict:

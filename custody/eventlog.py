@@ -12,8 +12,9 @@ Canonical form (what an independent verifier recomputes): SHA-256 over the UTF-8
 microseconds and a "Z" (2025-01-31T12:00:00.000000Z), data the JSON object itself, and the first
 entry's prev_hash 64 zeros. The signature is ed25519 over the 32 raw bytes of the hash.
 
-What the chain cannot show on its own: entries cut off the end of the log. Keep the head
-(`VerifyResult.head_hash`) of an earlier verification or export and check it is still in the log.
+What the chain cannot show on its own: entries cut off the end of the log, or a log rewritten and
+re-signed by whoever holds the key. Signed heads published outside the host (`custody.checkpoints`)
+show both; the key itself may live outside the host too (`key_source`).
 """
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ def _strict_loads(text_: str) -> Any:
 
 
 # -- appending -------------------------------------------------------------------------------------
-def _lock_tail(session: Session) -> None:
+def lock_tail(session: Session) -> None:
     """Serialise writers before reading the last entry so two of them cannot both extend it."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -237,7 +238,7 @@ def append(session: Session, key: CoordinatorKey, kind: str, actor: str, subject
     except (TypeError, ValueError, UnicodeEncodeError) as e:
         raise EventLogError(f"event data cannot be logged: {e}") from None
 
-    _lock_tail(session)
+    lock_tail(session)
     session.flush()   # earlier entries of this transaction are part of the tail
     last = session.execute(select(EventLogEntry.seq, EventLogEntry.hash)
                            .order_by(EventLogEntry.seq.desc()).limit(1)).first()
@@ -406,12 +407,33 @@ def verify_jsonl(text_: str, public_keys: set[str] | None = None) -> VerifyResul
 _loaded_keys: dict[str, CoordinatorKey] = {}
 
 
+def key_source() -> str:
+    """Where this coordinator's log key is, by precedence: a signer process ($CUSTODY_LOG_SIGNER=unix:PATH,
+    the key on another host or user), a key file anywhere ($CUSTODY_LOG_KEY, e.g. a mounted secret), or
+    the default file beside the default database."""
+    signer = os.environ.get("CUSTODY_LOG_SIGNER")
+    if signer:
+        return signer
+    return "file:" + str(os.environ.get("CUSTODY_LOG_KEY") or default_key_path())
+
+
 def coordinator_key() -> CoordinatorKey:
-    """This coordinator's signing key, from $CUSTODY_HOME/coordinator.key (made on first use)."""
-    path = str(default_key_path())
-    if path not in _loaded_keys:
-        _loaded_keys[path] = CoordinatorKey.load_or_create(path)
-    return _loaded_keys[path]
+    """This coordinator's signing key, from `key_source()`. The default file is made on first use; a
+    $CUSTODY_LOG_KEY file must exist, and a signer must answer, or nothing is logged (EventLogError)."""
+    source = key_source()
+    if source not in _loaded_keys:
+        if source.startswith("file:"):
+            path = source[len("file:"):]
+            if os.environ.get("CUSTODY_LOG_KEY"):
+                if not Path(path).exists():
+                    raise EventLogError(f"the log key file {path} ($CUSTODY_LOG_KEY) does not exist")
+                _loaded_keys[source] = CoordinatorKey.load(path)
+            else:
+                _loaded_keys[source] = CoordinatorKey.load_or_create(path)
+        else:
+            from .log_signer import RemoteKey
+            _loaded_keys[source] = RemoteKey.connect(source)
+    return _loaded_keys[source]
 
 
 def record(session: Session, kind: str, actor: str, subject: str, data: dict | None = None) -> EventLogEntry:

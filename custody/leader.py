@@ -2,7 +2,8 @@
 holder's connection dies, so another worker takes over), or a file lock beside a SQLite database.
 
 `LeaderLoop` is the one loop `custody worker` and `custody serve` both run: whichever process holds
-the lock syncs the ledger and follows broadcast spends; every other process stands by to take over."""
+the lock syncs the ledger, follows broadcast spends and writes the event log's scheduled checkpoints
+(into $CUSTODY_CHECKPOINT_DIR every $CUSTODY_CHECKPOINT_SECONDS); every other process stands by."""
 from __future__ import annotations
 
 import fcntl
@@ -14,6 +15,8 @@ import time
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
+
+from .errors import CustodyError
 
 log = logging.getLogger("custody.leader")
 
@@ -112,6 +115,12 @@ class LeaderLoop:
         self.last_error: str | None = None
         self._error_kind: str | None = None
         self._statistics_due = time.monotonic() + STATISTICS_EVERY
+        self.checkpoint_dir = os.environ.get("CUSTODY_CHECKPOINT_DIR") or None
+        every = os.environ.get("CUSTODY_CHECKPOINT_SECONDS") or "3600"
+        if not every.isdigit() or int(every) < 1:
+            raise CustodyError(f"CUSTODY_CHECKPOINT_SECONDS is a whole number of seconds, not {every!r}")
+        self.checkpoint_every = int(every)
+        self._checkpoint_error: str | None = None
 
     @property
     def leading(self) -> bool:
@@ -147,15 +156,19 @@ class LeaderLoop:
         self._round()
 
     def _round(self) -> None:
-        from . import service
+        from . import governance, service
         from .db import refresh_statistics
         from .sync import Syncer
+        # approved governance changes whose delay has passed: first, as they need no node
+        for done in governance.run_due(self.sessions):
+            log.info("governance proposal #%d %s", done["id"], done["state"])
         if time.monotonic() >= self._statistics_due:
             self._statistics_due = time.monotonic() + STATISTICS_EVERY
             try:
                 refresh_statistics(self.sessions.kw["bind"])
             except DBAPIError as e:               # planner statistics can wait; the sync cannot
                 log.warning("statistics refresh failed: %s", e)
+        self._checkpoint()                        # before the node is asked: an outage must not stop it
         client = self.node()
         report = Syncer(self.sessions, client).sync_as_leader()
         if report.blocks_applied or report.blocks_rolled_back:
@@ -166,6 +179,23 @@ class LeaderLoop:
         for spend_id in followed:
             with self.sessions.begin() as s:
                 service.spend_track(s, spend_id, client=client)
+
+    def _checkpoint(self) -> None:
+        """A checkpoint when one is due. One that cannot be written (a full disk, a broken log) is
+        logged and tried again next round: it must not stop the ledger from following the chain."""
+        if not self.checkpoint_dir:
+            return
+        from .checkpoints import scheduled
+        try:
+            written = scheduled(self.sessions, self.checkpoint_dir, self.checkpoint_every)
+        except (CustodyError, OSError) as e:
+            if str(e) != self._checkpoint_error:  # once per problem, not every round
+                log.warning("event log checkpoint failed: %s", e)
+            self._checkpoint_error = str(e)
+            return
+        self._checkpoint_error = None
+        if written:
+            log.info("event log checkpoint at seq %d written to %s", written["seq"], written["file"])
 
     def _become(self, role: str, message: str) -> None:
         if role != self.role:

@@ -1,6 +1,7 @@
 """What the custodian holds: coin states, balances and their history, freezing, and BIP-329 labels."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -269,12 +270,25 @@ def balance_history(session: Session, policy: Policy) -> list[dict]:
 
 # -- BIP-329 labels ------------------------------------------------------------------------------
 def set_label(session: Session, type_: str, ref: str, label: str, *, origin: str | None = None,
-              spendable: bool | None = None) -> Label:
+              spendable: bool | None = None, actor: str = "coordinator") -> Label:
+    """Set one label; a change is logged (`label.set`, with the text before and after)."""
+    row, previous = _put_label(session, type_, ref, label, origin, spendable)
+    if previous != (row.label, row.origin, row.spendable):
+        record(session, "label.set", actor, f"label:{type_}:{ref}"[:200],
+               {"type": type_, "ref": ref, "label": row.label, "origin": row.origin, "spendable": row.spendable,
+                "previous": None if previous is None else previous[0]})
+    return row
+
+
+def _put_label(session: Session, type_: str, ref: str, label: str, origin: str | None,
+               spendable: bool | None) -> tuple[Label, tuple | None]:
+    """The label row after the change, and (label, origin, spendable) before it (None: a new label)."""
     if type_ not in LABEL_TYPES:
         raise CustodyError(f"label type must be one of {', '.join(LABEL_TYPES)}, not {type_!r}")
     if not ref:
         raise CustodyError("a label needs a reference")
     row = session.scalar(select(Label).where(Label.type == type_, Label.ref == ref))
+    previous = None if row is None else (row.label, row.origin, row.spendable)
     if row is None:
         row = Label(type=type_, ref=ref, label=label)
         session.add(row)
@@ -283,12 +297,12 @@ def set_label(session: Session, type_: str, ref: str, label: str, *, origin: str
         if type_ != "output":
             raise CustodyError("only output labels carry 'spendable'")
         row.spendable = spendable
-    return row
+    return row, previous
 
 
-def import_labels(session: Session, jsonl: str) -> int:
+def import_labels(session: Session, jsonl: str, *, actor: str = "coordinator") -> int:
     """BIP-329 JSON Lines; the whole file is refused if one line is bad, naming the line."""
-    return store_labels(session, parse_labels(jsonl))
+    return store_labels(session, parse_labels(jsonl), actor=actor)
 
 
 def parse_labels(jsonl: str) -> list[dict]:
@@ -324,11 +338,18 @@ def parse_labels(jsonl: str) -> list[dict]:
     return records
 
 
-def store_labels(session: Session, records: list[dict]) -> int:
-    """Store records that parse_labels returned."""
-    for record in records:
-        set_label(session, record["type"], record["ref"], record.get("label", ""), origin=record.get("origin"),
-                  spendable=record.get("spendable"))
+def store_labels(session: Session, records: list[dict], *, actor: str = "coordinator") -> int:
+    """Store records that parse_labels returned; logged as one `labels.imported` entry with the counts
+    and the SHA-256 of the records (an import may hold thousands of labels)."""
+    counts = {"created": 0, "changed": 0, "unchanged": 0}
+    for item in records:
+        row, previous = _put_label(session, item["type"], item["ref"], item.get("label", ""),
+                                   item.get("origin"), item.get("spendable"))
+        counts["created" if previous is None else
+               "changed" if previous != (row.label, row.origin, row.spendable) else "unchanged"] += 1
+    digest = hashlib.sha256("".join(json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+                                    for r in records).encode()).hexdigest()
+    record(session, "labels.imported", actor, "labels", {"records": len(records), **counts, "sha256": digest})
     return len(records)
 
 

@@ -182,9 +182,25 @@ class EventLogEntry(Base):
     key_id: Mapped[str] = mapped_column(String(64))                  # the signing ed25519 public key, hex
 
 
+class EventLogCheckpoint(Base):
+    """A signed head of the event log (custody.checkpoints): where it was published, so a log cut below
+    it is caught even without the published copy."""
+    __tablename__ = "event_log_checkpoints"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)                        # the head's seq (0: an empty log)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    document: Mapped[str] = mapped_column(Text)                      # the signed checkpoint, as published
+    destination: Mapped[str] = mapped_column(String(500))            # a file path, or reserves:ID
+
+
 class HealthProbe(Base):
     """The one row /health rewrites and commits: proof that the database still takes writes (a full
     disk or a read-only database answers reads and refuses commits)."""
     __tablename__ = "health_probe"
     id: Mapped[int] = mapped_column(primary_key=True)
     checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# Registered with Base here so that whatever reads the metadata (Alembic, the migration test) sees them.
+from . import governance_models  # noqa: E402,F401

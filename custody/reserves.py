@@ -5,7 +5,8 @@ The proof's shape (message, commitment input, one OP_RETURN output burning the e
 `audit.proof_format`'s, so custodian, signer and auditor read one definition. Coins come from the
 ledger as it stood at height H (created at or before H, not spent at or before H); the ledger must
 have applied block H as the node knows it, or the run is refused. The PSBT goes through the same
-checks as a spend's: uploads are merged by `signatures.merge_upload`, devices sign through HWI.
+checks as a spend's: uploads are merged by `signatures.merge_upload`, devices sign through HWI, and every
+new signature is attributed to its device when stored (`devices.attribute_signers` refuses a barred one).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from sqlalchemy.orm import Session
 
 from audit import proof_format
 
+from . import devices
+from . import checkpoints
 from .errors import CustodyError
 from .eventlog import record
 from .models import Address, Block, Policy, Utxo
@@ -198,6 +201,8 @@ def store_signatures(session: Session, run: ReserveRun, merged: Merged, *, based
     upload was stored after it was read."""
     if not merged.new_signatures:
         return []
+    policy_ids = [get_policy(session, name).id for name in json.loads(run.policies)]
+    held_by = devices.attribute_signers(session, merged.signers, policy_ids)   # refuses a barred device
     stored = session.execute(update(ReserveRun).where(ReserveRun.id == run.id, ReserveRun.psbt == based_on,
                                                       ReserveRun.state == "signing")
                              .values(psbt=merged.psbt)).rowcount
@@ -205,7 +210,7 @@ def store_signatures(session: Session, run: ReserveRun, merged: Merged, *, based
         raise SignaturesChanged(f"run #{run.id} changed while this upload was verified (another signature "
                                 "arrived, or it was finalized): nothing was stored")
     record(session, "reserves.signed", actor, f"reserves:{run.id}",
-           {"signatures": merged.new_signatures, "signers": merged.signers})
+           {"signatures": merged.new_signatures, "signers": merged.signers, "devices": held_by})
     return merged.signers
 
 
@@ -229,6 +234,8 @@ def finalize_run(session: Session, run: ReserveRun, *, actor: str) -> dict:
     except SignatureError as e:
         raise CustodyError(str(e)) from None
     package = _package(session, run, raw, policies, coins)
+    # the event log's head, signed: the auditor keeps it and checks later ones never contradict it
+    package["event_log"] = checkpoints.create(session, destination=f"reserves:{run.id}", actor=actor)
     run.package = json.dumps(package, indent=1)
     run.state, run.finalized_at = "complete", datetime.now(timezone.utc)
     record(session, "reserves.finalized", actor, f"reserves:{run.id}",

@@ -17,6 +17,7 @@ from .errors import CustodyError
 from .models import Address, Key, Policy
 from .node_client import NodeClient
 from .spend_models import ApprovalRule, Spend, SpendSignature
+from embit.psbt import PSBT
 
 
 # -- keys and policies ------------------------------------------------------------------------------
@@ -142,21 +143,21 @@ def unfreeze(s: Session, outpoint: str, *, actor: str) -> dict:
     return {"outpoint": outpoint, "frozen": False}
 
 
-def labels_import(s: Session, text: str) -> dict:
-    return {"imported": ledger.import_labels(s, text)}
+def labels_import(s: Session, text: str, *, actor: str = "coordinator") -> dict:
+    return {"imported": ledger.import_labels(s, text, actor=actor)}
 
 
-def labels_store(s: Session, records: list[dict]) -> dict:
+def labels_store(s: Session, records: list[dict], *, actor: str = "coordinator") -> dict:
     """labels_import's database half, for records ledger.parse_labels checked (in a worker process)."""
-    return {"imported": ledger.store_labels(s, records)}
+    return {"imported": ledger.store_labels(s, records, actor=actor)}
 
 
 def labels_export(s: Session) -> str:
     return ledger.export_labels(s)
 
 
-def label_set(s: Session, type_: str, ref: str, text: str) -> dict:
-    ledger.set_label(s, type_, ref, text)
+def label_set(s: Session, type_: str, ref: str, text: str, *, actor: str = "coordinator") -> dict:
+    ledger.set_label(s, type_, ref, text, actor=actor)
     return {"type": type_, "ref": ref, "label": text}
 
 
@@ -173,19 +174,63 @@ def psbt_check_json(data: bytes | str, *, network: str) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def log_verify(s: Session | None, *, keys: set[str] | None = None, jsonl: str | None = None) -> dict:
-    """Check the whole log (or an exported copy). Refuses with the first problem found."""
+def log_verify(s: Session | None, *, keys: set[str] | None = None, jsonl: str | None = None,
+               checkpoints: list[dict] | None = None) -> dict:
+    """Check the whole log (or an exported copy), then that it still holds what each checkpoint saw (the
+    given ones, and for the database the last it recorded). Refuses with the first problem found."""
+    from . import checkpoints as log_checkpoints
     keys = keys or {eventlog.coordinator_key().public_hex}
     result = eventlog.verify_jsonl(jsonl, keys) if jsonl is not None else eventlog.verify(s, keys)
     if not result.ok:
         raise CustodyError(f"event log verification failed: {result.problem}")
-    return {"ok": True, "entries": result.entries, "head_hash": result.head_hash}
+    against = list(checkpoints or [])
+    if jsonl is None:
+        against.append(log_checkpoints.last_recorded(s))
+    hashes = _jsonl_hashes(jsonl) if jsonl is not None else None
+    for document in against:
+        problem = log_checkpoints.contradiction(s, document, hashes)
+        if problem:
+            raise CustodyError(f"event log verification failed: {problem}")
+    return {"ok": True, "entries": result.entries, "head_hash": result.head_hash,
+            "checkpoints": sum(d is not None for d in against)}
+
+
+def _jsonl_hashes(jsonl: str) -> dict[int, str]:
+    """seq -> hash of an exported log that verified."""
+    return {record["seq"]: record["hash"] for record in map(json.loads, filter(str.strip, jsonl.split("\n")))}
 
 
 def log_status(s: Session) -> dict:
     """Like log_verify, but reports a broken log instead of refusing: what a dashboard shows."""
+    from . import checkpoints as log_checkpoints
     result = eventlog.verify(s, {eventlog.coordinator_key().public_hex})
-    return {"ok": result.ok, "entries": result.entries, "head_hash": result.head_hash, "problem": result.problem}
+    last = log_checkpoints.last_recorded(s)
+    problem = result.problem or log_checkpoints.contradiction(s, last)
+    return {"ok": problem is None, "entries": result.entries, "head_hash": result.head_hash, "problem": problem,
+            "checkpoint": None if last is None else {"seq": last["seq"], "time": last["time"]}}
+
+
+def log_checkpoint(s: Session, directory: str, *, actor: str) -> dict:
+    """Sign the log's head and write it to `directory` for the auditor to keep."""
+    from . import checkpoints as log_checkpoints
+    return log_checkpoints.write(s, directory, actor=actor)
+
+
+def log_checkpoint_latest(s: Session) -> dict:
+    from . import checkpoints as log_checkpoints
+    return log_checkpoints.latest(s)
+
+
+def log_checkpoint_documents(signed: list, *, keys: set[str] | None = None) -> list[dict]:
+    """Checked documents of uploaded signed checkpoints (by the coordinator's key, or `keys`)."""
+    from . import checkpoints as log_checkpoints
+    return log_checkpoints.check_all(signed, keys or {eventlog.coordinator_key().public_hex})
+
+
+def log_checkpoint_files(paths: list[str], *, keys: set[str] | None = None) -> list[dict]:
+    """Checked checkpoint documents from files or directories (signed by the coordinator's key, or `keys`)."""
+    from . import checkpoints as log_checkpoints
+    return log_checkpoints.load_files(paths, keys or {eventlog.coordinator_key().public_hex})
 
 
 def log_export(s: Session) -> str:
@@ -252,7 +297,7 @@ def spend_request(s: Session, policy: str, *, requester: str, to: list[tuple[str
                   client: NodeClient | None, memo: str | None = None, coins: list[str] | None = None,
                   sweep: bool = False) -> dict:
     spend = spends.request_spend(s, registry.get_policy(s, policy), requester, _destinations(to, sweep),
-                                 fee_rate=fee_rate, client=None if fee_rate else client, memo=memo, coins=coins,
+                                 fee_rate=fee_rate, client=client, memo=memo, coins=coins,
                                  sweep=sweep)
     return spends.summary(s, spend)
 
@@ -265,18 +310,39 @@ def fee_preview(s: Session, policy: str, *, to: list[tuple[str, object]], fee_ra
                               coins=coins, sweep=sweep)
 
 
-def spend_decide(s: Session, spend_id: int, *, officer: str, approve: bool) -> dict:
-    return spends.summary(s, spends.decide(s, spends.get_spend(s, spend_id), officer, approve))
+def spend_decide(s: Session, spend_id: int, *, officer: str, approve: bool, proof: dict | None = None) -> dict:
+    return spends.summary(s, spends.decide(s, spends.get_spend(s, spend_id), officer, approve, proof))
+
+
+def spend_approval_request(s: Session, spend_id: int, *, officer: str, client: NodeClient | None = None) -> dict:
+    """The message an officer signs to approve the spend, and the passkey request for it (the spend's
+    transaction is made first if it has none: a request made without a node, a rotation's)."""
+    spend = spends.get_spend(s, spend_id)
+    if spend.psbt is None and spend.state == "requested" and client is not None:
+        spends.prepare_psbt(s, spend, client, actor=officer)
+    return spends.approval_options(s, spend, officer)
+
+
+def spend_approval_message(s: Session, spend_id: int) -> bytes:
+    spend = spends.get_spend(s, spend_id)
+    if spend.psbt is None:
+        raise CustodyError(f"spend #{spend_id} has no transaction yet")
+    return spends.approval_message(s, spend)
 
 
 def spend_psbt(s: Session, spend_id: int, *, client: NodeClient | None, v2: bool = False,
                actor: str = "coordinator") -> str:
-    """The spend's PSBT (base64), made first if the spend is approved and has none yet."""
+    """The spend's PSBT (base64): made first for a request that has none yet, and handed to the signers
+    (with its approvals) once the spend is approved and any delay has passed."""
     spend = spends.get_spend(s, spend_id)
     if spend.psbt is None:
         if client is None:
             raise CustodyError(f"spend #{spend_id} has no PSBT yet")
-        spends.create_psbt(s, spend, client, version=2 if v2 else 0, actor=actor)
+        spends.prepare_psbt(s, spend, client, version=2 if v2 else 0, actor=actor)
+    elif v2 and PSBT.from_string(spend.psbt).version != 2:
+        raise CustodyError(f"spend #{spend_id}'s PSBT was made as version 0 when it was requested")
+    if spend.state == "approved":
+        spends.open_signing(s, spend, actor=actor)
     return spend.psbt
 
 

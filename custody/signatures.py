@@ -16,6 +16,7 @@ from embit.psbt import PSBT
 from embit.script import Script, Witness
 from embit.transaction import SIGHASH
 
+from . import ur
 from .psbt_check import PSBTError, decode
 
 class SignatureError(ValueError):
@@ -23,15 +24,29 @@ class SignatureError(ValueError):
 
 
 def decode_psbt(data: bytes | str) -> PSBT:
-    """A PSBT from base64, hex or binary."""
+    """A PSBT from base64, hex or binary, or from the BC-UR frames an air-gapped signer shows as QR codes
+    (`ur:crypto-psbt/…` or `ur:psbt/…`, one frame per line, any order): a signature scanned from a QR
+    code enters exactly as an uploaded file does."""
     try:
-        raw = decode(data)
-    except PSBTError as e:
+        raw = _ur_frames(data) or decode(data)
+    except (PSBTError, ur.URError) as e:
         raise SignatureError(str(e)) from None
     try:
         return PSBT.parse(raw)
     except Exception as e:
         raise SignatureError(f"malformed PSBT: {e}") from None
+
+
+def _ur_frames(data: bytes | str) -> bytes | None:
+    """The PSBT carried by UR text, or None when `data` is not UR text."""
+    text = data.decode("ascii", "replace") if isinstance(data, bytes) else data
+    frames = text.split()
+    if not frames or not frames[0].lower().startswith("ur:"):
+        return None
+    ur_type = frames[0][3:].split("/")[0].lower()
+    if ur_type not in ("crypto-psbt", "psbt"):
+        raise SignatureError(f"ur:{ur_type} does not carry a PSBT: scan the signer's ur:crypto-psbt frames")
+    return ur.decode(frames, ur_type=ur_type)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from . import credential_models  # noqa: F401  (approvals refer to its table)
 from .models import Base, utcnow
 
 
@@ -50,6 +51,10 @@ class Approval(Base):
     spend_id: Mapped[int] = mapped_column(ForeignKey("spends.id"), index=True)
     officer: Mapped[str] = mapped_column(String(200))
     decision: Mapped[str] = mapped_column(String(10))        # approve or reject
+    # an approval is the officer's signature over the unsigned transaction (custody_signer.approvals),
+    # made with one of their credentials; the same bytes travel in the PSBT to the devices
+    credential_id: Mapped[int | None] = mapped_column(ForeignKey("approver_credentials.id"))
+    proof: Mapped[str | None] = mapped_column(Text)          # hex: the signature or packed assertion
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     __table_args__ = (UniqueConstraint("spend_id", "officer"),)
 

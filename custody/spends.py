@@ -1,8 +1,11 @@
-"""The spend lifecycle: request -> approvals -> PSBT -> signatures -> broadcast -> confirmation.
+"""The spend lifecycle: request (its unsigned transaction made, coins reserved) -> approvals -> signatures
+-> broadcast -> confirmation.
 
 Default deny: a policy without an approval rule cannot spend. A request becomes signable only once
-enough distinct officers (never the requester) approved it, it is within the per-request and rolling
-24-hour limits, every destination is on the allow-list, and any delay for large spends has passed.
+enough distinct officers (never the requester) approved it, each with a signature by their own key over
+its unsigned transaction (custody.credentials), it is within the per-request and rolling 24-hour limits,
+every destination is on the allow-list, and any delay for large spends has passed. The approvals travel
+in the PSBT, where the devices check them against their own policy.
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import faults
+from . import devices, faults
+from . import credentials
+from .account_models import User
 from .accounts import canonical_username
 from .device_models import Rotation
 from .errors import CustodyError, NotFound
@@ -29,7 +34,9 @@ from .psbt_builder import (TX_OVERHEAD_VBYTES, BuildError, Coin, build_spend, in
                            plan_spend)
 from .registry import spec_of
 from .signatures import Merged, SignatureError, finalize, merge_encoded
+from .credential_models import ApproverCredential
 from .spend_models import Approval, ApprovalRule, Spend, SpendSignature
+from custody_signer import approvals as approvals_protocol
 from embit.psbt import PSBT
 
 FEE_RATE_FLOOR = 1.0        # sat/vB
@@ -99,7 +106,9 @@ def parse_amount(text: str) -> int:
 
 def request_spend(session: Session, policy: Policy, requester: str, destinations: list[tuple[str, int]], *,
                   fee_rate: float | None = None, client: NodeClient | None = None, memo: str | None = None,
-                  coins: list[str] | None = None, sweep: bool = False) -> Spend:
+                  coins: list[str] | None = None, sweep: bool = False, version: int = 0) -> Spend:
+    """Record a request; with a node, its unsigned transaction is made at once (`prepare_psbt`), since
+    officers approve that transaction and not a wish."""
     if policy.status not in ("active", "retiring"):
         raise CustodyError(f"policy {policy.name!r} is {policy.status}: only active policies spend")
     if not requester.strip():
@@ -131,6 +140,8 @@ def request_spend(session: Session, policy: Policy, requester: str, destinations
     record(session, "spend.requested", spend.requester, f"spend:{spend.id}",
            {"policy": policy.name, "destinations": json.loads(spend.destinations), "amount": amount,
             "fee_rate_milli": spend.fee_rate_milli, "memo": memo, "sweep": sweep, "coins": coins or []})
+    if client is not None:
+        prepare_psbt(session, spend, client, version=version, actor=spend.requester)
     return spend
 
 
@@ -157,13 +168,26 @@ def _identity(name: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).strip().casefold())
 
 
-def decide(session: Session, spend: Spend, officer: str, approve: bool) -> Spend:
-    """Record one officer's decision; the spend becomes approved once the rule is met."""
+def decide(session: Session, spend: Spend, officer: str, approve: bool, proof: dict | None = None) -> Spend:
+    """Record one officer's decision; the spend becomes approved once the rule is met. An approval is
+    `proof`, the officer's signature over the spend's unsigned transaction (custody.credentials); a
+    rejection needs none. With no delay to wait out, a fully approved spend goes to its signers at once."""
     officer = canonical_username(officer)         # "OLGA" and "olga" are one officer, whoever typed it
     if spend.state != "requested":
         raise CustodyError(f"spend #{spend.id} is {spend.state}; decisions are taken on requested spends")
     if officer == _identity(spend.requester):
         raise CustodyError("the requester cannot approve or reject their own spend")
+    credential = approval = None
+    if approve:
+        if session.get(ApprovalRule, spend.policy_id) is None:
+            raise CustodyError("this policy has no approval rule: no spend can be approved (default deny)")
+        if spend.psbt is None:
+            raise CustodyError(f"spend #{spend.id} has no transaction to approve yet: make it first "
+                               f"(custody spend psbt {spend.id})")
+        user = session.scalar(select(User).where(User.username == officer))
+        if user is None:
+            raise CustodyError(f"{officer} is not a user: approvals are made by officers' own keys")
+        credential, approval = credentials.check_approval(session, user, approval_message(session, spend), proof)
     # Decisions on one policy's spends are taken one at a time: the rule row is locked (PostgreSQL;
     # SQLite's writer lock, taken by the insert below, does the same), so two final approvals cannot
     # each count the daily limit without the other.
@@ -171,7 +195,9 @@ def decide(session: Session, spend: Spend, officer: str, approve: bool) -> Spend
     if session.scalar(select(Approval).where(Approval.spend_id == spend.id, Approval.officer == officer)):
         raise CustodyError(f"{officer} has already decided on spend #{spend.id}")
     spend_id = spend.id
-    session.add(Approval(spend_id=spend_id, officer=officer, decision="approve" if approve else "reject"))
+    session.add(Approval(spend_id=spend_id, officer=officer, decision="approve" if approve else "reject",
+                         credential_id=credential.id if credential else None,
+                         proof=approval.value.hex() if approval else None))
     try:
         session.flush()
     except IntegrityError:    # the same decision sent twice at once: the other one won (the caller rolls back)
@@ -179,9 +205,12 @@ def decide(session: Session, spend: Spend, officer: str, approve: bool) -> Spend
     session.refresh(spend)    # read under the lock: another decision may have settled it meanwhile
     if spend.state != "requested":
         raise CustodyError(f"spend #{spend.id} is {spend.state}; decisions are taken on requested spends")
-    record(session, "spend.approved" if approve else "spend.rejected", officer, f"spend:{spend.id}", {})
+    record(session, "spend.approved" if approve else "spend.rejected", officer, f"spend:{spend.id}",
+           {"credential": credential.id, "kind": credential.kind, "public_key": credential.public_key,
+            "unsigned_txid": PSBT.from_string(spend.psbt).tx.txid().hex()} if approve else {})
     if not approve:
         spend.state = "rejected"
+        _release(session, spend)
         return spend
     if rule is None:
         raise CustodyError("this policy has no approval rule: no spend can be approved (default deny)")
@@ -193,7 +222,25 @@ def decide(session: Session, spend: Spend, officer: str, approve: bool) -> Spend
     spend.state = "approved"
     if rule.delay_threshold is not None and spend.amount >= rule.delay_threshold:
         spend.signable_after = _now() + timedelta(seconds=rule.delay_seconds)
-    return spend
+        return spend
+    return open_signing(session, spend, actor=officer)
+
+
+def approval_message(session: Session, spend: Spend) -> bytes:
+    """What each officer signs to approve `spend`: its policy, unsigned transaction, outputs and fee."""
+    return credentials.approval_message(session, session.get(Policy, spend.policy_id), spend.psbt)
+
+
+def approval_options(session: Session, spend: Spend, officer: str) -> dict:
+    """What the console needs to ask an officer's passkey for an approval of `spend`."""
+    if spend.state != "requested" or spend.psbt is None:
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; only a requested spend with its transaction "
+                           "is approved")
+    user = session.scalar(select(User).where(User.username == canonical_username(officer)))
+    if user is None:
+        raise NotFound(f"no user {officer!r}")
+    message = approval_message(session, spend)
+    return {"message": message.decode(), "options": credentials.assertion_options(session, user, message)}
 
 
 def _check_rule(session: Session, spend: Spend, rule: ApprovalRule) -> None:
@@ -298,18 +345,18 @@ def fee_preview(session: Session, policy: Policy, destinations: list[tuple[str, 
 RESERVE_ATTEMPTS = 5     # coin selection runs again when another spend took a chosen coin meanwhile
 
 
-def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: int = 0,
-                actor: str = "coordinator") -> Spend:
-    """Build the PSBT once the spend is approved and any delay has passed; reserve its coins.
+def prepare_psbt(session: Session, spend: Spend, client: NodeClient, *, version: int = 0,
+                 actor: str = "coordinator") -> Spend:
+    """Make the unsigned transaction officers will approve, and reserve its coins.
 
     Two spends asking at once must not get one coin: each coin is reserved by a conditional update
-    (only while nobody holds it) whose row count is checked, and the spend moves from 'approved' the
-    same way. When a chosen coin was taken meanwhile, what this attempt reserved is given back and
-    selection runs again on what is left, so a refusal means the free coins do not suffice."""
-    if spend.state != "approved":
-        raise CustodyError(f"spend #{spend.id} is {spend.state}; a PSBT is made for approved spends only")
-    if spend.signable_after is not None and _now() < _aware(spend.signable_after):
-        raise CustodyError(f"spend #{spend.id} is a large spend: signable after {spend.signable_after:%Y-%m-%d %H:%M} UTC")
+    (only while nobody holds it) whose row count is checked, and the spend's PSBT is set the same way.
+    When a chosen coin was taken meanwhile, what this attempt reserved is given back and selection runs
+    again on what is left, so a refusal means the free coins do not suffice."""
+    if spend.psbt is not None:
+        return spend
+    if spend.state not in ("requested", "approved"):
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; a transaction is made for a waiting request only")
     previous: dict[str, bytes] = {}
     for _ in range(RESERVE_ATTEMPTS):
         built = _build_psbt(session, spend, client, version, previous)
@@ -319,13 +366,41 @@ def create_psbt(session: Session, spend: Spend, client: NodeClient, *, version: 
         session.expire_all()      # read the coins again: another spend's reservation has landed
     else:
         raise CustodyError(f"other spends kept taking the coins chosen for spend #{spend.id}; ask again")
-    claimed = session.execute(update(Spend).where(Spend.id == spend.id, Spend.state == "approved")
-                              .values(psbt=built.psbt.to_string(), fee=built.fee, change_index=built.change_index,
-                                      state="signing")).rowcount
+    claimed = session.execute(update(Spend).where(Spend.id == spend.id, Spend.state == spend.state,
+                                                  Spend.psbt.is_(None))
+                              .values(psbt=built.psbt.to_string(), fee=built.fee,
+                                      change_index=built.change_index)).rowcount
     if not claimed:
         raise CustodyError(f"spend #{spend.id} changed while its PSBT was made; look at it again")
     session.refresh(spend)
     _record_psbt(session, spend, "psbt.created", built, actor)
+    return spend
+
+
+def open_signing(session: Session, spend: Spend, *, actor: str = "coordinator") -> Spend:
+    """Hand an approved spend to its signers once any delay has passed: the officers' approvals are put
+    in its PSBT (BIP-174 proprietary fields), where the devices verify them. Re-running is harmless."""
+    if spend.state in ("signing", "signed") and spend.psbt is not None:
+        return spend
+    if spend.state != "approved" or spend.psbt is None:
+        raise CustodyError(f"spend #{spend.id} is {spend.state}; only an approved spend goes to its signers")
+    if spend.signable_after is not None and _now() < _aware(spend.signable_after):
+        raise CustodyError(f"spend #{spend.id} is a large spend: signable after {spend.signable_after:%Y-%m-%d %H:%M} UTC")
+    psbt = PSBT.from_string(spend.psbt)
+    rows = session.execute(select(Approval, ApproverCredential).join(ApproverCredential).where(
+        Approval.spend_id == spend.id, Approval.decision == "approve")).all()
+    for approval, credential in rows:
+        key, value = approvals_protocol.psbt_field(approvals_protocol.Approval(
+            credential.kind, bytes.fromhex(credential.public_key), bytes.fromhex(approval.proof)))
+        psbt.unknown[key] = value
+    opened = session.execute(update(Spend).where(Spend.id == spend.id, Spend.state == "approved",
+                                                 Spend.psbt == spend.psbt)
+                             .values(psbt=psbt.to_string(), state="signing")).rowcount
+    session.refresh(spend)
+    if not opened:
+        raise CustodyError(f"spend #{spend.id} changed meanwhile; look at it again")
+    record(session, "spend.signing", actor, f"spend:{spend.id}",
+           {"approvals": sorted(a.officer for a, _ in rows), "unsigned_txid": psbt.tx.txid().hex()})
     return spend
 
 
@@ -337,7 +412,8 @@ def _build_psbt(session: Session, spend: Spend, client: NodeClient, version: int
     change = session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
                                                    Address.used.is_(False)).order_by(Address.index)).first()
     reserved_change = {s.change_index for s in session.scalars(select(Spend).where(
-        Spend.policy_id == policy.id, Spend.state.in_(("signing", "signed")), Spend.change_index.is_not(None)))}
+        Spend.policy_id == policy.id, Spend.state.in_(("requested", "approved", "signing", "signed")),
+        Spend.change_index.is_not(None)))}
     while change is not None and change.index in reserved_change:
         change = session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == 1,
                                                        Address.used.is_(False), Address.index > change.index)
@@ -412,6 +488,7 @@ def store_signatures(session: Session, spend: Spend, merged: Merged, *, based_on
     after `based_on` was read, nothing is written and SignaturesChanged is raised (merge again)."""
     if not merged.new_signatures:
         return []
+    held_by = devices.attribute_signers(session, merged.signers, [spend.policy_id])   # refuses a barred device
     state = "signed" if merged.complete else spend.state
     stored = session.execute(update(Spend).where(Spend.id == spend.id, Spend.psbt == based_on,
                                                  Spend.state.in_(("signing", "signed")))
@@ -427,7 +504,8 @@ def store_signatures(session: Session, spend: Spend, merged: Merged, *, based_on
         else:
             row.inputs_signed = count
     record(session, "psbt.signed", actor or ",".join(merged.signers), f"spend:{spend.id}",
-           {"signatures": merged.new_signatures, "signers": merged.signers, "complete": state == "signed"})
+           {"signatures": merged.new_signatures, "signers": merged.signers, "devices": held_by,
+            "complete": state == "signed"})
     return merged.signers
 
 
@@ -586,8 +664,9 @@ def _set_state(session: Session, spend: Spend, state: str, event: str, *, actor:
 def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float, *, cancel: bool = False,
              actor: str = "coordinator") -> Spend:
     """Replace an unconfirmed broadcast (BIP-125 / full RBF): the same coins at a higher fee rate,
-    paying the same destinations (approvals stand), or with `cancel` everything back to the
-    policy's own change address. Signatures are collected again."""
+    paying the same destinations, or with `cancel` everything back to the policy's own change address.
+    The replacement is another transaction: officers approve it again and signatures are collected
+    again (the devices would refuse approvals of the one it replaces)."""
     if spend.state != "broadcast":
         raise CustodyError(f"spend #{spend.id} is {spend.state}; only an unconfirmed broadcast can be replaced")
     info = client.getrawtransaction(spend.txid, True)
@@ -627,11 +706,12 @@ def bump_fee(session: Session, spend: Spend, client: NodeClient, fee_rate: float
     spend.replaced_txids = json.dumps(json.loads(spend.replaced_txids or "[]") + [spend.txid])
     spend.psbt, spend.fee, spend.fee_rate_milli = built.psbt.to_string(), built.fee, int(round(fee_rate * 1000))
     spend.change_index = built.change_index if not cancel else None
-    spend.txid, spend.state = None, "signing"
+    spend.txid, spend.state, spend.signable_after = None, "requested", None
     if cancel:
         spend.memo = f"{spend.memo or ''} [cancelled: coins returned to the policy]".strip()
         spend.destinations = json.dumps([{"address": change.address, "amount": built.psbt.tx.vout[0].value}])
     session.execute(SpendSignature.__table__.delete().where(SpendSignature.spend_id == spend.id))
+    session.execute(Approval.__table__.delete().where(Approval.spend_id == spend.id))   # in the log still
     _record_psbt(session, spend, "spend.cancel_by_replacement" if cancel else "spend.fee_bumped", built, actor)
     return spend
 

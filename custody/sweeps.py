@@ -126,7 +126,8 @@ def sweep(session: Session, client: NodeClient, fleet_name: str, custody_name: s
                                      coins=[f"{u.txid}:{u.vout}" for u in batch], sweep=True,
                                      memo=f"fleet sweep into {custody.name}")
         approve_custody_sweep(session, spend, actor=actor)
-        spends.create_psbt(session, spend, client, actor=actor)
+        spends.prepare_psbt(session, spend, client, actor=actor)
+        spends.open_signing(session, spend, actor=actor)
         vsize = _describe_destination(spend, custody, destination)
         row = Sweep(fleet_policy_id=fleet.id, spend_id=spend.id, destination=destination.address,
                     inputs=len(batch), amount=spend.amount - spend.fee, fee=spend.fee,

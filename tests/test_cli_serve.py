@@ -42,16 +42,30 @@ def db(tmp_path):
     return f"sqlite:///{tmp_path}/custody.db"
 
 
+def enroll(db_url, link: str, password: str, secret: str | None = None) -> None:
+    """What the holder does on the link the CLI printed (the page is tested in test_account_enrollment)."""
+    from custody.db import open_database
+    sessions = open_database(db_url)
+    with sessions.begin() as s:
+        accounts.complete_enrollment(s, link.rsplit("/", 1)[1], password, totp_secret=secret,
+                                     code=accounts.totp(secret) if secret else None)
+    sessions.kw["bind"].dispose()
+
+
 def test_accounts_and_tokens_from_the_cli_then_served(node, db, tmp_path):
     officer = run(node, db, "user", "add", "olga", "--role", "officer")
-    assert officer["role"] == "officer" and len(officer["password"]) >= 12 and len(officer["totp_secret"]) == 32
-    assert officer["totp_uri"].startswith("otpauth://totp/Custody:olga?secret=")
-    viewer = run(node, db, "user", "add", "vic", "--role", "viewer", "--password-stdin", stdin="a long passphrase here\n")
-    assert "password" not in viewer and "totp_secret" not in viewer
-    short = run(node, db, "user", "add", "tiny", "--role", "viewer", "--password-stdin", stdin="short\n", check=False)
-    assert short.returncode == 1 and short.stderr.strip() == "custody: error: a password has at least 12 characters"
+    assert officer["role"] == "officer" and officer["enrollment_link"].startswith("http://127.0.0.1:8000/enroll/")
+    assert not {"password", "totp_secret", "totp_uri"} & set(officer)         # the admin learns no credential
+    viewer = run(node, db, "user", "add", "vic", "--role", "viewer", "--url", "https://custody.example")
+    assert viewer["enrollment_link"].startswith("https://custody.example/enroll/")
+    bad = run(node, db, "user", "add", "bad name!", "--role", "viewer", check=False)
+    assert bad.returncode == 1 and "is not a valid username" in bad.stderr and len(bad.stderr.splitlines()) == 1
     dup = run(node, db, "user", "add", "olga", "--role", "viewer", check=False)
     assert dup.returncode == 1 and "already exists" in dup.stderr
+    waiting = run(node, db, "token", "create", "olga", "--name", "ci", check=False)
+    assert waiting.returncode == 1 and "has not enrolled yet" in waiting.stderr
+    enroll(db, officer["enrollment_link"], "a long passphrase here", accounts.new_totp_secret())
+    enroll(db, viewer["enrollment_link"], "another long passphrase")
     token = run(node, db, "token", "create", "olga", "--name", "ci", "--days", "7")["token"]
     refused = run(node, db, "token", "create", "vic", "--name", "x", "--role", "admin", check=False)
     assert refused.returncode == 1 and "viewer, not admin" in refused.stderr
@@ -88,10 +102,18 @@ def test_serve_refuses_half_a_tls_configuration(node, db, tmp_path):
     assert not (tmp_path / "custody.db").exists()
 
 
-def test_totp_codes_from_the_printed_secret_log_in(node, db):
+def test_an_account_added_on_the_cli_logs_in_with_what_its_holder_chose(node, db):
     officer = run(node, db, "user", "add", "omar", "--role", "officer")
+    secret = accounts.new_totp_secret()
+    enroll(db, officer["enrollment_link"], "a long passphrase here", secret)
     from custody.db import open_database
     sessions = open_database(db)
     with sessions() as s:
-        user = accounts.authenticate(s, "omar", officer["password"], accounts.totp(officer["totp_secret"]))
+        user = accounts.authenticate(s, "omar", "a long passphrase here", accounts.totp(secret, step_offset=1))
         assert user.username == "omar"
+    # reset from the CLI: the old credentials stop working, a new link is printed
+    reset = run(node, db, "user", "reset", "omar")
+    assert "/enroll/" in reset["enrollment_link"] and reset["enrollment_link"] != officer["enrollment_link"]
+    with sessions() as s, pytest.raises(accounts.AuthError):
+        accounts.authenticate(s, "omar", "a long passphrase here", accounts.totp(secret, step_offset=2))
+    sessions.kw["bind"].dispose()

@@ -18,6 +18,7 @@ from embit.psbt import PSBT
 from embit.script import Script
 
 from custody import ledger, registry, spends
+from custody_signer import approvals as approvals_protocol
 from custody.db import open_database
 from custody.errors import CustodyError
 from custody.node_client import NodeClient
@@ -28,10 +29,14 @@ from sqlalchemy import func, select
 from regtest.launcher import start_node
 from regtest.testwallet import TestWallet
 
+from . import officers
 from .conftest import fund_policy, hd_keys, mine_coins
 
 OTHER = TestWallet("payee")
 _seeds = iter(range(1000, 1300, 3))
+
+
+NODE = {}       # the node the vault fixture uses: requests make their transactions on it
 
 
 def device(n: int) -> bip32.HDKey:
@@ -47,6 +52,7 @@ def coins(rpc, wallet):
 @pytest.fixture
 def vault(db_url, rpc, wallet, coins, other_address):
     """An active 2-of-3 policy holding three coins (1, 2 and 3 BTC), synced, with a 2-officer rule."""
+    NODE["rpc"] = rpc
     seed = next(_seeds)
     sessions = open_database(db_url)
     spec = build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=seed))
@@ -61,14 +67,17 @@ def vault(db_url, rpc, wallet, coins, other_address):
 
 
 def request(sessions, amount=50_000_000, requester="ray", **kw):
+    """A request with its unsigned transaction made (its coins reserved), as the service makes one."""
     with sessions.begin() as s:
         return spends.request_spend(s, registry.get_policy(s, "vault"), requester, [(OTHER.address(), amount)],
-                                    fee_rate=kw.pop("fee_rate", 3.0), **kw).id
+                                    fee_rate=kw.pop("fee_rate", 3.0), client=kw.pop("client", NODE["rpc"]), **kw).id
 
 
 def decide(sessions, spend_id, officer, approve=True):
+    """`officer` approves with a signature by their own key over the transaction, or rejects."""
     with sessions.begin() as s:
-        return spends.decide(s, spends.get_spend(s, spend_id), officer, approve).state
+        spend = spends.get_spend(s, spend_id)
+        return (officers.approve(s, spend, officer) if approve else spends.decide(s, spend, officer, False)).state
 
 
 def sign_as(sessions, spend_id, n) -> list[str]:
@@ -82,13 +91,16 @@ def sign_as(sessions, spend_id, n) -> list[str]:
 def test_full_lifecycle(rpc, vault, other_address):
     sessions, syncer, seed = vault
     spend_id = request(sessions, memo="supplier invoice 42")
-    assert decide(sessions, spend_id, "olga") == "requested"
-    assert decide(sessions, spend_id, "omar") == "approved"
-    with sessions.begin() as s:
-        spend = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
-        assert spend.state == "signing" and spend.fee > 0
     with sessions() as s:
-        assert ledger.balances(s)[0].reserved > 0           # its coins are reserved
+        assert ledger.balances(s)[0].reserved > 0           # its coins are reserved with the request
+    assert decide(sessions, spend_id, "olga") == "requested"
+    assert decide(sessions, spend_id, "omar") == "signing"   # no delay: straight to the signers
+    with sessions() as s:
+        spend = spends.get_spend(s, spend_id)
+        assert spend.fee > 0
+        # both officers' approvals travel in the PSBT for the devices to verify
+        carried = approvals_protocol.approvals_in(PSBT.from_string(spend.psbt).unknown)
+        assert sorted(a.key.hex() for a in carried) == sorted(officers.public_hex(n) for n in ("olga", "omar"))
     assert sign_as(sessions, spend_id, seed + 2) == [device(seed + 2).my_fingerprint.hex()]
     assert sign_as(sessions, spend_id, seed + 2) == []           # the same upload again changes nothing
     sign_as(sessions, spend_id, seed)
@@ -111,10 +123,10 @@ def test_full_lifecycle(rpc, vault, other_address):
         assert eventlog.verify(s, {eventlog.coordinator_key().public_hex}).ok
         events = [(e.kind, e.actor) for e in s.scalars(select(EventLogEntry).where(
             EventLogEntry.subject == f"spend:{spend_id}").order_by(EventLogEntry.seq))]
-        assert [k for k, _ in events] == ["spend.requested", "spend.approved", "spend.approved", "psbt.created",
-                                          "psbt.signed", "psbt.signed", "spend.broadcasting", "spend.broadcast",
-                                          "spend.confirmed"]
-        assert events[0][1] == "ray" and events[1][1] == "olga" and events[2][1] == "omar"
+        assert [k for k, _ in events] == ["spend.requested", "psbt.created", "spend.approved", "spend.approved",
+                                          "spend.signing", "psbt.signed", "psbt.signed", "spend.broadcasting",
+                                          "spend.broadcast", "spend.confirmed"]
+        assert events[0][1] == "ray" and events[2][1] == "olga" and events[3][1] == "omar"
 
 
 def test_requester_cannot_approve_and_officers_decide_once(vault):
@@ -150,7 +162,7 @@ def test_rule_limits(vault, rule, amount, message):
     if "daily_limit" in rule:   # a first approved spend uses most of the day's allowance
         first = request(sessions, amount)
         decide(sessions, first, "olga")
-        assert decide(sessions, first, "omar") == "approved"
+        assert decide(sessions, first, "omar") == "signing"
     spend_id = request(sessions, amount)
     decide(sessions, spend_id, "olga")
     with pytest.raises(CustodyError, match=message):
@@ -178,7 +190,7 @@ def test_the_daily_limit_counts_approvals_of_old_requests(vault):
     old = request(sessions, 50_000_000)
     _backdate(sessions, old, 25)
     decide(sessions, old, "olga")
-    assert decide(sessions, old, "omar") == "approved"
+    assert decide(sessions, old, "omar") == "signing"
     today = request(sessions, 50_000_000)
     decide(sessions, today, "olga")
     with pytest.raises(CustodyError, match="daily limit"):
@@ -191,7 +203,7 @@ def test_the_daily_limit_counts_an_approved_spend_not_yet_sent_however_old(vault
         spends.set_approval_rule(s, registry.get_policy(s, "vault"), required_approvals=2, daily_limit=60_000_000)
     waiting = request(sessions, 50_000_000)
     decide(sessions, waiting, "olga")
-    assert decide(sessions, waiting, "omar") == "approved"
+    assert decide(sessions, waiting, "omar") == "signing"
     _backdate(sessions, waiting, 30, approvals=True)      # approved 30 h ago, still not signed: it may go any time
     now = request(sessions, 50_000_000)
     decide(sessions, now, "olga")
@@ -208,12 +220,12 @@ def test_large_spend_waits_for_its_delay(vault, rpc):
     decide(sessions, spend_id, "olga")
     decide(sessions, spend_id, "omar")
     with sessions.begin() as s, pytest.raises(CustodyError, match="signable after"):
-        spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+        spends.open_signing(s, spends.get_spend(s, spend_id))
     with sessions.begin() as s:   # an hour later
         spend = spends.get_spend(s, spend_id)
         spend.signable_after = spend.signable_after - timedelta(hours=2)
     with sessions.begin() as s:
-        assert spends.create_psbt(s, spends.get_spend(s, spend_id), rpc).state == "signing"
+        assert spends.open_signing(s, spends.get_spend(s, spend_id)).state == "signing"
 
 
 def test_reserved_and_frozen_coins_are_never_chosen(vault, rpc):
@@ -223,22 +235,20 @@ def test_reserved_and_frozen_coins_are_never_chosen(vault, rpc):
     biggest = max(utxos, key=lambda u: u["value"])["outpoint"]
     with sessions.begin() as s:
         ledger.freeze(s, biggest, "legal hold")
-    first = request(sessions, 250_000_000)       # needs both remaining coins (1 + 2 BTC)
-    decide(sessions, first, "olga")
-    decide(sessions, first, "omar")
-    with sessions.begin() as s:
-        spend = spends.create_psbt(s, spends.get_spend(s, first), rpc)
+    first = request(sessions, 250_000_000)       # needs both remaining coins (1 + 2 BTC), reserved by the request
+    with sessions() as s:
+        spend = spends.get_spend(s, first)
         used = {f"{i.txid.hex()}:{i.vout}" for i in PSBT.from_string(spend.psbt).tx.vin}
     assert biggest not in used
-    second = request(sessions, 10_000_000)
-    decide(sessions, second, "olga")
-    decide(sessions, second, "omar")
-    with sessions.begin() as s, pytest.raises(CustodyError, match="no spendable coins"):   # all reserved or frozen
-        spends.create_psbt(s, spends.get_spend(s, second), rpc)
+    with pytest.raises(CustodyError, match="no spendable coins"):   # all reserved or frozen
+        request(sessions, 10_000_000)
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(spends.Spend)) == 1   # the refused request left nothing
     with sessions.begin() as s:
         spends.cancel(s, spends.get_spend(s, first))          # releases its coins
-    with sessions.begin() as s:
-        assert spends.create_psbt(s, spends.get_spend(s, second), rpc).state == "signing"
+    second = request(sessions, 10_000_000)
+    decide(sessions, second, "olga")
+    assert decide(sessions, second, "omar") == "signing"
 
 
 def test_tampered_upload_leaves_the_stored_psbt(vault, rpc):
@@ -247,7 +257,7 @@ def test_tampered_upload_leaves_the_stored_psbt(vault, rpc):
     decide(sessions, spend_id, "olga")
     decide(sessions, spend_id, "omar")
     with sessions.begin() as s:
-        stored = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc).psbt
+        stored = spends.open_signing(s, spends.get_spend(s, spend_id)).psbt
     psbt = PSBT.from_string(stored)
     psbt.outputs[0].script_pubkey = Script(TestWallet("thief").wpkh)
     psbt.sign_with(device(seed))
@@ -284,7 +294,7 @@ def _signed(sessions, rpc, seed, amount=50_000_000) -> int:
     decide(sessions, spend_id, "olga")
     decide(sessions, spend_id, "omar")
     with sessions.begin() as s:
-        spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+        spends.open_signing(s, spends.get_spend(s, spend_id))
     sign_as(sessions, spend_id, seed)
     sign_as(sessions, spend_id, seed + 1)
     return spend_id
@@ -306,7 +316,11 @@ def test_rbf_bump_and_cancel(vault, rpc, other_address, cancel):
         spends.bump_fee(s, spends.get_spend(s, spend_id), rpc, 0.5)
     with sessions.begin() as s:
         spend = spends.bump_fee(s, spends.get_spend(s, spend_id), rpc, 5.0, cancel=cancel)
-        assert spend.state == "signing" and spend.fee > first_fee and spends.summary(s, spend)["signed_by"] == []
+        # another transaction: the officers approve it again before anyone signs it
+        assert spend.state == "requested" and spend.fee > first_fee
+        assert spends.summary(s, spend)["signed_by"] == [] and spends.summary(s, spend)["approvals"] == []
+    decide(sessions, spend_id, "olga")
+    assert decide(sessions, spend_id, "omar") == "signing"
     sign_as(sessions, spend_id, seed + 1)
     sign_as(sessions, spend_id, seed + 2)
     new_txid = spends.broadcast(sessions, spend_id, rpc)
@@ -388,12 +402,12 @@ def test_sweep_of_chosen_coins(vault, rpc, other_address):
         coins = [u["outpoint"] for u in ledger.list_utxos(s, registry.get_policy(s, "vault"))][:2]
     with sessions.begin() as s:
         spend = spends.request_spend(s, registry.get_policy(s, "vault"), "ray", [(OTHER.address(), 0)],
-                                     fee_rate=2.0, coins=coins, sweep=True)
+                                     fee_rate=2.0, coins=coins, sweep=True, client=rpc)
         spend_id, swept = spend.id, spend.amount
     decide(sessions, spend_id, "olga")
     decide(sessions, spend_id, "omar")
     with sessions.begin() as s:
-        spend = spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+        spend = spends.open_signing(s, spends.get_spend(s, spend_id))
         tx = PSBT.from_string(spend.psbt).tx
         assert len(tx.vin) == 2 and len(tx.vout) == 1 and tx.vout[0].value == swept - spend.fee
 

@@ -339,6 +339,25 @@ def test_coordinator_key_is_created_once_with_mode_0600(tmp_path, monkeypatch):
         CoordinatorKey.load(path)
 
 
+def test_the_key_comes_from_the_signer_then_the_key_file_then_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUSTODY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CUSTODY_LOG_SIGNER", raising=False)
+    monkeypatch.delenv("CUSTODY_LOG_KEY", raising=False)
+    assert eventlog.key_source() == f"file:{tmp_path / 'home' / 'coordinator.key'}"
+    secret = tmp_path / "secret.key"
+    secret.write_text(bytes(range(32)).hex())
+    secret.chmod(0o644)
+    monkeypatch.setenv("CUSTODY_LOG_KEY", str(secret))
+    with pytest.raises(ValueError, match="readable by others"):    # a mounted secret others can read: refused
+        eventlog.coordinator_key()
+    secret.chmod(0o600)
+    assert eventlog.coordinator_key().public_hex == KEY.public_hex
+    assert not (tmp_path / "home").exists()
+    monkeypatch.setenv("CUSTODY_LOG_SIGNER", f"tcp:{tmp_path}")
+    with pytest.raises(ValueError, match="CUSTODY_LOG_SIGNER must be unix:PATH"):
+        eventlog.coordinator_key()
+
+
 def test_coordinator_key_from_seed():
     assert CoordinatorKey.from_seed(bytes(range(32))).public_hex == KEY.public_hex
     with pytest.raises(ValueError):

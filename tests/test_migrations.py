@@ -8,7 +8,7 @@ import warnings
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from custody import account_models, device_models, mining_models, reserve_models, spend_models  # noqa: F401  (their tables)
+from custody import account_models, credential_models, device_models, mining_models, reserve_models, spend_models  # noqa: F401  (their tables)
 from custody.db import open_database
 from custody.models import Base
 
