@@ -148,7 +148,7 @@ def demo_accounts(sessions) -> list[dict]:
 def serve_console(tmp: str, node, made: list[dict], pending: int) -> None:
     from coordinator.server import serve
     port = int(os.environ.get("DEMO_PORT", "8000"))
-    print(f"\nthe web console: http://127.0.0.1:{port}/  (API docs at /docs; Ctrl-C stops the demo)")
+    print(f"\nthe web console: http://localhost:{port}/  (API docs at /docs; Ctrl-C stops the demo)")
     print("demo accounts (admins and officers log in with a code from an authenticator app holding the secret,")
     print("e.g. `python -c \"from custody.accounts import totp; print(totp('SECRET'))\"`):")
     table(made, ["user", "role", "password", "totp_secret"])
