@@ -594,11 +594,13 @@ def enrollment_shown(request: Request, token: str, link) -> dict:
 
 @route(router, "POST", "/users", "user.admin", status_code=201)
 def create_user(request: Request, body: UserIn) -> dict:
-    """The account and its one-time enrollment link: its holder sets their own password and second factor."""
+    """The account and its one-time enrollment link: its holder sets their own password and second factor.
+    An admin or officer starts as a viewer and the role is proposed (`proposal`): others approve it."""
     with write(request) as s:
-        user, token, link = accounts.invite_user(s, body.username, body.role, second_factor=body.second_factor,
-                                                 actor=actor(request))
-        return {**accounts.user_json(user), **enrollment_shown(request, token, link)}
+        user, token, link, proposal = governance.invite(s, body.username, body.role, second_factor=body.second_factor,
+                                                        actor=actor(request))
+        answer = {**accounts.user_json(user), **enrollment_shown(request, token, link)}
+        return {**answer, "proposal": governance.proposal_json(s, proposal)} if proposal else answer
 
 
 @route(router, "POST", "/users/{username}/reset", "user.admin")

@@ -569,10 +569,13 @@ def _users_with_link(request: Request, username: str, role: str, token: str, lin
 
 @route(router, "POST", "/admin/users", "user.admin", page=True)
 def create_user(request: Request, username: str = Form(max_length=64), role: str = Form(max_length=16)):
+    from custody import governance
     with write(request) as s:
-        user, token, link = accounts.invite_user(s, username, role, actor=actor(request))
-        name, role = user.username, user.role
-    return _users_with_link(request, name, role, token, link, "Created")
+        user, token, link, proposal = governance.invite(s, username, role, actor=actor(request))
+        name = user.username
+        note = (f"Created as viewer; the {role!r} role is proposed (proposal #{proposal.id}): other admins or "
+                "officers approve it" if proposal else "Created")
+    return _users_with_link(request, name, role, token, link, note)
 
 
 @route(router, "POST", "/admin/users/{username}/reset", "user.admin", page=True)

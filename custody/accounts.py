@@ -352,10 +352,19 @@ def user_json(user: User) -> dict:
             "locked_until": locked.isoformat() if locked and locked > _now() else None}
 
 
+def has_second_factor(session: Session, user: User) -> bool:
+    """True when the user logs in with a second factor, or cannot log in before enrolling one (an open
+    enrollment link that requires it)."""
+    if user.second_factor is not None or user.totp_secret is not None:
+        return True
+    return user.enrolled_at is None and session.scalar(select(Enrollment.id).where(
+        Enrollment.user_id == user.id, Enrollment.spent_at.is_(None), Enrollment.second_factor_required)) is not None
+
+
 def set_role(session: Session, user: User, role: str, *, actor: str) -> User:
     user.role = _valid_role(role)
-    if role in SECOND_FACTOR_ROLES and user.totp_secret is None:
-        raise CustodyError(f"{user.username} has no second factor; {role}s need one (reset their TOTP first)")
+    if role in SECOND_FACTOR_ROLES and not has_second_factor(session, user):
+        raise CustodyError(f"{user.username} has no second factor; {role}s need one (reset their account first)")
     _revoke_all(session, user)
     record(session, "user.role_changed", actor, f"user:{user.username}", {"role": role})
     return user

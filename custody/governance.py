@@ -212,8 +212,8 @@ def _checked(session: Session, kind: str, target: str, before, change: dict) -> 
         if role not in accounts.ROLES:
             raise CustodyError(f"unknown role {role!r}; one of {', '.join(accounts.ROLES)}")
         user = accounts.get_user(session, target)
-        if role in accounts.SECOND_FACTOR_ROLES and user.totp_secret is None:
-            raise CustodyError(f"{user.username} has no second factor; {role}s need one (reset their TOTP first)")
+        if role in accounts.SECOND_FACTOR_ROLES and not accounts.has_second_factor(session, user):
+            raise CustodyError(f"{user.username} has no second factor; {role}s need one (reset their account first)")
         return {"role": role}
     quorum = field("quorum", (int,), before["quorum"], required=False)
     delay = field("loosen_delay", (int,), before["loosen_delay"], required=False)
@@ -289,6 +289,17 @@ def propose(session: Session, kind: str, target: str, change: dict, proposer: st
            {"kind": kind, "target": target, "change": after, "before": before, "loosening": proposal.loosening,
             "required": proposal.required})
     return proposal
+
+
+def invite(session: Session, username: str, role: str, *, actor: str, second_factor: bool = False):
+    """A new account and its enrollment link. Someone who would govern or approve spends (admin, officer)
+    starts as a viewer with a second factor, and the role is proposed: one admin alone cannot make the
+    second person a quorum needs. Returns (user, token, link, proposal or None)."""
+    if role not in DECIDERS:
+        user, token, link = accounts.invite_user(session, username, role, second_factor=second_factor, actor=actor)
+        return user, token, link, None
+    user, token, link = accounts.invite_user(session, username, "viewer", second_factor=True, actor=actor)
+    return user, token, link, propose(session, "user_role", user.username, {"role": role}, actor)
 
 
 def approve(session: Session, proposal_id: int, person: str, *, now: datetime | None = None) -> Proposal:

@@ -81,6 +81,15 @@ def approve_via_api(call, spend_id: int, name: str):
     return call("POST", f"/api/spends/{spend_id}/approve", json={"proof": signed(asked.json()["message"], name)})
 
 
+def proof_via_api(call, spend_id: int, name: str) -> dict:
+    """`name`'s approval proof for spend `spend_id`, made as approve_via_api makes it but not sent (for tests
+    that send it themselves, several times at once)."""
+    enroll_via_api(call, name)
+    asked = call("POST", f"/api/spends/{spend_id}/approval-request")
+    assert asked.status_code == 200, asked.text
+    return signed(asked.json()["message"], name)
+
+
 def device_approvers(*names: str) -> dict:
     """The `approvers` of a device policy naming these officers' keys."""
     return {canonical_username(n): {"type": "ed25519", "key": public_hex(n)} for n in names}

@@ -119,7 +119,7 @@ def path_of(link: str) -> str:
 # -- an admin creates: a link, never a credential; no login, no token until enrolled --------------------
 def test_an_admin_gets_a_link_and_never_a_password_or_secret(env):
     created = env.call("POST", "/api/users", env.tokens["root"], json={"username": "Nina", "role": "officer"})
-    assert created.status_code == 201
+    assert created.status_code == 201, created.text
     body = created.json()
     assert body["username"] == "nina" and body["enrolled"] is False and body["second_factor"] is None
     assert re.fullmatch(r"http://testserver/enroll/[A-Za-z0-9_-]{16}\.[A-Za-z0-9_-]{43}", body["enrollment_link"])
@@ -169,9 +169,14 @@ def test_the_holder_enrolls_on_the_link_and_is_logged_in(env):
     assert bare.status_code == 400 and "needs a second factor" in error_of(bare)
     assert env.user("nina").enrolled_at is None
 
-    done = browser.enroll(link, secret=secret)
+    confirming = accounts.totp(secret)
+    done = browser.enroll(link, secret=secret, code=confirming)
     assert done.status_code == 303 and done.headers["location"] == "/account"
-    assert browser.client.get("/api/me").json() == {"username": "nina", "role": "officer", "via": "session"}
+    # an officer is made by a quorum, not by one admin: nina is a viewer until her role proposal passes
+    assert browser.client.get("/api/me").json() == {"username": "nina", "role": "viewer", "via": "session"}
+    [proposal] = env.call("GET", "/api/governance/proposals", env.tokens["olga"]).json()
+    assert proposal["kind"] == "user_role" and proposal["target"] == "nina" and proposal["proposer"] == "root"
+    assert env.call("POST", f"/api/governance/proposals/{proposal['id']}/approve", env.tokens["root"]).status_code == 400
     nina = env.user("nina")
     assert nina.second_factor == "totp" and nina.totp_secret == secret and nina.enrolled_at is not None
     assert env.kinds("user:nina")[-2:] == ["user.enrolled", "user.login"]
@@ -187,7 +192,7 @@ def test_the_holder_enrolls_on_the_link_and_is_logged_in(env):
         answer, _ = Browser(env.app).open_link(bogus)
         assert answer.status_code == 404 and error_of(answer) == accounts.ENROLLMENT_REFUSED, bogus
     # and the code that confirmed the secret does not log in a second time
-    assert Browser(env.app).login("nina", NEW_PASSWORD, accounts.totp(secret)).status_code == 401
+    assert Browser(env.app).login("nina", NEW_PASSWORD, confirming).status_code == 401
 
 
 def test_an_expired_link_is_refused_with_the_same_words(env):
@@ -246,8 +251,11 @@ def test_the_form_needs_its_own_cookie(env):
 def test_a_user_changes_their_password_and_their_other_sessions_end(env):
     olga = env.secrets["olga"]
     here, elsewhere = Browser(env.app), Browser(env.app)
-    assert here.login("olga", code=accounts.totp(olga, step_offset=-1)).status_code == 303
-    assert elsewhere.login("olga", code=accounts.totp(olga)).status_code == 303
+    assert here.login("olga", code=accounts.totp(olga)).status_code == 303
+    with env.sessions.begin() as s:                    # olga logged in on another computer
+        cookie, _ = accounts.start_session(s, accounts.get_user(s, "olga"))
+    elsewhere.client.cookies.set(SESSION_COOKIE, cookie)
+    assert elsewhere.client.get("/api/me").status_code == 200
     csrf = here.csrf()
 
     def change(**body):
@@ -275,19 +283,21 @@ def test_a_user_changes_their_password_and_their_other_sessions_end(env):
 def test_a_user_replaces_their_authenticator(env):
     olga, new = env.secrets["olga"], accounts.new_totp_secret()
     here = Browser(env.app)
-    assert here.login("olga", code=accounts.totp(olga, step_offset=-1)).status_code == 303
+    login_code = accounts.totp(olga)
+    assert here.login("olga", code=login_code).status_code == 303
     csrf = here.csrf()
 
     def change(**body):
         return here.client.post("/api/me/totp", json=body, headers={"x-csrf-token": csrf})
 
-    mismatch = change(password=PASSWORD, code=accounts.totp(olga), new_secret=new, new_code="12345x")
+    mismatch = change(password=PASSWORD, code=accounts.totp(olga, step_offset=1), new_secret=new, new_code="12345x")
     assert mismatch.status_code == 400 and "new secret does not match" in mismatch.json()["detail"]
-    stale = change(password=PASSWORD, code=accounts.totp(olga, step_offset=-1), new_secret=new,
+    stale = change(password=PASSWORD, code=login_code, new_secret=new,
                    new_code=accounts.totp(new))                 # the login's code, replayed
     assert stale.status_code == 400 and stale.json()["detail"] == accounts.CURRENT_REFUSED
     assert env.user("olga").totp_secret == olga
-    done = change(password=PASSWORD, code=accounts.totp(olga), new_secret=new, new_code=accounts.totp(new))
+    done = change(password=PASSWORD, code=accounts.totp(olga, step_offset=1), new_secret=new,
+                  new_code=accounts.totp(new))
     assert done.status_code == 200 and env.user("olga").totp_secret == new
     assert Browser(env.app).login("olga", code=accounts.totp(olga, step_offset=1)).status_code == 401
     assert Browser(env.app).login("olga", code=accounts.totp(new, step_offset=1)).status_code == 303
@@ -414,3 +424,20 @@ def test_the_migration_counts_existing_accounts_as_enrolled(db_url):
         assert accounts.authenticate(s, "vic", PASSWORD).second_factor is None
         assert all(u.enrolled_at is not None for u in accounts.list_users(s))
     sessions.kw["bind"].dispose()
+
+
+def test_one_admin_alone_cannot_make_another_admin_or_officer(env):
+    """The account is made, but as a viewer: its admin role is a proposal another admin or officer must
+    approve, and loosening waits its delay. So one admin cannot conjure the second person of a quorum."""
+    created = env.call("POST", "/api/users", env.tokens["root"], json={"username": "eve", "role": "admin"})
+    assert created.status_code == 201, created.text
+    assert created.json()["role"] == "viewer" and created.json()["proposal"]["change"] == {"role": "admin"}
+    proposal = created.json()["proposal"]["id"]
+    own = env.call("POST", f"/api/governance/proposals/{proposal}/approve", env.tokens["root"])
+    assert own.status_code == 400 and env.user("eve").role == "viewer"
+    seconded = env.call("POST", f"/api/governance/proposals/{proposal}/approve", env.tokens["olga"])
+    assert seconded.status_code == 200 and seconded.json()["state"] == "scheduled"     # a loosening: it waits
+    assert env.user("eve").role == "viewer"
+    # a viewer or signatory is made at once: they take no part in quorums or approvals
+    plain = env.call("POST", "/api/users", env.tokens["root"], json={"username": "val", "role": "auditor"})
+    assert plain.json()["role"] == "auditor" and "proposal" not in plain.json()

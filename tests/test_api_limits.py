@@ -36,7 +36,7 @@ from custody.spend_models import Spend
 from regtest.launcher import free_port
 
 from .support import wait_until
-from .test_api import _request, _signed_by, coins, service, vault  # noqa: F401 - coins, service, vault: fixtures
+from .test_api import _approve, _request, _signed_by, coins, service, vault  # noqa: F401 - coins, service, vault: fixtures
 from .test_custody_spends import device
 from .test_console_e2e import CHROMIUM, CHROMIUM_ARGS, REQUIRED
 
@@ -255,7 +255,7 @@ def test_health_answers_while_four_large_checks_and_uploads_run(service, vault):
     once: all four are in the worker processes when /health is asked, and /health answers before any
     of them has."""
     sid = _request(service).json()["id"]
-    assert service.call("POST", f"/api/spends/{sid}/approve", "omar").status_code == 200
+    assert _approve(service, sid, "omar").status_code == 200
     assert service.call("POST", f"/api/spends/{sid}/psbt", "omar").status_code == 200
     upload = big_psbt(UPLOAD_INPUTS)
     with service.sessions.begin() as s:       # a spend collecting signatures on that large PSBT
@@ -310,7 +310,7 @@ def test_two_signatures_uploaded_at_once_are_both_kept(service, vault):
     """Both are merged in worker processes from the same stored PSBT; the second to be stored finds
     the PSBT changed and merges again from the first's, so neither signature is lost."""
     sid = _request(service).json()["id"]
-    assert service.call("POST", f"/api/spends/{sid}/approve", "omar").status_code == 200
+    assert _approve(service, sid, "omar").status_code == 200
     assert service.call("POST", f"/api/spends/{sid}/psbt", "omar").status_code == 200
     unsigned = service.call("GET", f"/api/spends/{sid}/psbt", "sina").content
     signed = {"sina": _signed_by(vault, unsigned), "sam": _signed_by(vault + 1, unsigned)}

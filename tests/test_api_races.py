@@ -3,18 +3,23 @@ ASGI app and through a real `custody serve`, on SQLite and PostgreSQL. Each must
 and answer the others with a reason (never a 500)."""
 from __future__ import annotations
 
+from functools import partial
+
 from sqlalchemy import func, select
 
 from custody.models import EventLogEntry
+from custody.policies import build_policy
 from custody.spend_models import Approval
 
+from . import officers
 from .concurrency import Served, at_once
-from .test_api import _request, _signed_by, coins, service, vault  # noqa: F401  (fixtures)
+from .conftest import fund_policy, hd_keys
+from .test_api import _approve, _request, _signed_by, coins, service, vault  # noqa: F401  (fixtures)
 
 
 def _signed_spend(service, vault, amount="0.5") -> int:
     sid = _request(service, amount=amount).json()["id"]
-    assert service.call("POST", f"/api/spends/{sid}/approve", "omar").status_code == 200
+    assert _approve(service, sid, "omar").status_code == 200
     assert service.call("POST", f"/api/spends/{sid}/psbt", "omar").status_code == 200
     psbt = service.call("GET", f"/api/spends/{sid}/psbt", "sina").content
     for n, who in ((vault, "sina"), (vault + 1, "sam")):
@@ -49,27 +54,47 @@ def test_broadcasts_at_once_through_a_real_server(service, vault, rpc, db_url, n
     assert _logged(service, f"spend:{sid}", "spend.broadcast") == 1
 
 
+def _omars_approval(service, sid: int) -> dict:
+    """The body of omar's approval of spend `sid` (his key enrolled, the message asked and signed)."""
+    return {"proof": officers.proof_via_api(partial(service.call, name="omar"), sid, "omar")}
+
+
 def test_one_officer_approving_four_times_at_once_counts_once(service, vault, db_url, node, tmp_path):
     first = _request(service).json()["id"]
-    answers = at_once(4, lambda i: service.call("POST", f"/api/spends/{first}/approve", "omar"))
+    body = _omars_approval(service, first)
+    answers = at_once(4, lambda i: service.call("POST", f"/api/spends/{first}/approve", "omar", json=body))
     second = _request(service).json()["id"]
+    body = _omars_approval(service, second)
     with Served(db_url, node, tmp_path) as served:
-        answers += at_once(4, lambda i: served.request("POST", f"/api/spends/{second}/approve", service.tokens["omar"]))
+        answers += at_once(4, lambda i: served.request("POST", f"/api/spends/{second}/approve", service.tokens["omar"],
+                                                       json=body))
     for sid, group in ((first, answers[:4]), (second, answers[4:])):
         codes = sorted(a.status_code for a in group)
         assert codes[0] == 200 and set(codes[1:]) <= {200, 400}, [a.text for a in group]
-        assert all("already decided" in a.json()["detail"] or "is approved" in a.json()["detail"]
+        assert all("already decided" in a.json()["detail"] or "is signing" in a.json()["detail"]
                    for a in group if a.status_code == 400)
         with service.sessions() as s:
             assert s.scalar(select(func.count()).select_from(Approval).where(Approval.spend_id == sid)) == 1
         assert _logged(service, f"spend:{sid}", "spend.approved") == 1
+        assert _logged(service, f"spend:{sid}", "spend.signing") == 1
 
 
-def test_final_approvals_at_once_respect_the_daily_limit(service, vault):
+def test_final_approvals_at_once_respect_the_daily_limit(service, vault, rpc, wallet, coins, other_address):
     """The vault's rule allows 5 BTC a day. Four 2 BTC requests approved at the same moment: two fit."""
-    ids = [_request(service, amount="2").json()["id"] for _ in range(4)]
-    answers = at_once(4, lambda i: service.call("POST", f"/api/spends/{ids[i]}/approve", "omar"))
-    approved = [a for a in answers if a.status_code == 200 and a.json()["state"] == "approved"]
+    # each request holds its coins: a second 1, 2 and 3 BTC lets four 2 BTC requests wait at once
+    fund_policy(rpc, wallet, coins.pop(), build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=vault)),
+                other_address)
+    assert service.call("POST", "/api/sync", "olga").status_code == 200
+    by_value = {}
+    for coin in service.call("GET", "/api/utxos?policy=vault", "vic").json()["rows"]:
+        by_value.setdefault(coin["value"] // 100_000_000, []).append(coin["outpoint"])
+    chosen = [[by_value[3][0]], [by_value[3][1]], [by_value[2][0], by_value[1][0]], [by_value[2][1], by_value[1][1]]]
+    made = [_request(service, amount="2", coins=c) for c in chosen]
+    assert [r.status_code for r in made] == [201] * 4, [r.text for r in made]
+    ids = [r.json()["id"] for r in made]
+    bodies = [_omars_approval(service, sid) for sid in ids]
+    answers = at_once(4, lambda i: service.call("POST", f"/api/spends/{ids[i]}/approve", "omar", json=bodies[i]))
+    approved = [a for a in answers if a.status_code == 200 and a.json()["state"] == "signing"]
     refused = [a for a in answers if a.status_code == 400]
     assert len(approved) == 2 and len(refused) == 2, [a.text for a in answers]
     assert all("daily limit" in a.json()["detail"] for a in refused)

@@ -2,6 +2,7 @@
 post each form with the session's CSRF token, and see refusals explained on the page."""
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -13,6 +14,7 @@ from custody.db import open_database
 from custody.policies import build_policy
 from regtest.testwallet import TestWallet
 
+from . import officers
 from .conftest import fund_policy, hd_keys, mine_coins
 
 PASSWORD = "correct horse battery staple"
@@ -63,6 +65,10 @@ class Console:
         self.csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
         return page
 
+    def api(self, method: str, path: str, **kw):
+        """An API call from the page's script: the session's cookie and its CSRF token in a header."""
+        return self.client.request(method, path, headers={"x-csrf-token": self.csrf}, follow_redirects=False, **kw)
+
     def post(self, path: str, data: dict | None = None, **kw):
         return self.client.post(path, data={**(data or {}), "csrf_token": self.csrf}, follow_redirects=False, **kw)
 
@@ -86,21 +92,29 @@ def test_officer_requests_previews_and_a_second_officer_approves(console):
     console.login("omar")
     queue = console.client.get("/approvals")
     assert spend_url in queue.text and ">Approve<" in queue.text
-    forged = console.client.post(spend_url + "/approve", data={"csrf_token": "nope"}, follow_redirects=False)
-    assert forged.status_code == 403 and "CSRF" in forged.text
-    approved = console.post(spend_url + "/approve")
-    assert approved.status_code == 303
     page = console.client.get(spend_url)
-    assert "approved" in page.text and "Make PSBT for signers" in page.text
-    assert console.post(spend_url + "/psbt").status_code == 303
+    shown = html.unescape(re.search(r'id="approval-message">([^<]*)</pre>', page.text).group(1))
+    # approving is a signature by omar's own key: the page's script does over the API what follows
+    sid = int(spend_url.rsplit("/", 1)[1])
+    officers.enroll_via_api(console.api, "omar")
+    asked = console.api("POST", f"/api/spends/{sid}/approval-request").json()
+    assert asked["message"] == shown and PAYEE.address() in shown and asked["options"] is None   # no passkey
+    proof = officers.signed(shown, "omar")
+    forged = console.client.post(f"/api/spends/{sid}/approve", json={"proof": proof}, headers={"x-csrf-token": "nope"})
+    assert forged.status_code == 403 and "CSRF" in forged.text
+    approved = console.api("POST", f"/api/spends/{sid}/approve", json={"proof": proof})
+    assert approved.status_code == 200 and approved.json()["state"] == "signing"     # no delay: to the signers
+    page = console.client.get(spend_url)
+    assert 'id="approval"' not in page.text and "omar" in page.text
     timeline = console.client.get(spend_url + "/timeline")
     assert 'data-state="signing"' in timeline.text and "0 of 2" in timeline.text and "psbt.created" in timeline.text
+    assert "spend.signing" in timeline.text
 
     console.login("sina")
     signing = console.client.get(spend_url)
     assert "Download PSBT" in signing.text and 'name="file"' in signing.text and "data:image/svg+xml" in signing.text
     assert ">Approve<" not in signing.text and "Broadcast" not in signing.text
-    refused = console.post(spend_url + "/approve")
+    refused = console.api("POST", f"/api/spends/{sid}/approve", json={"proof": proof})
     assert refused.status_code == 403 and "signatory role may not" in refused.text
     garbage = console.post(spend_url + "/signatures", files={"file": ("x.psbt", b"garbage")})
     assert garbage.status_code == 400 and "PSBT" in garbage.text

@@ -12,6 +12,7 @@ import time
 import pytest
 
 
+from . import officers
 from .conftest import hd_keys, mine_coins
 from .support import STOP_TIMEOUT, stop, wait_until
 
@@ -216,10 +217,32 @@ def test_a_spend_scripted_end_to_end(node, rpc, wallet, coins, tmp_path, other_a
     spend = custody(node, db, "spend", "request", "ops", "--to", f"{payee}=0.25", "--requester", "ray",
                     "--fee-rate", "2", "--memo", "invoice 7")
     assert spend["state"] == "requested" and spend["amount"] == 25_000_000
-    refused = custody(node, db, "spend", "approve", str(spend["id"]), "--officer", "ray", check=False)
+    # the officers: accounts, and approval keys they hold (olga makes hers; the coordinator gets public keys)
+    olga_key, omar_key = tmp_path / "olga.pem", officers.key_file(tmp_path, "omar")
+    for name in ("olga", "omar"):
+        custody(node, db, "user", "add", name, "--role", "officer")
+    made = custody(node, db, "approver", "keygen", str(olga_key))
+    again = custody(node, db, "approver", "keygen", str(olga_key), check=False)
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+    custody(node, db, "approver", "enroll", made["public_key"], "--officer", "olga")
+    custody(node, db, "approver", "enroll", officers.public_hex("omar"), "--officer", "omar")
+    listed = custody(node, db, "approver", "list")["approvers"]
+    assert {n: e["key"] for n, e in listed.items()} == {"olga": made["public_key"], "omar": officers.public_hex("omar")}
+
+    def approve(officer, key):
+        return custody(node, db, "spend", "approve", str(spend["id"]), "--officer", officer, "--key", str(key),
+                       check=False)
+    refused = approve("ray", olga_key)
     assert refused.returncode == 1 and "requester cannot approve" in refused.stderr
-    custody(node, db, "spend", "approve", str(spend["id"]), "--officer", "olga")
-    assert custody(node, db, "spend", "approve", str(spend["id"]), "--officer", "omar")["state"] == "approved"
+    refused = approve("omar", olga_key)                       # another officer's key is not omar's approval
+    assert refused.returncode == 1 and "not one of omar's enrolled approval keys" in refused.stderr
+    refused = approve("omar", tmp_path / "nosuch.pem")
+    assert refused.returncode == 1 and "cannot read the approval key" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert custody(node, db, "spend", "show", str(spend["id"]))["approvals"] == []
+    assert approve("olga", olga_key).returncode == 0
+    done = approve("omar", omar_key)
+    assert done.returncode == 0 and json.loads(done.stdout)["state"] == "signing"
     psbt_file = tmp_path / "spend.psbt"
     custody(node, db, "spend", "psbt", str(spend["id"]), "--out", str(psbt_file))
     for n in (seed, seed + 1):

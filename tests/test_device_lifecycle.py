@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nacl.signing
 import pytest
 from embit.psbt import PSBT
 from embit.script import address_to_scriptpubkey
@@ -27,14 +26,13 @@ from custody.models import EventLogEntry
 from custody.sync import Syncer
 from custody_signer import firmware
 from custody_signer.device import MODEL, SELF_TEST_MAGIC, possession_message, shown_first_address
-from custody_signer.hsm import approval_message
 from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
 
+from . import officers
 from .conftest import mine_coins, signer_discovery
 from .support import stop
 
-APPROVERS = {name: nacl.signing.SigningKey.generate() for name in ("olga", "omar")}
 PAYEE = TestWallet("lifecycle payee")
 
 
@@ -77,8 +75,7 @@ def world(backend, rpc, wallet, fleet):
 def install_device_policy(state: Path, rules: list[dict]) -> None:
     """The holder approves a signing policy on the device itself (not through the coordinator)."""
     path = state / "policy-request.json"
-    path.write_text(json.dumps({"approvers": {n: k.verify_key.encode().hex() for n, k in APPROVERS.items()},
-                                "rules": rules}))
+    path.write_text(json.dumps({"approvers": officers.device_approvers("olga", "omar"), "rules": rules}))
     subprocess.run([sys.executable, "-m", "custody_signer.cli", "hsm-policy", "--state", str(state), str(path)],
                    check=True, capture_output=True)
 
@@ -111,26 +108,28 @@ def confirm_all(sessions, cid, fleet, serials):
             ceremony.confirm(s, ceremony.get(s, cid), serial, seen, by=HOLDERS[name])
 
 
+def request(sessions, rpc, policy_name, destinations, **kw) -> int:
+    """A request with its transaction made (its coins reserved)."""
+    with sessions.begin() as s:
+        return spends.request_spend(s, registry.get_policy(s, policy_name), "ray", destinations, fee_rate=2.0,
+                                    client=rpc, **kw).id
+
+
+def approve(sessions, rpc, sid, names=("olga", "omar")) -> str:
+    """Each officer approves with their own key (the transaction made first for a request that has none, as
+    a rotation's); the last approval hands the spend to the signers with the approvals in its PSBT."""
+    with sessions.begin() as s:
+        spends.prepare_psbt(s, spends.get_spend(s, sid), rpc)
+    for officer in names:
+        with sessions.begin() as s:
+            state = officers.approve(s, spends.get_spend(s, sid), officer).state
+    return state
+
+
 def approve_and_build(sessions, rpc, policy_name, destinations, **kw) -> int:
-    with sessions.begin() as s:
-        spend = spends.request_spend(s, registry.get_policy(s, policy_name), "ray", destinations, fee_rate=2.0, **kw)
-        sid = spend.id
-    for officer in ("olga", "omar"):
-        with sessions.begin() as s:
-            spends.decide(s, spends.get_spend(s, sid), officer, True)
-    with sessions.begin() as s:
-        spends.create_psbt(s, spends.get_spend(s, sid), rpc)
+    sid = request(sessions, rpc, policy_name, destinations, **kw)
+    assert approve(sessions, rpc, sid) == "signing"
     return sid
-
-
-def approver_signs(sessions, sid, names):
-    for name in names:
-        with sessions() as s:
-            txid = PSBT.from_string(spends.get_spend(s, sid).psbt).tx.txid().hex()
-        key = APPROVERS[name]
-        with sessions.begin() as s:
-            device_signing.add_approver_signature(s, spends.get_spend(s, sid), key.verify_key.encode().hex(),
-                                                  key.sign(approval_message(txid)).signature.hex(), actor=name)
 
 
 def sign_on(sessions, sid, serial):
@@ -232,12 +231,24 @@ def test_a_spend_is_signed_on_two_devices_under_their_policy(world, fleet, rpc, 
     for name in "ABC":
         install_device_policy(fleet[name]["state"], [{"wallet": "vault", "max_amount": 2 * 100_000_000,
                                                       "min_approvers": 1}])
-    sid = approve_and_build(sessions, rpc, "vault", [(PAYEE.address(), 100_000_000)])
-    with sessions.begin() as s:                     # no approver signature yet: the device's policy refuses
-        with pytest.raises(DeviceUnavailable, match="1 needed"):
+    sid = request(sessions, rpc, "vault", [(PAYEE.address(), 100_000_000)])
+    with sessions.begin() as s:                     # not approved: the coordinator sends it to no device
+        with pytest.raises(CustodyError, match="is requested"):
             device_signing.sign_on_device(s, spends.get_spend(s, sid), devices.get(s, fleet["A"]["serial"]),
                                           actor="ray")
-    approver_signs(sessions, sid, ["olga"])
+    assert approve(sessions, rpc, sid) == "signing"
+    with sessions() as s:
+        approved = spends.get_spend(s, sid).psbt
+    with sessions.begin() as s:                     # a coordinator that leaves the approvals out: the device refuses
+        psbt = PSBT.from_string(approved)
+        psbt.unknown.clear()
+        spends.get_spend(s, sid).psbt = psbt.to_string()
+    with sessions.begin() as s:
+        with pytest.raises(DeviceUnavailable, match="0 valid approver signature.*1 needed"):
+            device_signing.sign_on_device(s, spends.get_spend(s, sid), devices.get(s, fleet["A"]["serial"]),
+                                          actor="ray")
+    with sessions.begin() as s:
+        spends.get_spend(s, sid).psbt = approved
     assert sign_on(sessions, sid, fleet["A"]["serial"]) == [fleet["A"]["fingerprint"]]
     assert sign_on(sessions, sid, fleet["B"]["serial"]) == [fleet["B"]["fingerprint"]]
     assert broadcast_and_confirm(sessions, rpc, world, sid) == "confirmed"
@@ -246,7 +257,6 @@ def test_a_spend_is_signed_on_two_devices_under_their_policy(world, fleet, rpc, 
 def test_over_the_limits_refused_by_the_device_and_by_the_coordinator(world, fleet, rpc):
     sessions = world["sessions"]
     sid = approve_and_build(sessions, rpc, "vault", [(PAYEE.address(), 3 * 100_000_000)])   # coordinator: <= 5 BTC
-    approver_signs(sessions, sid, ["olga", "omar"])
     with sessions() as s:
         psbt_before = spends.get_spend(s, sid).psbt
     with sessions.begin() as s:
@@ -259,22 +269,26 @@ def test_over_the_limits_refused_by_the_device_and_by_the_coordinator(world, fle
         spends.cancel(s, spends.get_spend(s, sid), actor="ray")
     with sessions.begin() as s:                    # coordinator: over its own per-request limit
         big = spends.request_spend(s, registry.get_policy(s, "vault"), "ray", [(PAYEE.address(), 6 * 100_000_000)],
-                                   fee_rate=2.0).id
+                                   fee_rate=2.0, client=rpc).id
     with sessions.begin() as s:
-        spends.decide(s, spends.get_spend(s, big), "olga", True)
+        officers.approve(s, spends.get_spend(s, big), "olga")
     with sessions.begin() as s:
         with pytest.raises(CustodyError, match="per-request limit"):
-            spends.decide(s, spends.get_spend(s, big), "omar", True)
+            officers.approve(s, spends.get_spend(s, big), "omar")
+    with sessions.begin() as s:                    # its coins back for the tests that follow
+        spends.cancel(s, spends.get_spend(s, big), actor="ray")
 
 
 def test_a_forged_approver_signature_is_refused_by_the_coordinator(world, rpc):
     sessions = world["sessions"]
-    sid = approve_and_build(sessions, rpc, "vault", [(PAYEE.address(), 10_000_000)])
-    mallory = nacl.signing.SigningKey.generate()
-    with sessions.begin() as s:
+    sid = request(sessions, rpc, "vault", [(PAYEE.address(), 10_000_000)])
+    with sessions.begin() as s:                    # mallory's signature presented under olga's key
+        spend = spends.get_spend(s, sid)
+        forged = {**officers.proof(s, spend, "mallory"), "public_key": officers.public_hex("olga")}
         with pytest.raises(CustodyError, match="does not verify"):
-            device_signing.add_approver_signature(s, spends.get_spend(s, sid), APPROVERS["olga"].verify_key.encode()
-                                                  .hex(), mallory.sign(b"anything").signature.hex(), actor="mallory")
+            spends.decide(s, spend, "olga", True, forged)
+    with sessions() as s:
+        assert spends.summary(s, spends.get_spend(s, sid))["approvals"] == []
     with sessions.begin() as s:
         spends.cancel(s, spends.get_spend(s, sid), actor="ray")
 
@@ -314,7 +328,6 @@ def test_a_device_below_the_minimum_cannot_sign_until_upgraded(world, fleet, rpc
         standing = {d["serial"]: d["firmware"] for d in devices.inventory(s)}
     assert standing[fleet["A"]["serial"]] == "upgrade required (below 1.1.0)"
     sid = approve_and_build(sessions, rpc, "vault", [(PAYEE.address(), 20_000_000)])
-    approver_signs(sessions, sid, ["olga"])
     with sessions.begin() as s:
         with pytest.raises(CustodyError, match="cannot sign until upgraded"):
             device_signing.sign_on_device(s, spends.get_spend(s, sid), devices.get(s, fleet["A"]["serial"]),
@@ -365,12 +378,7 @@ def test_rotation_migrates_every_coin_then_retires_the_old_policy(world, fleet, 
     with sessions.begin() as s:                     # no migration before the test coin has arrived
         with pytest.raises(CustodyError, match="has not reached"):
             rotation.migrate(s, rotation.get(s, rid), requester="ray", fee_rate=2.0)
-    for officer in ("olga", "omar"):
-        with sessions.begin() as s:
-            spends.decide(s, spends.get_spend(s, test_id), officer, True)
-    with sessions.begin() as s:
-        spends.create_psbt(s, spends.get_spend(s, test_id), rpc)
-    approver_signs(sessions, test_id, ["olga"])
+    assert approve(sessions, rpc, test_id) == "signing"
     sign_on(sessions, test_id, a)
     sign_on(sessions, test_id, b)
     assert broadcast_and_confirm(sessions, rpc, world, test_id) == "confirmed"
@@ -383,18 +391,15 @@ def test_rotation_migrates_every_coin_then_retires_the_old_policy(world, fleet, 
         assert registry.get_policy(s, "vault").status == "retiring"
         with pytest.raises(CustodyError, match="completes after the migration|only once it confirms"):
             rotation.complete(s, rotation.get(s, rid), actor="ada")
-    for officer in ("olga", "omar"):             # the sweep is over the 5 BTC limit: exempt as a migration
-        with sessions.begin() as s:
-            spends.decide(s, spends.get_spend(s, mid), officer, True)
-    with sessions.begin() as s:
-        spends.create_psbt(s, spends.get_spend(s, mid), rpc)
+    # the sweep is over the 5 BTC limit: exempt as a migration
+    assert approve(sessions, rpc, mid) == "signing"
+    with sessions() as s:
         migration_to = json.loads(spends.get_spend(s, mid).destinations)[0]["address"]
     # the holders allow their devices to move everything to the successor, with both approvers
     for name in "AB":
         install_device_policy(fleet[name]["state"], [
             {"wallet": "vault", "max_amount": 2 * 100_000_000, "min_approvers": 1},
             {"wallet": "vault", "whitelist": [migration_to], "min_approvers": 2}])
-    approver_signs(sessions, mid, ["olga", "omar"])
     sign_on(sessions, mid, a)
     sign_on(sessions, mid, b)
     assert broadcast_and_confirm(sessions, rpc, world, mid) == "confirmed"
@@ -415,7 +420,7 @@ def test_the_log_holds_every_lifecycle_step(world):
     assert {"device.issued", "device.connected", "ceremony.started", "ceremony.key", "device.registered",
             "device.confirmed", "ceremony.complete", "firmware.trust", "firmware.release", "firmware.minimum",
             "firmware.upgraded", "rotation.started", "rotation.test", "rotation.migration", "rotation.complete",
-            "device.status", "spend.approver_signature"} <= kinds
+            "device.status", "approver.enrolled", "spend.approved", "spend.signing"} <= kinds
 
 
 def test_the_cli_lists_devices_and_refuses_in_one_line(world, fleet):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from custody_signer.device import MODEL, shown_first_address
 from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
 
+from . import officers
 from .conftest import mine_coins, signer_discovery
 from .support import stop
 
@@ -146,7 +148,7 @@ def test_a_signatory_cannot_make_other_holders_devices_sign_a_spend(api, fleet, 
                                                                                    "amount": "1"}], "fee_rate": 2})
     assert made.status_code == 201, made.text
     sid = made.json()["id"]
-    assert api.call("POST", f"/api/spends/{sid}/approve", "omar").status_code == 200
+    assert officers.approve_via_api(partial(api.call, name="omar"), sid, "omar").status_code == 200
     assert api.call("POST", f"/api/spends/{sid}/psbt", "omar").status_code == 200
 
     before, files = api.events(), {n: device_files(fleet[n]["state"]) for n in "ABC"}

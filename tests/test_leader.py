@@ -29,6 +29,7 @@ from custody.sync import Syncer
 from regtest.launcher import free_port
 from regtest.testwallet import TestWallet
 
+from . import officers
 from .conftest import _postgres_bin, fund_policy, hd_keys, mine_coins
 from .support import STOP_TIMEOUT, stop, wait_healthy, wait_until
 
@@ -199,13 +200,11 @@ def _signed_spend(sessions, rpc, seed: int) -> int:
     """A 2-of-3 spend of 0.5 BTC, approved by two officers and signed by two devices."""
     with sessions.begin() as s:
         spend = spends.request_spend(s, registry.get_policy(s, "vault"), "ray",
-                                     [(TestWallet("payee").address(), 50_000_000)], fee_rate=3.0)
+                                     [(TestWallet("payee").address(), 50_000_000)], fee_rate=3.0, client=rpc)
         spend_id = spend.id
     for officer in ("olga", "omar"):
         with sessions.begin() as s:
-            spends.decide(s, spends.get_spend(s, spend_id), officer, True)
-    with sessions.begin() as s:
-        spends.create_psbt(s, spends.get_spend(s, spend_id), rpc)
+            officers.approve(s, spends.get_spend(s, spend_id), officer)
     for n in (seed, seed + 1):
         with sessions() as s:
             psbt = PSBT.from_string(spends.get_spend(s, spend_id).psbt)

@@ -36,6 +36,7 @@ from custody.policies import build_policy
 from custody_signer.device import MODEL, possession_message
 from regtest.testwallet import TestWallet
 
+from . import officers
 from .conftest import fund_policy, mine_coins
 from .test_reserves import sign as sign_proof
 
@@ -177,10 +178,13 @@ def world(node, rpc, wallet, other_address, tmp_path_factory):
         service.label_set(s, "addr", other_coin["address"], "LBL-other-addr-91c2")
         for group, memo in (("held", "MEMO-held-5b1e"), ("other", "MEMO-other-c4d2")):
             spend = spends.request_spend(s, registry.get_policy(s, group), "olga", [(PAYEE.address(), 10_000_000)],
-                                         fee_rate=2.0, memo=memo)
-            spends.decide(s, spend, "omar", True)
-            spends.create_psbt(s, spend, rpc)
+                                         fee_rate=2.0, memo=memo, client=rpc)
+            officers.approve(s, spend, "omar")         # one approval: to the signers
             ids[f"spend-{group}"] = spend.id
+        ids["enrollment"] = accounts.invite_user(s, "newcomer", "viewer", actor="root")[1]   # a link not yet used
+        from custody import governance            # a proposal waiting: a stricter rule for "held"
+        ids["proposal"] = governance.propose(s, "approval_rule", "held", governance.rule_change(approvals=2),
+                                             "root").id
     for run, policies in (("run-held", ["held"]), ("run-both", ["held", "other"])):
         with sessions.begin() as s:
             made = reserve_service.create(s, rpc, nonce=f"visibility-nonce-{run}", audit="2026-Q4", custodian="Acme",
@@ -199,7 +203,8 @@ def _values(world: World) -> dict[str, list[str]]:
     i = world.ids
     return {"name": ["held", "other"], "spend_id": [str(i["spend-held"]), str(i["spend-other"])],
             "run_id": [str(i["run-held"]), str(i["run-both"])], "ceremony_id": [str(i["ceremony"])],
-            "serial": ["DEV-SINA", "DEV-SAM"], "account_id": ["1"], "discrepancy_id": ["1"]}
+            "serial": ["DEV-SINA", "DEV-SAM"], "account_id": ["1"], "discrepancy_id": ["1"],
+            "proposal_id": [str(i["proposal"])], "token": [i["enrollment"]]}
 
 
 QUERIES = {"/api/policies/{name}/export": [f"format={f}" for f in ("core", "bsms", "coldcard", "sparrow", "specter",
