@@ -327,3 +327,26 @@ def test_a_passkey_approval_is_checked_as_webauthn_and_kept_for_the_devices(api)
     stolen = api.call("POST", f"/api/spends/{other}/approve", "omar",
                       json={"proof": {"kind": "webauthn", "credential": passkey.get(options)}})
     assert stolen.status_code == 400 and "not one of omar's enrolled passkeys" in stolen.json()["detail"]
+
+
+def test_a_p256_key_file_made_enrolled_and_used_from_the_cli(api, node, tmp_path):
+    """Automation's path: `custody approver keygen --kind p256`, `approver enroll`, `spend approve --key`."""
+    db = str(api.sessions.kw["bind"].url)
+    cli = [sys.executable, "-m", "custody.cli", "--node", node.url, "--node-cookie", str(node.cookie_file),
+           "--network", "regtest", "--db", db, "--json"]
+    key = tmp_path / "otto-p256.pem"
+    made = subprocess.run(cli + ["approver", "keygen", str(key), "--kind", "p256"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    public = json.loads(made.stdout)["public_key"]
+    assert len(public) == 66 and oct(key.stat().st_mode & 0o777) == "0o600"
+    again = subprocess.run(cli + ["approver", "keygen", str(key)], capture_output=True, text=True)
+    assert again.returncode != 0 and "never overwritten" in again.stderr
+    enrolled = subprocess.run(cli + ["approver", "enroll", public, "--officer", "otto"], capture_output=True, text=True)
+    assert enrolled.returncode == 0 and json.loads(enrolled.stdout)["kind"] == "p256", enrolled.stderr
+    listed = json.loads(subprocess.run(cli + ["approver", "list"], capture_output=True, text=True).stdout)
+    assert {"type": "p256", "key": public} in listed["approvers"].values()
+    sid = api.request()
+    done = subprocess.run(cli + ["spend", "approve", str(sid), "--officer", "otto", "--key", str(key)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert approvals_of(api, sid) == ["otto"]
