@@ -1,8 +1,8 @@
 """The soak: money moves exactly once while everything under it fails.
 
 N clients spend from a 2-of-3 policy through `custody serve` on loopback for a fixed time (5 minutes
-by default): each one requests a payment to a payee of its own, has it approved by a second officer,
-fetches the PSBT, signs it with two of the policy's devices, uploads both signatures and broadcasts,
+by default): each one requests a payment to a payee of its own (its transaction made and its coins
+reserved), has it approved by a second officer signing it with his approval key, fetches the PSBT, signs it with two of the policy's devices, uploads both signatures and broadcasts,
 retrying a step when the service answers 5xx. Meanwhile the embedded node is SIGKILLed and started
 again, blocks are mined, and the chain is reorganised (the tip's last blocks replaced by a longer
 branch). Then the chain settles, the coordinator catches up, and the run is judged against the node:
@@ -46,11 +46,12 @@ from embit.psbt import PSBT  # noqa: E402
 from custody.node_client import NodeClient, NodeError  # noqa: E402
 from regtest.launcher import free_port, start_node  # noqa: E402
 from regtest.testwallet import TestWallet  # noqa: E402
+from tests import officers  # noqa: E402
 
 SEED_BASE = 9100
 COINS = 150                      # policy coins of 0.2 BTC each
 PAYMENT = "0.01"
-LIVE = ("signing", "signed", "broadcasting", "broadcast", "confirmed")
+LIVE = ("requested", "approved", "signing", "signed", "broadcasting", "broadcast", "confirmed")   # hold their coins
 
 
 def device(n: int) -> bip32.HDKey:
@@ -176,7 +177,15 @@ def client(api: Api, number: int, stop: threading.Event, results: dict) -> None:
             continue
         sid = spend["id"]
         results["payees"][sid] = payee
-        api.until_ok(stop, "POST", f"/api/spends/{sid}/approve", "omar")
+        status, asked = api.until_ok(stop, "POST", f"/api/spends/{sid}/approval-request", "omar")
+        if status == 200:
+            status, asked = api.until_ok(stop, "POST", f"/api/spends/{sid}/approve", "omar",
+                                         body={"proof": officers.signed(asked["message"], "omar")})
+        if status != 200:
+            results["refused"].append(("approve", status, asked))
+            api.until_ok(stop, "POST", f"/api/spends/{sid}/cancel", "omar")
+            time.sleep(1)
+            continue
         status, made = api.until_ok(stop, "POST", f"/api/spends/{sid}/psbt", "omar")
         if status != 200:
             results["refused"].append(("psbt", status, made))
@@ -301,7 +310,7 @@ def main() -> int:
         home = Path(tmp)
         os.environ["CUSTODY_HOME"] = tmp
         db_url = f"sqlite:///{home}/custody.db"
-        from custody import accounts, registry, spends
+        from custody import accounts, credentials, registry, spends
         from custody.db import open_database
         from custody.policies import build_policy
         sessions = open_database(db_url)
@@ -310,6 +319,8 @@ def main() -> int:
             for name, role in (("olga", "officer"), ("omar", "officer"), ("sina", "signatory"), ("vic", "viewer")):
                 user, _ = accounts.create_user(s, name, role, "correct horse battery staple")
                 tokens[name], _ = accounts.create_token(s, user, "soak")
+                if name == "omar":          # the approving officer's key (the bench holds its private half)
+                    credentials.enroll_key(s, user, officers.public_hex(name), label="soak", actor="soak")
             spec = build_policy("wsh-sortedmulti", 2, account_keys())
             policy = registry.create_policy(s, "vault", spec, gap_limit=COINS + 20)
             registry.set_status(s, policy, "active")

@@ -2,7 +2,7 @@
 `custody serve` running as its own process on the module's regtest node.
 
 An officer logs in with TOTP and requests a spend (after previewing its fee), a second officer approves
-it and makes the PSBT, two signatories download it, sign it on their "devices" and upload it, the first
+it with his approval key file (the page signs its transaction in the browser), two signatories download it, sign it on their "devices" and upload it, the first
 officer broadcasts, and the open spend page follows the transaction to its first confirmation by itself.
 On the way: a wrong TOTP code keeps an officer out, and a signatory can neither see nor use Approve.
 Screenshots of the main pages are taken (CUSTODY_SCREENSHOTS_DIR=docs/screenshots refreshes the README's).
@@ -33,6 +33,7 @@ from custody.sync import Syncer
 from regtest.launcher import free_port
 from regtest.testwallet import TestWallet
 
+from . import officers
 from .conftest import hd_keys, mine_coins
 from .support import READY_TIMEOUT, stop, wait_healthy
 
@@ -79,6 +80,7 @@ def served(node, rpc, wallet, other_address, tmp_path_factory):
         policy = registry.create_policy(s, "treasury", spec)
         registry.set_status(s, policy, "active")
         spends.set_approval_rule(s, policy, required_approvals=1)
+        officers.enroll(s, "bob")                     # bob's approval key file (he keeps the private key)
     assert secrets_["alice"] and secrets_["bob"] and not secrets_["carol"] and not secrets_["dave"]
 
     # one matured coinbase (height 101) pays three policy addresses; heights stay far below 150
@@ -221,25 +223,27 @@ def test_a_spend_from_request_to_confirmation_in_the_browser(browser, served, rp
     expect(page).to_have_url(home)
     page.goto(spend_path)
     expect(state).to_have_text("requested")
-    expect(page.get_by_role("button", name="Approve")).to_have_count(0)
+    expect(page.get_by_role("button", name="Approve with passkey")).to_have_count(0)
     csrf = page.locator("meta[name=csrf-token]").get_attribute("content")
-    refused = page.request.post(spend_path + "/approve", form={"csrf_token": csrf})
+    refused = page.request.post("/api" + spend_path + "/approve", headers={"x-csrf-token": csrf},
+                                data={"proof": {"kind": "ed25519"}})
     assert refused.status == 403
     assert "signatory role may not" in refused.text()
     page.reload()
     expect(state).to_have_text("requested")
     logout(page)
 
-    # bob approves it and makes the PSBT for the signers
+    # bob approves it by signing its transaction with his approval key file: it goes to the signers
     login(page, "bob", PASSWORD, code("bob"))
     expect(page).to_have_url(home)
     page.goto("/approvals")
     expect(page.locator("#approvals")).to_contain_text("alice")
     expect(page.locator("#approvals")).to_contain_text("1.20")
     shot(page, "approvals")
-    page.locator("#approvals").get_by_role("button", name="Approve").click()
-    expect(state).to_have_text("approved")
-    page.get_by_role("button", name="Make PSBT for signers").click()
+    page.locator("#approvals").get_by_role("link", name="Review and approve").click()
+    expect(page.locator("#approval-message")).to_contain_text(f"pay {PAYEE.address()} 120000000")
+    with page.expect_navigation(timeout=LIVE_TIMEOUT):
+        page.locator("#approve-key-file").set_input_files(str(officers.key_file(tmp_path, "bob")))
     expect(state).to_have_text("signing")
     expect(page.locator("#signature-count")).to_have_text("0 of 2")
     logout(page)
