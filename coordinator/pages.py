@@ -14,10 +14,10 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from custody import accounts, eventlog, ledger, registry, service
+from custody import accounts, credentials, eventlog, ledger, registry, service
 from custody.accounts import AuthError
 from custody.errors import CustodyError
 from custody.formats import FORMATS
@@ -106,18 +106,71 @@ def login(request: Request, username: str = Form(max_length=64), password: str =
     sessions = request.app.state.sessions
     with sessions() as s:
         try:
-            user = accounts.authenticate(s, username, password, code)
+            user = accounts.start_login(s, username, password, code)
         except AuthError as e:
             s.commit()                # the failed attempt counts towards the lock-out
             return render(request, "login.html", status_code=401, login_csrf=expected, next=_safe_next(next),
                           error=str(e), username=username)
+        if isinstance(user, accounts.PasskeyLogin):     # the password was right: now the passkey
+            return render(request, "login.html", login_csrf=expected, next=_safe_next(next), error=None,
+                          passkey=user)
         cookie, _ = accounts.start_session(s, user)
         s.commit()
+    return _logged_in(request, cookie, next)
+
+
+def _logged_in(request: Request, cookie: str, next: str) -> RedirectResponse:
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict", secure=cookie_is_secure(request),
                         max_age=int(accounts.SESSION_LIFETIME.total_seconds()))
     response.delete_cookie(LOGIN_CSRF_COOKIE)
     return response
+
+
+def _browser_json(text: str) -> dict | None:
+    """A passkey ceremony's answer as the console's script posts it (PublicKeyCredential.toJSON()); None
+    when the field is empty."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise CustodyError("the passkey's answer is not JSON: reload the page and try again") from None
+    return value if isinstance(value, dict) else {}
+
+
+@route(router, "POST", "/login/passkey", "public", page=True)
+def login_passkey(request: Request, username: str = Form(max_length=64), pending: str = Form(max_length=100),
+                  assertion: str = Form("", max_length=20_000), login_csrf: str = Form(max_length=100),
+                  next: str = Form("/")):
+    """The second step of a passkey account's login: the assertion over the challenge of its password step."""
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not expected or not secrets.compare_digest(expected, login_csrf):
+        return render(request, "login.html", status_code=403, login_csrf=expected or "", next=_safe_next(next),
+                      error="the login form expired: reload the page and try again")
+    with request.app.state.sessions() as s:
+        try:
+            try:
+                answer = _browser_json(assertion)
+            except CustodyError:
+                answer = {}
+            user = accounts.finish_passkey_login(s, username, pending, answer)
+        except AuthError as e:
+            s.commit()
+            return render(request, "login.html", status_code=401, login_csrf=expected, next=_safe_next(next),
+                          error=str(e), username=username)
+        cookie, _ = accounts.start_session(s, user)
+        s.commit()
+    return _logged_in(request, cookie, next)
+
+
+def _passkey_options(request: Request, begin):
+    """JSON for the console's script: `begin(session)`'s options, or {"detail": why} with 400."""
+    try:
+        with request.app.state.sessions.begin() as s:
+            return JSONResponse(begin(s))
+    except CustodyError as e:
+        return JSONResponse({"detail": str(e)}, status_code=400)
 
 
 # -- enrolling: the holder of a one-time link sets their own credentials --------------------------
@@ -152,11 +205,24 @@ def enroll_page(request: Request, token: str = PathParam(max_length=100)):
     return _enroll_page(request, token)
 
 
+@route(router, "POST", "/enroll/{token}/passkey-options", "public", page=True)
+def enroll_passkey_options(request: Request, token: str = PathParam(max_length=100),
+                           login_csrf: str = Form(max_length=100)):
+    """Options for navigator.credentials.create() of the link holder's login passkey (JSON): the link
+    authorises it, since its holder has no session yet."""
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not expected or not secrets.compare_digest(expected, login_csrf):
+        return JSONResponse({"detail": "the form expired: reload the page"}, status_code=403)
+    return _passkey_options(request, lambda s: accounts.begin_enrollment_passkey(s, token))
+
+
 @route(router, "POST", "/enroll/{token}", "public", page=True)
 def enroll(request: Request, token: str = PathParam(max_length=100), password: str = Form(max_length=1000),
            password_again: str = Form(max_length=1000), totp_secret: str = Form("", max_length=64),
-           code: str = Form("", max_length=10), login_csrf: str = Form(max_length=100)):
-    """Set the password and second factor, spend the link, and log in."""
+           code: str = Form("", max_length=10), passkey: str = Form("", max_length=20_000),
+           login_csrf: str = Form(max_length=100)):
+    """Set the password and second factor (a TOTP secret, or a passkey the page made), spend the link, and
+    log in."""
     expected = request.cookies.get(LOGIN_CSRF_COOKIE)
     if not expected or not secrets.compare_digest(expected, login_csrf):
         return _enroll_page(request, token, 403, error="the form expired: enter your choices again")
@@ -164,7 +230,9 @@ def enroll(request: Request, token: str = PathParam(max_length=100), password: s
         return _enroll_page(request, token, 400, error="the two passwords differ", secret=totp_secret or None)
     try:
         with request.app.state.sessions.begin() as s:
-            user = accounts.complete_enrollment(s, token, password, totp_secret=totp_secret or None, code=code)
+            new_passkey = _browser_json(passkey)
+            user = accounts.complete_enrollment(s, token, password, totp_secret=None if new_passkey else totp_secret or None,
+                                                code=code, passkey=new_passkey)
             eventlog.record(s, "user.login", user.username, f"user:{user.username}", {"enrolled": True})
             cookie, _ = accounts.start_session(s, user)
     except CustodyError as e:
@@ -511,20 +579,47 @@ def _change_own(request: Request, change, done: str, secret: str | None = None):
 
 @route(router, "POST", "/account/password", "me", page=True)
 def change_password(request: Request, password: str = Form(max_length=1000), code: str = Form("", max_length=10),
-                    new_password: str = Form(max_length=1000), new_password_again: str = Form(max_length=1000)):
+                    new_password: str = Form(max_length=1000), new_password_again: str = Form(max_length=1000),
+                    assertion: str = Form("", max_length=20_000)):
     if new_password != new_password_again:
         return _account(request, 400, error="the two new passwords differ")
     return _change_own(request, lambda s, user, cookie: accounts.change_password(
-        s, user, password, code, new_password, keep_session=cookie),
+        s, user, password, code, new_password, keep_session=cookie, assertion=_browser_json(assertion)),
         "Password changed; your other sessions have ended.")
 
 
 @route(router, "POST", "/account/totp", "me", page=True)
 def change_totp(request: Request, password: str = Form(max_length=1000), code: str = Form("", max_length=10),
-                new_secret: str = Form(max_length=64), new_code: str = Form(max_length=10)):
+                new_secret: str = Form(max_length=64), new_code: str = Form(max_length=10),
+                assertion: str = Form("", max_length=20_000)):
     return _change_own(request, lambda s, user, cookie: accounts.change_totp(
-        s, user, password, code, new_secret, new_code, keep_session=cookie),
+        s, user, password, code, new_secret, new_code, keep_session=cookie, assertion=_browser_json(assertion)),
         "Authenticator changed; your other sessions have ended.", secret=new_secret)
+
+
+@route(router, "POST", "/account/passkey", "me", page=True)
+def change_to_passkey(request: Request, password: str = Form(max_length=1000), code: str = Form("", max_length=10),
+                      new_passkey: str = Form(max_length=20_000), assertion: str = Form("", max_length=20_000)):
+    """Make a new passkey (the page's script made it) one's second factor, in place of the present one."""
+    return _change_own(request, lambda s, user, cookie: accounts.change_to_passkey(
+        s, user, password, code, _browser_json(new_passkey) or {}, keep_session=cookie,
+        assertion=_browser_json(assertion)), "Your second factor is now this passkey; your other sessions have ended.")
+
+
+@route(router, "POST", "/account/passkey/options", "me", page=True)
+def new_passkey_options(request: Request):
+    """Options for navigator.credentials.create() of a new login passkey (JSON)."""
+    user_id = request.state.principal.user_id
+    return _passkey_options(request, lambda s: credentials.begin_login_passkey(s, s.get(accounts.User, user_id)))
+
+
+@route(router, "POST", "/account/passkey/challenge", "me", page=True)
+def passkey_challenge(request: Request):
+    """Options for navigator.credentials.get() that confirm a change on this page, for this session (JSON)."""
+    p, cookie = request.state.principal, request.cookies.get(SESSION_COOKIE)
+    if p.via != "session" or not cookie:
+        return JSONResponse({"detail": "confirm with a passkey in the console, logged in"}, status_code=400)
+    return _passkey_options(request, lambda s: accounts.passkey_challenge(s, s.get(accounts.User, p.user_id), cookie))
 
 
 @route(router, "POST", "/account/tokens", "token.write", page=True)

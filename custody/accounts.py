@@ -14,13 +14,20 @@ never says whether the account exists.
 People own their credentials: an admin creates an account (`invite_user`) or resets one
 (`reset_credentials`) and gets a one-time enrollment link, never a password or a secret; the holder
 opens it and sets their own password and second factor (`complete_enrollment`), and later changes them
-(`change_password`, `change_totp`). Until then the account can neither log in nor have tokens.
+(`change_password`, `change_totp`, `change_to_passkey`). Until then the account can neither log in nor
+have tokens.
+
+The second factor is a TOTP secret or a passkey (custody.credentials, a login passkey of its own, never
+an officer's approval key). A passkey login has two steps: the password first (`start_login`, counted
+and refused exactly as any login, so nothing tells a passkey account apart before the password is
+right), then an assertion over a fresh challenge kept for that pending login (`finish_passkey_login`).
 `create_user`, which takes the password itself, is for the demo, the tests and scripted set-ups only.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
 import hmac
 import os
 import re
@@ -35,6 +42,7 @@ import nacl.pwhash
 from sqlalchemy import case, delete, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from . import credentials
 from .account_models import ApiToken, Enrollment, LoginSession, User
 from .errors import CustodyError, NotFound
 from .eventlog import record
@@ -55,9 +63,8 @@ TOTP_STEP = 30
 TOTP_DIGITS = 6
 TOKEN_PREFIX = "cst_"
 ENROLLMENT_LIFETIME = timedelta(hours=72)
-# The kinds of second factor a user may enroll. A passkey (custody/credentials.py) joins here: see
-# `_second_factor_refusal` and `complete_enrollment` for where it plugs in.
-SECOND_FACTOR_KINDS = ("totp",)
+# The kinds of second factor a user may enroll: a TOTP secret, or a login passkey (custody/credentials.py)
+SECOND_FACTOR_KINDS = ("totp", "passkey")
 # libsodium's "interactive" argon2id cost: 64 MiB, 2 passes (above OWASP's 19 MiB / 2 minimum)
 _OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
 _MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
@@ -70,6 +77,8 @@ class AuthError(CustodyError):
 
 LOGIN_REFUSED = (f"wrong username, password or code (after {MAX_FAILED_LOGINS} failed logins in a row an "
                  f"account is locked for {int(LOCKOUT.total_seconds() // 60)} minutes; an admin can unlock it)")
+PASSKEY_ELSEWHERE = ("your second factor is a passkey: confirm with it on your account page in the console, "
+                     "where your browser can use it")
 CURRENT_REFUSED = (f"the current password or authenticator code is wrong (after {MAX_FAILED_LOGINS} failed "
                    f"attempts in a row the account is locked for {int(LOCKOUT.total_seconds() // 60)} minutes)")
 # one answer for every link that does not enroll anyone: unknown, wrong, expired, used, replaced
@@ -240,6 +249,7 @@ def reset_credentials(session: Session, user: User, *, actor: str, by: User | No
     required = user.role in SECOND_FACTOR_ROLES or user.second_factor is not None
     user.password_hash, user.totp_secret, user.second_factor, user.enrolled_at = "", None, None, None
     user.last_totp_step = 0
+    credentials.revoke_login_passkeys(session, user, actor=actor)
     _revoke_all(session, user)
     record(session, "user.credentials_reset", actor, f"user:{user.username}", {})
     return _issue_enrollment(session, user, required=required, actor=actor)
@@ -278,18 +288,25 @@ def second_factor_required(link: Enrollment, user: User) -> bool:
     return link.second_factor_required or user.role in SECOND_FACTOR_ROLES
 
 
-def complete_enrollment(session: Session, token: str, password: str, *, totp_secret: str | None = None,
-                        code: str | None = None, now: float | None = None) -> User:
-    """The holder of a link sets their password and, with a code proving their authenticator holds it,
-    their TOTP secret. The link is spent by a conditional UPDATE whose row count decides, so it enrolls
-    once however many submissions race. The caller commits.
+def begin_enrollment_passkey(session: Session, token: str) -> dict:
+    """Options for navigator.credentials.create() of the link holder's login passkey: the link itself
+    authorises this (its holder has no session yet). Finished by complete_enrollment(passkey=...)."""
+    _, user = find_enrollment(session, token)
+    return credentials.begin_login_passkey(session, user)
 
-    A passkey as the second factor plugs in here: the lead's custody/credentials.py registers it in the
-    same transaction, and this sets `second_factor = "passkey"` instead of a TOTP secret."""
+
+def complete_enrollment(session: Session, token: str, password: str, *, totp_secret: str | None = None,
+                        code: str | None = None, passkey: dict | None = None, now: float | None = None) -> User:
+    """The holder of a link sets their password and their second factor: a TOTP secret, with a code
+    proving their authenticator holds it, or a passkey (`passkey`: the browser's answer to the options of
+    begin_enrollment_passkey). The link is spent by a conditional UPDATE whose row count decides, so it
+    enrolls once however many submissions race. The caller commits."""
     link, user = find_enrollment(session, token)
     _check_new_password(password, user.username)
-    step = None
-    if totp_secret:
+    step = new_passkey = None
+    if passkey is not None:
+        new_passkey = credentials.verify_login_passkey(session, user, passkey)
+    elif totp_secret:
         totp_secret = _valid_totp_secret(totp_secret)
         step = _totp_step(totp_secret, code or "", time.time() if now is None else now)
         if step is None:
@@ -297,7 +314,7 @@ def complete_enrollment(session: Session, token: str, password: str, *, totp_sec
                                "and enter the code it shows now (check the phone's clock if it still fails)")
     elif second_factor_required(link, user):
         raise CustodyError(f"a {user.role} needs a second factor: add the secret to an authenticator app and "
-                           "enter its code")
+                           "enter its code, or make a passkey")
     spent = session.execute(
         update(Enrollment).where(Enrollment.id == link.id, Enrollment.spent_at.is_(None),
                                  Enrollment.expires_at > literal(_now(), Enrollment.expires_at.type))
@@ -307,6 +324,9 @@ def complete_enrollment(session: Session, token: str, password: str, *, totp_sec
     user.password_hash = hash_password(password)
     user.totp_secret, user.second_factor = (totp_secret, "totp") if totp_secret else (None, None)
     user.last_totp_step = step or 0          # the code that confirmed the secret does not log in again
+    if new_passkey is not None:
+        credentials.add_login_passkey(session, user, new_passkey, actor=user.username)
+        user.second_factor = "passkey"
     user.enrolled_at, user.failed_logins, user.locked_until = _now(), 0, None
     record(session, "user.enrolled", user.username, f"user:{user.username}",
            {"enrollment": link.id, "second_factor": user.second_factor})
@@ -371,40 +391,75 @@ def set_role(session: Session, user: User, role: str, *, actor: str) -> User:
 
 
 def change_password(session: Session, user: User, current_password: str, code: str | None, new_password: str,
-                    *, keep_session: str | None = None, now: float | None = None) -> None:
+                    *, keep_session: str | None = None, assertion: dict | None = None, now: float | None = None) -> None:
     """The user changes their own password, proving the current one and a current code. Their other
     login sessions end (`keep_session`: the cookie of the one asking, which stays); API tokens stay
     (they are listed on the account page; an admin reset ends them too). The new password is checked
     first, so a refused one costs no attempt. Commits the attempt as authenticate does; on success the
-    caller commits. A wrong password or code raises AuthError(CURRENT_REFUSED)."""
+    caller commits. A wrong password or code raises AuthError(CURRENT_REFUSED). A passkey account
+    proves its second factor with `assertion`, over the challenge passkey_challenge kept for its session."""
     _check_new_password(new_password, user.username)
-    user = _reauthenticate(session, user, current_password, code, now)
+    user = _reauthenticate(session, user, current_password, code, now, assertion, keep_session)
     user.password_hash = hash_password(new_password)
     _end_other_sessions(session, user, keep_session)
     record(session, "user.password_changed", user.username, f"user:{user.username}", {})
 
 
 def change_totp(session: Session, user: User, current_password: str, code: str | None, new_secret: str,
-                new_code: str, *, keep_session: str | None = None, now: float | None = None) -> None:
+                new_code: str, *, keep_session: str | None = None, assertion: dict | None = None,
+                now: float | None = None) -> None:
     """The user enrolls a new TOTP secret (or their first, when they have no second factor), proving
-    their password and current code, and a code of the new secret that shows their authenticator holds
-    it. Their other login sessions end. Commits and answers as change_password."""
+    their password and current code (or passkey), and a code of the new secret that shows their
+    authenticator holds it. A login passkey it replaces is revoked. Their other login sessions end.
+    Commits and answers as change_password."""
     moment = time.time() if now is None else now
     new_secret = _valid_totp_secret(new_secret)
     new_step = _totp_step(new_secret, new_code or "", moment)
     if new_step is None:
         raise CustodyError("the code of the new secret does not match: add it to your authenticator app and enter "
                            "the code it shows now")
-    user = _reauthenticate(session, user, current_password, code, now)
+    user = _reauthenticate(session, user, current_password, code, now, assertion, keep_session)
+    replaced = user.second_factor
     user.totp_secret, user.second_factor = new_secret, "totp"
     user.last_totp_step = new_step
+    credentials.revoke_login_passkeys(session, user, actor=user.username)
     _end_other_sessions(session, user, keep_session)
-    record(session, "user.totp_changed", user.username, f"user:{user.username}", {})
+    record(session, "user.totp_changed", user.username, f"user:{user.username}",
+           {"replaced": "passkey"} if replaced == "passkey" else {})
 
 
-def _reauthenticate(session: Session, user: User, password: str, code: str | None, now: float | None) -> User:
+def change_to_passkey(session: Session, user: User, current_password: str, code: str | None, new_passkey: dict, *,
+                      keep_session: str | None = None, assertion: dict | None = None, now: float | None = None) -> None:
+    """The user makes a passkey their second factor (in place of their TOTP secret or earlier passkey, or
+    as their first), proving their password and current code or passkey; `new_passkey` is the browser's
+    answer to the options of begin_login_passkey. Their other login sessions end. Commits and answers
+    as change_password."""
+    verified = credentials.verify_login_passkey(session, user, new_passkey)     # nothing is stored before the proof
+    user = _reauthenticate(session, user, current_password, code, now, assertion, keep_session)
+    replaced = user.second_factor
+    credentials.add_login_passkey(session, user, verified, actor=user.username)
+    user.totp_secret, user.second_factor, user.last_totp_step = None, "passkey", 0
+    _end_other_sessions(session, user, keep_session)
+    record(session, "user.second_factor_changed", user.username, f"user:{user.username}",
+           {"second_factor": "passkey", "replaced": replaced})
+
+
+def passkey_challenge(session: Session, user: User, keep_session: str) -> dict:
+    """Options for navigator.credentials.get() that confirm a change of one's own credentials: a challenge
+    for this session only, used once, within two minutes. The caller commits."""
+    if user.second_factor != "passkey":
+        raise CustodyError("your second factor is not a passkey")
+    return credentials.login_challenge(session, user, "reauth", keep_session)
+
+
+def _reauthenticate(session: Session, user: User, password: str, code: str | None, now: float | None,
+                    assertion: dict | None = None, keep_session: str | None = None) -> User:
+    if user.second_factor == "passkey" and (assertion is None or not keep_session):
+        raise CustodyError(PASSKEY_ELSEWHERE)     # said before anything is counted: the caller is logged in
+    proof = PasskeyProof("reauth", keep_session, assertion) if assertion is not None else None
     try:
-        return _check_credentials(session, user.username, password, code, now=now, purpose="reauthentication")
+        return _check_credentials(session, user.username, password, code, now=now, purpose="reauthentication",
+                                  passkey=proof)[0]
     except AuthError:
         raise AuthError(CURRENT_REFUSED) from None
 
@@ -440,19 +495,96 @@ def _revoke_all(session: Session, user: User) -> None:
 
 
 # -- logging in ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PasskeyProof:
+    """A passkey assertion over the challenge kept for `purpose` ("login", "reauth") and `binding`."""
+    purpose: str
+    binding: str
+    assertion: dict
+
+
+@dataclass(frozen=True)
+class PasskeyLogin:
+    """A login whose password was right, waiting for the account's passkey: `options` go to the browser's
+    navigator.credentials.get(), and `pending` (the secret of this one login) comes back with the answer."""
+    username: str
+    pending: str
+    options: dict
+
+
+PASSKEY_NEXT = "passkey next"      # _check_credentials: a passkey account's password step alone
+
+
 def authenticate(session: Session, username: str, password: str, code: str | None = None, *,
                  now: float | None = None) -> User:
     """Check name, password and (when the account has one) TOTP code; raise AuthError(LOGIN_REFUSED)
-    otherwise, as _check_credentials does. On success the caller commits (with the session it starts)."""
-    user = _check_credentials(session, username, password, code, now=now)
+    otherwise, as _check_credentials does. A passkey account cannot log in here (see start_login). On
+    success the caller commits (with the session it starts)."""
+    user, _ = _check_credentials(session, username, password, code, now=now)
+    return _logged_in(session, user)
+
+
+def _logged_in(session: Session, user: User) -> User:
     record(session, "user.login", user.username, f"user:{user.username}",
            {"failures_not_logged": user.failures_unlogged} if user.failures_unlogged else {})
     user.failures_unlogged = 0
     return user
 
 
+def start_login(session: Session, username: str, password: str, code: str | None = None, *,
+                now: float | None = None) -> User | PasskeyLogin:
+    """The console's login: authenticate, except that a passkey account whose password is right (and
+    which is neither locked nor disabled) gets the PasskeyLogin to finish with finish_passkey_login.
+    That attempt stays counted towards the lock-out until the passkey step succeeds. Commits a
+    PasskeyLogin; for a User the caller commits (with the session it starts)."""
+    user, attempt = _check_credentials(session, username, password, code, now=now, passkey=PASSKEY_NEXT)
+    if attempt is None:
+        return _logged_in(session, user)
+    pending = secrets.token_urlsafe(32)
+    options = credentials.login_challenge(session, user, "login", pending, {"attempt": attempt})
+    session.commit()
+    return PasskeyLogin(user.username, pending, options)
+
+
+def finish_passkey_login(session: Session, username: str, pending: str, assertion, *,
+                         now: float | None = None) -> User:
+    """The second step of a passkey account's login: an assertion over the challenge start_login kept
+    for this pending login (and no other), within two minutes, once. Refused with AuthError(LOGIN_REFUSED)
+    when no such login is under way (nothing is counted: its password step was), when the account was
+    since disabled, reset or locked by later attempts, or when the assertion is wrong: another passkey's,
+    another challenge's, or with a signature counter that did not increase (a cloned or replayed one);
+    those failures are logged as any failed login and keep the account's attempt counted. On success
+    the attempt counter is cleared and the caller commits (with the session it starts)."""
+    when = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
+    user = _find_user(session, username)
+    if user is None or not isinstance(pending, str) or not pending:
+        raise AuthError(LOGIN_REFUSED)
+    try:
+        note, reason = credentials.check_login_assertion(session, user, "login", pending, assertion), None
+    except credentials.NoCeremony:
+        raise AuthError(LOGIN_REFUSED) from None       # not this login's (or none): nothing to count
+    except CustodyError as e:
+        note, reason = {}, str(e)
+    attempt = note.get("attempt")
+    if reason is None and (user.disabled or user.enrolled_at is None or user.second_factor != "passkey"):
+        reason = "passkey refused: the account was disabled or reset during the login"
+    locked = _aware(user.locked_until)
+    if reason is None and locked is not None and locked > when and user.failed_logins != attempt:
+        reason = "passkey refused: the account was locked by later attempts"
+    if reason is not None:
+        _log_failure(session, user.id, user.username, reason, when,
+                     locks=user.failed_logins >= MAX_FAILED_LOGINS)
+        session.commit()
+        raise AuthError(LOGIN_REFUSED)
+    session.execute(update(User).where(User.id == user.id).values(failed_logins=0, locked_until=None)
+                    .execution_options(synchronize_session=False))
+    session.refresh(user)
+    return _logged_in(session, user)
+
+
 def _check_credentials(session: Session, username: str, password: str, code: str | None = None, *,
-                       now: float | None = None, purpose: str = "login") -> User:
+                       now: float | None = None, purpose: str = "login",
+                       passkey: PasskeyProof | str | None = None) -> tuple[User, int | None]:
     """Commits its own steps, so that parallel attempts cannot race:
 
     1. the attempt is counted before the password is checked, by one conditional UPDATE that also
@@ -466,7 +598,12 @@ def _check_credentials(session: Session, username: str, password: str, code: str
        logged at all, and cost the same argon2id verification as known ones.
 
     An account waiting for enrollment has no password: it is refused as a wrong one, after the same
-    argon2id cost. `purpose` names the check in a failure's log entry. On success the caller commits."""
+    argon2id cost. `purpose` names the check in a failure's log entry.
+
+    A passkey account's second factor is `passkey`: a PasskeyProof, checked in step 3's place, or
+    PASSKEY_NEXT for a login's password step alone; then the answer is (user, the attempt's number),
+    the attempt stays counted and the caller asks for the passkey. Otherwise the answer is (user, None).
+    On success the caller commits."""
     moment = time.time() if now is None else now
     when = datetime.fromtimestamp(moment, timezone.utc)
     user = _find_user(session, username)
@@ -505,10 +642,15 @@ def _check_credentials(session: Session, username: str, password: str, code: str
         elif session.execute(update(User).where(User.id == user_id, User.last_totp_step < step)
                              .values(last_totp_step=step).execution_options(synchronize_session=False)).rowcount != 1:
             reason = "second factor replayed"
+    elif kind == "passkey" and isinstance(passkey, PasskeyProof):
+        try:
+            credentials.check_login_assertion(session, user, passkey.purpose, passkey.binding, passkey.assertion)
+        except CustodyError as e:
+            reason = str(e)
+    elif kind == "passkey" and passkey == PASSKEY_NEXT:
+        return user, failed            # the password is right; the passkey step decides (start_login)
     elif kind is not None:
-        # a passkey (the lead's coordinator/passkeys.py) is checked by its own ceremony, which the
-        # password form cannot carry: that ceremony calls in here once it has verified the assertion
-        reason = f"second factor {kind} not accepted here"
+        reason = f"second factor {kind} not given"
     elif role in SECOND_FACTOR_ROLES:
         reason = "no second factor enrolled"
     if reason is not None:
@@ -520,7 +662,7 @@ def _check_credentials(session: Session, username: str, password: str, code: str
                     .values(failed_logins=0, locked_until=None)
                     .execution_options(synchronize_session=False))
     session.refresh(user)
-    return user
+    return user, None
 
 
 def _log_failure(session: Session, user_id: int, name: str, reason: str, when: datetime, *, locks: bool) -> None:

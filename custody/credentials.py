@@ -6,10 +6,17 @@ here with the `fido2` library) or a signature by a key file (ed25519 or P-256) f
 automation. The coordinator keeps only public keys; it checks each approval before recording it, and
 the same bytes travel in the PSBT to the devices, which check them again against the keys their own
 policy names. So a coordinator that invents or moves an approval is refused by the devices.
+
+A login passkey (anyone's second factor, custody.accounts) is made and checked by the same WebAuthn
+ceremonies, but it is a credential of its own (purpose "login"), never an approval key, and an approval
+passkey never logs in: a login's challenge is whatever the coordinator sends, so an assertion made for
+a login with an approval key could be the approval of a transaction the officer never saw.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import json
 import os
 from datetime import datetime, timedelta, timezone
@@ -34,6 +41,8 @@ from .models import Address, Policy
 
 RP_NAME = "Custody"
 ENROLL_SECONDS = 300
+LOGIN_SECONDS = 120          # a login's (or a re-authentication's) passkey step: short-lived and single use
+APPROVAL, LOGIN = "approval", "login"        # ApproverCredential.purpose
 
 
 def rp_id() -> str:
@@ -114,15 +123,17 @@ def _public(key) -> tuple[str, bytes]:
     raise CustodyError("approval keys are ed25519 or P-256")
 
 
-def _add(session: Session, user: User, kind: str, raw: bytes, *, label: str, actor: str, **webauthn) -> ApproverCredential:
+def _add(session: Session, user: User, kind: str, raw: bytes, *, label: str, actor: str, purpose: str = APPROVAL,
+         **webauthn) -> ApproverCredential:
     label = label.strip() or kind
     if session.scalar(select(ApproverCredential.id).where(ApproverCredential.public_key == raw.hex())) is not None:
-        raise CustodyError("this key is already enrolled: one key belongs to one officer")
+        raise CustodyError("this key is already enrolled: one key belongs to one officer" if purpose == APPROVAL
+                           else "this passkey is already enrolled: make a new one")
     credential = ApproverCredential(user_id=user.id, kind=kind, public_key=raw.hex(), label=label[:100],
-                                    sign_count=0, **webauthn)
+                                    sign_count=0, purpose=purpose, **webauthn)
     session.add(credential)
     session.flush()
-    record(session, "approver.enrolled", actor, f"user:{user.username}",
+    record(session, "approver.enrolled" if purpose == APPROVAL else "user.passkey_added", actor, f"user:{user.username}",
            {"credential": credential.id, "kind": kind, "public_key": raw.hex(), "label": credential.label,
             "rp_id": credential.rp_id})
     return credential
@@ -130,21 +141,33 @@ def _add(session: Session, user: User, kind: str, raw: bytes, *, label: str, act
 
 def begin_passkey(session: Session, user: User) -> dict:
     """Options for navigator.credentials.create(); the ceremony is finished by finish_passkey."""
-    from fido2.webauthn import PublicKeyCredentialUserEntity, ResidentKeyRequirement, UserVerificationRequirement
     _officer(session, user)
-    existing = [_attested(c) for c in _active(session, user) if c.kind == "webauthn"]
-    options, state = _enrolment_server().register_begin(
-        PublicKeyCredentialUserEntity(id=f"custody-user-{user.id}".encode(), name=user.username,
-                                      display_name=user.username),
-        credentials=existing, user_verification=UserVerificationRequirement.PREFERRED,
-        resident_key_requirement=ResidentKeyRequirement.DISCOURAGED)
-    _keep_state(session, user, "enroll", state)
-    return dict(options)
+    return _begin_registration(session, user, "enroll", f"custody-user-{user.id}", _active(session, user))
 
 
 def finish_passkey(session: Session, user: User, response: dict, *, label: str, actor: str) -> ApproverCredential:
+    raw, webauthn = _registered(session, user, "enroll", response)
+    return _add(session, _officer(session, user), "webauthn", raw, label=label or "passkey", actor=actor, **webauthn)
+
+
+def _begin_registration(session: Session, user: User, purpose: str, handle: str,
+                        existing: list[ApproverCredential]) -> dict:
+    from fido2.webauthn import PublicKeyCredentialUserEntity, ResidentKeyRequirement, UserVerificationRequirement
+    options, state = _enrolment_server().register_begin(
+        PublicKeyCredentialUserEntity(id=handle.encode(), name=user.username, display_name=user.username),
+        credentials=[_attested(c) for c in existing if c.kind == "webauthn"],
+        user_verification=UserVerificationRequirement.PREFERRED,
+        resident_key_requirement=ResidentKeyRequirement.DISCOURAGED)
+    _keep_state(session, user, purpose, state)
+    return dict(options)
+
+
+def _registered(session: Session, user: User, purpose: str, response: dict) -> tuple[bytes, dict]:
+    """The new passkey's compressed P-256 key and its WebAuthn columns, once the browser's answer verifies
+    against the registration begun for `purpose` (which this uses up)."""
     from fido2.cose import ES256
-    state = _take_state(session, user, "enroll")
+    from fido2.utils import websafe_encode
+    state = _take_state(session, user, purpose)
     try:
         auth_data = _server().register_complete(state, response)
     except (ValueError, KeyError, TypeError) as e:
@@ -155,27 +178,46 @@ def finish_passkey(session: Session, user: User, response: dict, *, label: str, 
     point = ec.EllipticCurvePublicNumbers(int.from_bytes(data.public_key[-2], "big"),
                                           int.from_bytes(data.public_key[-3], "big"), ec.SECP256R1()).public_key()
     raw = point.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
-    from fido2.utils import websafe_encode
-    return _add(session, _officer(session, user), "webauthn", raw, label=label or "passkey", actor=actor,
-                rp_id=rp_id(), credential_id=websafe_encode(data.credential_id), attested=bytes(data).hex())
+    return raw, {"rp_id": rp_id(), "credential_id": websafe_encode(data.credential_id), "attested": bytes(data).hex()}
 
 
-def _keep_state(session: Session, user: User, purpose: str, state: dict) -> None:
+class NoCeremony(CustodyError):
+    """No such ceremony is under way for this user (none begun, expired, used, or begun for another)."""
+
+
+_UNDER_WAY = {"enroll": "no passkey enrolment is under way (or it expired): start again",
+              "login-enroll": "no passkey enrolment is under way (or it expired): start again",
+              "login": "no passkey login is under way (or it expired after two minutes): log in again",
+              "reauth": "no passkey confirmation is under way (or it expired after two minutes): try again"}
+
+
+def _keep_state(session: Session, user: User, purpose: str, state: dict, seconds: int = ENROLL_SECONDS) -> None:
     session.execute(ApprovalChallenge.__table__.delete().where(ApprovalChallenge.user_id == user.id,
                                                                ApprovalChallenge.purpose == purpose))
     session.add(ApprovalChallenge(user_id=user.id, purpose=purpose, state=json.dumps(state),
-                                  expires_at=_now() + timedelta(seconds=ENROLL_SECONDS)))
+                                  expires_at=_now() + timedelta(seconds=seconds)))
     session.flush()
 
 
-def _take_state(session: Session, user: User, purpose: str) -> dict:
+def _take_state(session: Session, user: User, purpose: str, binding: str | None = None) -> dict:
+    """The ceremony's state, used up. `binding`: the secret the ceremony was begun for (a pending login,
+    a session); a row begun for another is neither given nor used up."""
     row = session.scalar(select(ApprovalChallenge).where(ApprovalChallenge.user_id == user.id,
                                                          ApprovalChallenge.purpose == purpose))
     if row is None or _aware(row.expires_at) < _now():
-        raise CustodyError("no passkey enrolment is under way (or it expired): start again")
-    session.delete(row)            # one use
-    session.flush()
-    return json.loads(row.state)
+        raise NoCeremony(_UNDER_WAY[purpose])
+    state = json.loads(row.state)
+    if binding is not None and not hmac.compare_digest(state.pop("binding", ""), _digest(binding)):
+        raise NoCeremony(_UNDER_WAY[purpose])
+    # one use: of parallel requests, only the one whose DELETE removed the row goes on
+    if session.execute(ApprovalChallenge.__table__.delete().where(ApprovalChallenge.id == row.id)).rowcount != 1:
+        raise NoCeremony(_UNDER_WAY[purpose])
+    session.expunge(row)
+    return state
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _aware(moment: datetime) -> datetime:
@@ -187,14 +229,16 @@ def _attested(credential: ApproverCredential):
     return AttestedCredentialData(bytes.fromhex(credential.attested))
 
 
-def _active(session: Session, user: User) -> list[ApproverCredential]:
+def _active(session: Session, user: User, purpose: str = APPROVAL) -> list[ApproverCredential]:
     return list(session.scalars(select(ApproverCredential).where(
-        ApproverCredential.user_id == user.id, ApproverCredential.revoked_at.is_(None)).order_by(ApproverCredential.id)))
+        ApproverCredential.user_id == user.id, ApproverCredential.purpose == purpose,
+        ApproverCredential.revoked_at.is_(None)).order_by(ApproverCredential.id)))
 
 
 def revoke(session: Session, user: User, credential_id: int, *, actor: str) -> None:
     credential = session.get(ApproverCredential, credential_id)
-    if credential is None or credential.user_id != user.id or credential.revoked_at is not None:
+    if (credential is None or credential.user_id != user.id or credential.revoked_at is not None
+            or credential.purpose != APPROVAL):
         raise NotFound(f"{user.username} has no active credential #{credential_id}")
     credential.revoked_at = _now()
     record(session, "approver.revoked", actor, f"user:{user.username}",
@@ -210,7 +254,7 @@ def credential_json(credential: ApproverCredential) -> dict:
 
 def list_credentials(session: Session, user: User) -> list[dict]:
     return [credential_json(c) for c in session.scalars(select(ApproverCredential).where(
-        ApproverCredential.user_id == user.id).order_by(ApproverCredential.id))]
+        ApproverCredential.user_id == user.id, ApproverCredential.purpose == APPROVAL).order_by(ApproverCredential.id))]
 
 
 def device_approvers(session: Session) -> dict[str, dict]:
@@ -218,7 +262,8 @@ def device_approvers(session: Session) -> dict[str, dict]:
     each signatory reviews and installs on their own device."""
     entries = {}
     for credential, user in session.execute(select(ApproverCredential, User).join(User).where(
-            ApproverCredential.revoked_at.is_(None), User.role == "officer").order_by(User.username, ApproverCredential.id)):
+            ApproverCredential.revoked_at.is_(None), ApproverCredential.purpose == APPROVAL,
+            User.role == "officer").order_by(User.username, ApproverCredential.id)):
         name = f"{user.username}" if credential.kind != "webauthn" else f"{user.username}-passkey"
         name = name if name not in entries else f"{name}-{credential.id}"
         entries[name] = protocol.approver_entry(protocol.Approver(name, credential.kind, bytes.fromhex(credential.public_key),
@@ -287,34 +332,101 @@ def _check_signature(user: User, credentials: list[ApproverCredential], message:
 
 
 def _check_assertion(session: Session, user: User, credentials: list[ApproverCredential], message: bytes, response):
+    from fido2.utils import websafe_encode
+    state = {"challenge": websafe_encode(protocol.challenge(message)), "user_verification": None}
+    credential, data = _verify_assertion(session, user, credentials, state, response, "approval refused")
+    packed = protocol.pack_assertion(bytes(data.authenticator_data), bytes(data.client_data), data.signature)
+    return credential, protocol.Approval("webauthn", bytes.fromhex(credential.public_key), packed)
+
+
+def _verify_assertion(session: Session, user: User, credentials: list[ApproverCredential], state: dict, response,
+                      refused: str):
+    """The credential of `credentials` that made this assertion over the state's challenge, and the
+    assertion, once its signature verifies and its signature counter has moved forward (stored here);
+    otherwise CustodyError starting with `refused`."""
     from fido2.utils import websafe_decode
     from fido2.webauthn import AuthenticationResponse
     if not isinstance(response, dict):
-        raise CustodyError("approval refused: no passkey assertion")
+        raise CustodyError(f"{refused}: no passkey assertion")
     try:
         parsed = AuthenticationResponse.from_dict(response)
     except (ValueError, KeyError, TypeError) as e:
-        raise CustodyError(f"approval refused: not a passkey assertion ({e})") from None
+        raise CustodyError(f"{refused}: not a passkey assertion ({e})") from None
     credential = next((c for c in credentials if websafe_decode(c.credential_id) == parsed.raw_id), None)
     if credential is None:
-        raise CustodyError(f"approval refused: that passkey is not one of {user.username}'s enrolled passkeys")
-    from fido2.utils import websafe_encode
-    state = {"challenge": websafe_encode(protocol.challenge(message)), "user_verification": None}
+        raise CustodyError(f"{refused}: that passkey is not one of {user.username}'s enrolled passkeys")
     try:
         _server().authenticate_complete(state, [_attested(credential)], response)
     except ValueError as e:
-        raise CustodyError(f"approval refused: {e}") from None
+        raise CustodyError(f"{refused}: {e}") from None
     data = parsed.response
     counter = data.authenticator_data.counter
     if counter and counter <= credential.sign_count:   # a cloned authenticator (WebAuthn 6.1.1); 0: not kept
-        raise CustodyError("approval refused: the passkey's signature counter went backwards (a cloned key?)")
+        raise CustodyError(f"{refused}: the passkey's signature counter went backwards (a cloned key?)")
     moved = session.execute(update(ApproverCredential).where(ApproverCredential.id == credential.id,
                                                               ApproverCredential.sign_count == credential.sign_count)
                             .values(sign_count=counter)).rowcount
     if not moved:
-        raise CustodyError("approval refused: the passkey was used at the same moment elsewhere; try again")
-    packed = protocol.pack_assertion(bytes(data.authenticator_data), bytes(data.client_data), data.signature)
-    return credential, protocol.Approval("webauthn", bytes.fromhex(credential.public_key), packed)
+        raise CustodyError(f"{refused}: the passkey was used at the same moment elsewhere; try again")
+    return credential, data
+
+
+# -- login passkeys: anyone's second factor (custody.accounts decides when one is asked for) -----------------
+def begin_login_passkey(session: Session, user: User) -> dict:
+    """Options for navigator.credentials.create() of a login passkey, for a user of any role."""
+    # its own user handle, so that an authenticator keeping discoverable credentials per (site, handle)
+    # does not replace the officer's approval passkey with it
+    return _begin_registration(session, user, "login-enroll", f"custody-login-{user.id}", _active(session, user, LOGIN))
+
+
+def verify_login_passkey(session: Session, user: User, response) -> tuple[bytes, dict]:
+    """The new login passkey, verified (ES256 only) against the registration begun for it, which this
+    uses up; stored by add_login_passkey once the rest of the change is allowed."""
+    if not isinstance(response, dict):
+        raise CustodyError("the passkey was not enrolled: no answer from the browser's navigator.credentials.create()")
+    return _registered(session, user, "login-enroll", response)
+
+
+def add_login_passkey(session: Session, user: User, verified: tuple[bytes, dict], *, actor: str) -> ApproverCredential:
+    """Store a verified login passkey as the user's only one (earlier login passkeys are revoked)."""
+    revoke_login_passkeys(session, user, actor=actor)
+    raw, webauthn = verified
+    return _add(session, user, "webauthn", raw, label="login passkey", actor=actor, purpose=LOGIN, **webauthn)
+
+
+def revoke_login_passkeys(session: Session, user: User, *, actor: str) -> None:
+    """Revoke the user's login passkeys and forget their passkey steps under way (a reset, a change)."""
+    for credential in _active(session, user, LOGIN):
+        credential.revoked_at = _now()
+        record(session, "user.passkey_revoked", actor, f"user:{user.username}",
+               {"credential": credential.id, "public_key": credential.public_key})
+    session.execute(ApprovalChallenge.__table__.delete().where(ApprovalChallenge.user_id == user.id,
+                                                               ApprovalChallenge.purpose.in_(("login", "reauth"))))
+
+
+def login_challenge(session: Session, user: User, purpose: str, binding: str, note: dict | None = None) -> dict:
+    """Options for navigator.credentials.get() with the user's login passkeys and a fresh random
+    challenge, kept LOGIN_SECONDS for the one ceremony `binding` names (the secret the browser holds for
+    a pending login, or its session) and used once. `purpose`: "login" or "reauth". `note`: kept with
+    the challenge and given back by check_login_assertion."""
+    from fido2.webauthn import UserVerificationRequirement
+    passkeys = [_attested(c) for c in _active(session, user, LOGIN)]
+    if not passkeys:
+        raise CustodyError(f"{user.username} has no login passkey")
+    options, state = _server().authenticate_begin(passkeys, user_verification=UserVerificationRequirement.PREFERRED)
+    _keep_state(session, user, purpose, {**state, "binding": _digest(binding), "note": note or {}},
+                seconds=LOGIN_SECONDS)
+    return dict(options)
+
+
+def check_login_assertion(session: Session, user: User, purpose: str, binding: str, response) -> dict:
+    """Verify an assertion made over the challenge login_challenge kept for `binding`, by one of the
+    user's login passkeys; the challenge is used up whatever the outcome (the caller commits that).
+    Returns the challenge's note. CustodyError says why an assertion is refused."""
+    state = _take_state(session, user, purpose, binding)
+    note = state.pop("note", {})
+    _verify_assertion(session, user, _active(session, user, LOGIN), state, response, "passkey refused")
+    return note
 
 
 # -- key files (the officer's side: CLI, automation) -------------------------------------------------------
