@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,14 @@ def table(rows: list[dict], columns: list[str]) -> None:
         print("  " + "  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths)))
 
 
+def _stop(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # SIGTERM ends the demo as Ctrl-C does, so its node and signers are stopped with it (uvicorn re-raises
+    # the signal once the console has shut down)
+    signal.signal(signal.SIGTERM, _stop)
     with tempfile.TemporaryDirectory(prefix="custody-demo-") as tmp:
         os.environ["CUSTODY_HOME"] = tmp                  # the demo coordinator's own key, thrown away after
         node = start_node(Path(tmp) / "node")

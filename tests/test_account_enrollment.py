@@ -17,7 +17,7 @@ from sqlalchemy import select, text, update
 from coordinator.app import create_app, node_factory
 from coordinator.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from custody import accounts
-from custody.account_models import ApiToken, Enrollment, LoginSession, User
+from custody.account_models import Enrollment, User
 from custody.cli import main
 from custody.db import open_database
 from custody.errors import CustodyError

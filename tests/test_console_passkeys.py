@@ -17,21 +17,20 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
 from embit.script import address_to_scriptpubkey
 
-from custody import accounts, ceremony, devices, registry, spends
+from custody import accounts, devices, registry, spends
 from custody.db import open_database
-from custody_signer.device import MODEL, shown_first_address
-from custody_signer.simulator import spawn
+from custody_signer.device import MODEL
 from regtest.launcher import free_port
 from regtest.testwallet import TestWallet
 
-from .conftest import mine_coins, signer_discovery
+from .conftest import mine_coins
+from .signers import install_policy, run_ceremony, simulated_signers
 from .support import READY_TIMEOUT, stop, wait_healthy
 from .test_console_e2e import CHROMIUM, CHROMIUM_ARGS, REQUIRED, Codes, login, logout, shot
 
@@ -48,18 +47,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and not REQUIRED,
 @pytest.fixture(scope="module")
 def signers(tmp_path_factory):
     """A simulated reference signer for each holder, reached only through HWI."""
-    root = tmp_path_factory.mktemp("passkey-signers")
-    procs, found = [], {}
-    with signer_discovery(root / "discovery"):
-        try:
-            for holder in HOLDERS:
-                proc, info = spawn(root / holder)
-                procs.append(proc)
-                found[holder] = {"state": root / holder, **info}
-            yield found
-        finally:
-            for proc in procs:
-                stop(proc)
+    with simulated_signers(tmp_path_factory.mktemp("passkey-signers"), HOLDERS) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +66,7 @@ def served(signers, node, rpc, wallet, other_address, tmp_path_factory):
         for holder in HOLDERS:
             devices.connect(s, devices.issue(s, model=MODEL, serial=signers[holder]["serial"], to=holder, actor="root"),
                             "regtest", actor="root")
-        cid = ceremony.start(s, "treasury", 2, [signers[h]["serial"] for h in HOLDERS], actor="root").id
-    for holder in HOLDERS:
-        with sessions.begin() as s:
-            ceremony.collect_key(s, ceremony.get(s, cid), signers[holder]["serial"], "regtest", actor="root")
-    with sessions.begin() as s:
-        ceremony.register(s, ceremony.get(s, cid), "regtest", actor="root")
-    for holder in HOLDERS:
-        with sessions.begin() as s:
-            ceremony.confirm(s, ceremony.get(s, cid), signers[holder]["serial"],
-                             shown_first_address(signers[holder]["state"]), by=holder)
+    run_ceremony(sessions, "treasury", 2, signers, {h: h for h in HOLDERS})
     with sessions.begin() as s:
         policy = registry.get_policy(s, "treasury")
         assert policy.status == "active"
@@ -149,11 +129,8 @@ def person(browser, base: str):
 
 def install_device_policy(state: Path, approvers: dict) -> None:
     """The holder approves, on the device itself, a policy that counts only these approvers' keys."""
-    policy = {"approvers": approvers, "rules": [{"wallet": "treasury", "max_amount": 5 * 100_000_000,
-                                                 "min_approvers": 2}]}
-    (state / "policy-request.json").write_text(json.dumps(policy))
-    subprocess.run([sys.executable, "-m", "custody_signer.cli", "hsm-policy", "--state", str(state),
-                    str(state / "policy-request.json")], check=True, capture_output=True)
+    install_policy(state, {"approvers": approvers, "rules": [{"wallet": "treasury", "max_amount": 5 * 100_000_000,
+                                                              "min_approvers": 2}]})
 
 
 def test_two_passkey_approvals_that_the_devices_verify(browser, served, code, signers, rpc, other_address):

@@ -83,3 +83,8 @@ def test_the_demos_waiting_request_is_completed_in_the_console(tmp_path):
             browser.close()
     finally:
         stop(demo)
+    # stopped as a person would stop it, the demo stops its node and signers and removes its folder
+    home = re.search(r"key files in (/\S+)/officers", out.read_text()).group(1)
+    assert demo.returncode is not None and not os.path.exists(home), out.read_text()[-2000:]
+    leftovers = subprocess.run(["pgrep", "-f", home], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], f"processes of the demo still running: {leftovers}"

@@ -26,12 +26,11 @@ from custody.models import EventLogEntry
 from custody.sync import Syncer
 from custody_signer import firmware
 from custody_signer.device import MODEL, SELF_TEST_MAGIC, possession_message, shown_first_address
-from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
 
 from . import officers
-from .conftest import mine_coins, signer_discovery
-from .support import stop
+from .conftest import mine_coins
+from .signers import simulated_signers
 
 PAYEE = TestWallet("lifecycle payee")
 
@@ -51,18 +50,8 @@ def backend(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fleet(backend, tmp_path_factory):
     """Four simulated signers, each its own process on its own socket, found by HWI."""
-    root = tmp_path_factory.mktemp("fleet")
-    procs, found = [], {}
-    with signer_discovery(root / "discovery"):
-        try:
-            for name in "ABCD":
-                proc, info = spawn(root / name)
-                procs.append(proc)
-                found[name] = {"state": root / name, **info}
-            yield found
-        finally:
-            for proc in procs:
-                stop(proc)
+    with simulated_signers(tmp_path_factory.mktemp("fleet"), "ABCD") as found:
+        yield found
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,6 @@ signatories the devices are issued to (the device of "Sina" is the user sina's: 
 canonical form)."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -25,12 +22,11 @@ from custody import accounts, ceremony, devices, holders, registry, service, spe
 from custody.db import open_database
 from custody.models import EventLogEntry
 from custody_signer.device import MODEL, shown_first_address
-from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
 
 from . import officers
-from .conftest import mine_coins, signer_discovery
-from .support import stop
+from .conftest import mine_coins
+from .signers import install_policy, simulated_signers
 
 PASSWORD = "correct horse battery staple"
 PAYEE = TestWallet("holder payee")
@@ -41,18 +37,8 @@ USER = {"A": "sina", "B": "sam", "C": "sue"}
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("holder-fleet")
-    procs, found = [], {}
-    with signer_discovery(root / "discovery"):
-        try:
-            for name in "ABC":
-                proc, info = spawn(root / name)
-                procs.append(proc)
-                found[name] = {"state": root / name, **info}
-            yield found
-        finally:
-            for proc in procs:
-                stop(proc)
+    with simulated_signers(tmp_path_factory.mktemp("holder-fleet"), "ABC") as found:
+        yield found
 
 
 class Api:
@@ -88,9 +74,7 @@ def api(fleet, node, rpc, wallet, tmp_path_factory):
         with sessions.begin() as s:
             devices.connect(s, devices.get(s, fleet[name]["serial"]), "regtest", actor="root")
         rules = {"approvers": {}, "rules": [{"wallet": "vault", "max_amount": 5 * 100_000_000}]}
-        (fleet[name]["state"] / "policy-request.json").write_text(json.dumps(rules))
-        subprocess.run([sys.executable, "-m", "custody_signer.cli", "hsm-policy", "--state", str(fleet[name]["state"]),
-                        str(fleet[name]["state"] / "policy-request.json")], check=True, capture_output=True)
+        install_policy(fleet[name]["state"], rules)
     serials = [fleet[n]["serial"] for n in "ABC"]
     with sessions.begin() as s:
         cid = ceremony.start(s, "vault", 2, serials, actor="root").id

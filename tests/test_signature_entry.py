@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 
 import pytest
 from embit.script import address_to_scriptpubkey
@@ -30,12 +28,11 @@ from custody.models import EventLogEntry, Key
 from custody.policies import build_policy
 from custody_signer import firmware
 from custody_signer.device import MODEL, SELF_TEST_MAGIC, shown_first_address
-from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
 
 from .approval_keys import ed25519_key
-from .conftest import hd_keys, mine_coins, signer_discovery
-from .support import stop
+from .conftest import hd_keys, mine_coins
+from .signers import install_policy, simulated_signers
 from .test_device_sign_holder import PASSWORD, device_files
 
 PAYEE = TestWallet("signature entry payee")
@@ -57,18 +54,8 @@ def backend(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fleet(backend, tmp_path_factory):
-    root = tmp_path_factory.mktemp("entry-fleet")
-    procs, found = [], {}
-    with signer_discovery(root / "discovery"):
-        try:
-            for name in "ABC":
-                proc, info = spawn(root / name)
-                procs.append(proc)
-                found[name] = {"state": root / name, **info}
-            yield found
-        finally:
-            for proc in procs:
-                stop(proc)
+    with simulated_signers(tmp_path_factory.mktemp("entry-fleet"), "ABC") as found:
+        yield found
 
 
 class World:
@@ -139,9 +126,7 @@ def world(backend, fleet, node, rpc, wallet):
         with sessions.begin() as s:
             devices.connect(s, devices.get(s, fleet[name]["serial"]), "regtest", actor="root")
         rules = {"approvers": {}, "rules": [{"wallet": "vault", "max_amount": 5 * 100_000_000}]}
-        (fleet[name]["state"] / "policy-request.json").write_text(json.dumps(rules))
-        subprocess.run([sys.executable, "-m", "custody_signer.cli", "hsm-policy", "--state", str(fleet[name]["state"]),
-                        str(fleet[name]["state"] / "policy-request.json")], check=True, capture_output=True)
+        install_policy(fleet[name]["state"], rules)
     serials = [fleet[n]["serial"] for n in "ABC"]
     with sessions.begin() as s:
         cid = ceremony.start(s, "vault", 2, serials, actor="root").id

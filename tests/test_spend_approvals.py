@@ -24,18 +24,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from coordinator.app import create_app, node_factory
-from custody import accounts, ceremony, devices, registry, service, spends
+from custody import accounts, devices, registry, service, spends
 from custody.credential_models import ApproverCredential
 from custody.db import open_database
 from custody.spend_models import Approval, Spend
-from custody_signer.device import MODEL, shown_first_address
-from custody_signer.simulator import spawn
+from custody_signer.device import MODEL
 from regtest.testwallet import TestWallet
 
 from . import officers
 from .passkeys import SoftPasskey
-from .conftest import mine_coins, signer_discovery
-from .support import stop
+from .conftest import mine_coins
+from .signers import install_policy, run_ceremony, simulated_signers
 
 PASSWORD = "correct horse battery staple"
 PAYEE = TestWallet("approvals payee")
@@ -44,18 +43,8 @@ HOLDERS = ("sina", "sam")
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("approval-fleet")
-    procs, found = [], {}
-    with signer_discovery(root / "discovery"):
-        try:
-            for holder in HOLDERS:
-                proc, info = spawn(root / holder)
-                procs.append(proc)
-                found[holder] = {"state": root / holder, **info}
-            yield found
-        finally:
-            for proc in procs:
-                stop(proc)
+    with simulated_signers(tmp_path_factory.mktemp("approval-fleet"), HOLDERS) as found:
+        yield found
 
 
 class Api:
@@ -99,21 +88,10 @@ def api(fleet, node, rpc, wallet, tmp_path_factory):
         for holder in HOLDERS:
             devices.connect(s, devices.issue(s, model=MODEL, serial=fleet[holder]["serial"], to=holder, actor="root"),
                             "regtest", actor="root")
-        cid = ceremony.start(s, "vault", 2, [fleet[h]["serial"] for h in HOLDERS], actor="root").id
     for holder in HOLDERS:
-        policy = {"approvers": officers.device_approvers("olga", "omar"),
-                  "rules": [{"wallet": "vault", "min_approvers": 2}]}
-        (fleet[holder]["state"] / "policy-request.json").write_text(json.dumps(policy))
-        subprocess.run([sys.executable, "-m", "custody_signer.cli", "hsm-policy", "--state", str(fleet[holder]["state"]),
-                        str(fleet[holder]["state"] / "policy-request.json")], check=True, capture_output=True)
-        with sessions.begin() as s:
-            ceremony.collect_key(s, ceremony.get(s, cid), fleet[holder]["serial"], "regtest", actor="root")
-    with sessions.begin() as s:
-        ceremony.register(s, ceremony.get(s, cid), "regtest", actor="root")
-    for holder in HOLDERS:
-        with sessions.begin() as s:
-            ceremony.confirm(s, ceremony.get(s, cid), fleet[holder]["serial"],
-                             shown_first_address(fleet[holder]["state"]), by=holder)
+        install_policy(fleet[holder]["state"], {"approvers": officers.device_approvers("olga", "omar"),
+                                                "rules": [{"wallet": "vault", "min_approvers": 2}]})
+    run_ceremony(sessions, "vault", 2, fleet, {h: h for h in HOLDERS})
     with sessions.begin() as s:
         policy = registry.get_policy(s, "vault")
         spends.set_approval_rule(s, policy, required_approvals=2)
