@@ -16,9 +16,8 @@ from embit.psbt import PSBT
 from embit.script import Script, Witness
 from embit.transaction import Transaction, TransactionInput
 
-from custody.node_client import NodeClient
-
 from . import commitment, proof_format, txparse, verify
+from .rpc import Node
 
 
 class Bip127Error(ValueError):
@@ -62,7 +61,7 @@ def read(data: str | bytes) -> Bip127Proof:
     return Bip127Proof(message, variant, raw_tx, amounts)
 
 
-def to_package(proof: Bip127Proof, client: NodeClient, *, descriptors: list[dict], height: int,
+def to_package(proof: Bip127Proof, client: Node, *, descriptors: list[dict], height: int,
                network: str) -> dict:
     """A package for the verifier: coins matched to the declared descriptors (each dict as a package's
     `descriptors` entry), creation heights read from the node (`gettxout` for unspent coins)."""

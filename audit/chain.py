@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from custody.node_client import NodeClient, RPCError
-
 from . import txparse
+from .rpc import Node, is_rpc_error
 
 BATCH = 2000
 
@@ -30,7 +29,7 @@ class ChainCoin:
     spent_at: int | None = None           # height of the block that spent it (after H), if found
 
 
-def _batched(client: NodeClient, calls: list[tuple[str, list]]) -> list:
+def _batched(client: Node, calls: list[tuple[str, list]]) -> list:
     out = []
     for start in range(0, len(calls), BATCH):
         out += client.batch(calls[start:start + BATCH])
@@ -38,7 +37,7 @@ def _batched(client: NodeClient, calls: list[tuple[str, list]]) -> list:
 
 
 
-def look_up(client: NodeClient, claims: list[tuple[str, int, int]], height: int, tip: int,
+def look_up(client: Node, claims: list[tuple[str, int, int]], height: int, tip: int,
             progress=None) -> list[ChainCoin]:
     """`claims` are (txid, vout, claimed creation height). Heights above `tip` are reported, not fetched."""
     coins = [ChainCoin((txid, vout)) for txid, vout, _ in claims]
@@ -53,7 +52,7 @@ def look_up(client: NodeClient, claims: list[tuple[str, int, int]], height: int,
     keys = list(wanted)
     replies = _batched(client, [("getrawtransaction", [txid, 0, hashes[h]]) for txid, h in keys])
     for (txid, claimed), reply in zip(keys, replies):
-        if isinstance(reply, RPCError):
+        if is_rpc_error(reply):
             for coin in wanted[(txid, claimed)]:
                 coin.found = f"transaction {txid} is not in the best chain's block at height {claimed}"
             continue
@@ -71,7 +70,7 @@ def look_up(client: NodeClient, claims: list[tuple[str, int, int]], height: int,
     located = [c for c in coins if c.found is None]
     replies = _batched(client, [("gettxout", [c.outpoint[0], c.outpoint[1], False]) for c in located])
     for coin, reply in zip(located, replies):
-        if isinstance(reply, RPCError):
+        if is_rpc_error(reply):
             raise reply
         coin.unspent_at_tip = reply is not None
     missing = {c.outpoint: c for c in located if not c.unspent_at_tip}
@@ -82,7 +81,7 @@ def look_up(client: NodeClient, claims: list[tuple[str, int, int]], height: int,
     return coins
 
 
-def _find_spends(client: NodeClient, missing: dict, height: int, tip: int) -> None:
+def _find_spends(client: Node, missing: dict, height: int, tip: int) -> None:
     """Scan the blocks after H for the transactions that spent the missing coins (up to the node's tip
     now: a block that arrived since `tip` may be the one that spent a coin)."""
     for h in range(height + 1, max(tip, client.getblockcount()) + 1):

@@ -12,9 +12,8 @@ import secrets
 import sys
 from pathlib import Path
 
-from custody.node_client import NodeClient, NodeError
-
 from . import bip127, liabilities, log_checkpoint, report, verify
+from .rpc import Node, NodeError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +89,7 @@ def _verify(args) -> None:
         if not Path(args.checkpoints).is_dir():
             raise ValueError(f"--checkpoints {args.checkpoints}: not a directory")
         kept = log_checkpoint.load_files([Path(args.checkpoints)])
-    client = NodeClient(args.node, cookie_file=args.cookie, timeout=600)
+    client = Node(args.node, cookie_file=args.cookie, timeout=600)
     result = verify.verify(package, client, nonce=args.nonce, audit=args.audit, min_depth=args.min_depth,
                            workers=args.workers, progress=_progress(len(package["coins"])), checkpoints=kept)
     if args.checkpoints and any(c.name == "event log" and c.verdict == verify.VALID for c in result.checks):
@@ -121,7 +120,7 @@ def _import_bip127(args) -> None:
     if args.out:
         if not (args.node and args.descriptor and args.height is not None):
             raise ValueError("--out needs --node, --descriptor and --height")
-        client = NodeClient(args.node, cookie_file=args.cookie, timeout=600)
+        client = Node(args.node, cookie_file=args.cookie, timeout=600)
         package = bip127.to_package(proof, client, height=args.height, network=args.network,
                                     descriptors=[bip127.declare(d, args.last_index) for d in args.descriptor])
         Path(args.out).write_text(json.dumps(package, indent=1))

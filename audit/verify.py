@@ -6,8 +6,8 @@ only when every check is valid; anything else fails closed.
 
 Nothing the package says about coins is believed: amounts, scripts, heights and coinbase flags are
 read from the node; the package's claims only say where to look, and each is compared with what was
-found. This module depends on `audit` and the chain client (plus `custody.bip322`'s virtual
-transactions, through `proof_format`), nothing else of the custodian's.
+found. This module depends on `audit` alone (its own node client, `audit.rpc`), nothing of the
+custodian's: the auditor runs it without custody/, coordinator/ or the signer installed.
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from embit.descriptor import Descriptor
 from embit.descriptor.checksum import checksum
 
-from custody.node_client import NodeClient, NodeError
-
 from . import chain, commitment, log_checkpoint, proof_format, scripts, txparse
+from .rpc import Node, is_rpc_error
 
 VALID, INVALID, INCONCLUSIVE = "valid", "invalid", "inconclusive"
 COINBASE_MATURITY = 100
@@ -84,7 +83,7 @@ def load_package(text: str) -> dict:
     return package
 
 
-def verify(package: dict, client: NodeClient, *, nonce: str, audit: str | None = None,
+def verify(package: dict, client: Node, *, nonce: str, audit: str | None = None,
            min_depth: int = DEFAULT_MIN_DEPTH, workers: int | None = None, progress=None,
            checkpoints: list[dict] | None = None) -> Verification:
     """Run every check; never raises for a bad proof (that is a verdict), only for an unreachable node.
@@ -153,7 +152,7 @@ def _coin_claims(package: dict) -> list[tuple[str, int, int]] | None:
 
 
 # -- the checks, in the order of the report ---------------------------------------------------------------------
-def _challenge(result: Verification, package: dict, message: bytes, client: NodeClient, nonce: str,
+def _challenge(result: Verification, package: dict, message: bytes, client: Node, nonce: str,
                audit: str | None, info: dict) -> None:
     try:
         fields = proof_format.parse_message(message)
@@ -173,7 +172,9 @@ def _challenge(result: Verification, package: dict, message: bytes, client: Node
                                                 f"follows {info['chain']!r}")
     try:
         header = client.getblockheader(fields["recent block"])
-    except NodeError:
+    except Exception as e:
+        if not is_rpc_error(e):
+            raise
         return result.add("challenge", INVALID, f"the recent block {fields['recent block']} is unknown to this node")
     if header.get("confirmations", -1) < 1:
         return result.add("challenge", INVALID, "the recent block the message names is not on the best chain")
@@ -377,7 +378,7 @@ def _declared(entry: dict, network: str) -> tuple[Descriptor, tuple[int, int], i
     return Descriptor.from_string(body), (span[0], span[1]), m
 
 
-def _chain(result: Verification, package: dict, client: NodeClient, found, tip: int, tip_hash: str,
+def _chain(result: Verification, package: dict, client: Node, found, tip: int, tip_hash: str,
            min_depth: int) -> None:
     height = package["height"]
     if height > tip:

@@ -99,7 +99,7 @@ def _round_trip(sessions, device: Device, psbt: PSBT, message: bytes, n: int) ->
     part after enrolment (what each spend costs)."""
     from custody import credentials
     from custody.account_models import User
-    from custody_signer import approvals as protocol
+    from custody_signer import protocol
     names = [f"olga{n}", f"omar{n}"]
     passkeys = {name: SoftPasskey() for name in names}
     with sessions.begin() as s:

@@ -31,8 +31,8 @@ from custody import (ceremony, credentials, device_signing, devices, eventlog, e
                      registry, reserve_service, reserves, spends, statements, sweeps, telemetry)
 from custody.mining_models import MiningDevice, Pool, PoolAccount
 from custody_signer.cli import main as signer_cli
-from custody_signer.device import MODEL, shown_first_address
-from custody_signer.simulator import spawn
+from custody_signer.protocol import MODEL
+from custody_signer.simulator import shown_first_address, spawn
 from custody.models import EventLogEntry
 from custody.db import open_database
 from custody.node_client import NodeClient, btc_to_sats

@@ -22,8 +22,7 @@ from embit.script import p2wpkh
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from custody_signer.device import possession_message, registration_message
-from custody_signer.wallets import policy_id
+from custody_signer.protocol import policy_id, possession_message, registration_message
 
 from . import bip322
 from .device_models import Ceremony, CeremonyMember, DeviceRegistration

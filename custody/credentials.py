@@ -1,7 +1,7 @@
 """Officers' approval credentials, and the approvals made with them.
 
 An approval of a spend is the officer's own signature over the spend's unsigned transaction
-(`custody_signer.approvals.approval_message`): a passkey assertion from the console (WebAuthn, checked
+(`custody_signer.protocol.approval_message`): a passkey assertion from the console (WebAuthn, checked
 here with the `fido2` library) or a signature by a key file (ed25519 or P-256) from the CLI or
 automation. The coordinator keeps only public keys; it checks each approval before recording it, and
 the same bytes travel in the PSBT to the devices, which check them again against the keys their own
@@ -30,8 +30,8 @@ from embit.networks import NETWORKS
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from custody_signer import approvals as protocol
-from custody_signer.wallets import policy_id
+from custody_signer import protocol
+from custody_signer.protocol import policy_id
 
 from .account_models import User
 from .credential_models import ApprovalChallenge, ApproverCredential

@@ -15,7 +15,7 @@ import json
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from custody_signer import firmware as images
+from custody_signer import protocol
 
 from .device_models import DeviceRegistration, FirmwareModel, FirmwareRelease
 from .errors import CustodyError, NotFound
@@ -152,17 +152,17 @@ def _model(session: Session, model: str) -> FirmwareModel:
 def add_release(session: Session, image: bytes, *, actor: str) -> FirmwareRelease:
     """Store a release after checking its signatures, hardware and hash as a device would."""
     try:
-        manifest, signed_by, _payload = images.read_image(image)
+        manifest, signed_by, _payload = protocol.read_image(image)
         trust = _model(session, manifest.model)
         trusted = set(json.loads(trust.trusted_keys))
-        images.verify_image(image, trusted_keys=trusted, threshold=trust.threshold, model=trust.model,
-                            installed_version=(0, 0, 0), epoch_counter=0, production=trust.production)
-    except images.FirmwareError as e:
+        protocol.verify_image(image, trusted_keys=trusted, threshold=trust.threshold, model=trust.model,
+                              installed_version=(0, 0, 0), epoch_counter=0, production=trust.production)
+    except protocol.FirmwareError as e:
         raise CustodyError(f"firmware refused: {e}") from None
     digest = hashlib.sha256(image).hexdigest()
     if session.scalar(select(FirmwareRelease).where(FirmwareRelease.sha256 == digest)):
         raise CustodyError(f"release {digest[:16]}… is already in the registry")
-    version = images.version_text(manifest.version)
+    version = protocol.version_text(manifest.version)
     signatures = len({key for key, _ in signed_by if key in trusted})
     release = FirmwareRelease(model=manifest.model, version=version, epoch=manifest.epoch, sha256=digest,
                               size=len(image), signatures=signatures, image=image, added_by=actor)
@@ -175,8 +175,8 @@ def add_release(session: Session, image: bytes, *, actor: str) -> FirmwareReleas
 
 def set_min_version(session: Session, model: str, version: str, *, actor: str) -> FirmwareModel:
     try:
-        images.parse_version(version)
-    except images.FirmwareError as e:
+        protocol.parse_version(version)
+    except protocol.FirmwareError as e:
         raise CustodyError(str(e)) from None
     trust = _model(session, model)
     if not session.scalar(select(FirmwareRelease).where(FirmwareRelease.model == model,
@@ -200,7 +200,7 @@ def firmware_standing(session: Session, device: SigningDevice) -> str:
         return "unknown"
     if trust is None or trust.min_version is None:
         return "current"
-    if images.parse_version(device.firmware_version) < images.parse_version(trust.min_version):
+    if protocol.parse_version(device.firmware_version) < protocol.parse_version(trust.min_version):
         return f"upgrade required (below {trust.min_version})"
     return "current"
 
@@ -262,7 +262,8 @@ def upgrade(session: Session, device: SigningDevice, release_id: int, network: s
         raise CustodyError(f"device {device.serial} is revoked")
     if release.model != device.model:
         raise CustodyError(f"release #{release.id} is for {release.model}, device {device.serial} is a {device.model}")
-    if device.firmware_version and images.parse_version(release.version) <= images.parse_version(device.firmware_version):
+    if (device.firmware_version
+            and protocol.parse_version(release.version) <= protocol.parse_version(device.firmware_version)):
         raise CustodyError(f"release {release.version} is not newer than {device.firmware_version}, which device "
                            f"{device.serial} runs (no downgrades)")
     with open_device(device, network) as d:

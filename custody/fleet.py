@@ -14,8 +14,7 @@ import secrets
 from embit.script import p2wpkh
 from sqlalchemy.orm import Session
 
-from custody_signer.device import possession_message
-from custody_signer.wallets import policy_id
+from custody_signer.protocol import policy_id, possession_message
 
 from . import bip322, devices
 from .ceremony import _at_first_address, check_registration

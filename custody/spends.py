@@ -36,7 +36,7 @@ from .registry import spec_of
 from .signatures import Merged, SignatureError, finalize, merge_encoded
 from .credential_models import ApproverCredential
 from .spend_models import Approval, ApprovalRule, Spend, SpendSignature
-from custody_signer import approvals as approvals_protocol
+from custody_signer import protocol as approvals_protocol
 from embit.psbt import PSBT
 
 FEE_RATE_FLOOR = 1.0        # sat/vB

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from embit.networks import NETWORKS
 from embit.psbt import PSBT
 
-from custody_signer.approvals import Approval, approval_message, b64url, challenge, pack_assertion, psbt_field
+from custody_signer.protocol import Approval, approval_message, b64url, challenge, pack_assertion, psbt_field
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 RP_ID = "custody.example"

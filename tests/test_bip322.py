@@ -107,6 +107,15 @@ def test_p2wpkh_vectors_verify(message):
 
 
 @pytest.mark.parametrize("message", list(SIGS))
+def test_the_devices_own_signing_reproduces_the_bip(message):
+    """The reference signer signs with its own implementation (it stands apart from the coordinator's)."""
+    from custody_signer import bip322 as device
+    assert device.message_hash(message) == message_hash(message)
+    assert device.to_sign(device.to_spend(SPK, message)).txid() == to_sign(to_spend(SPK, message)).txid()
+    assert device.sign_p2wpkh(KEY, message) == SIGS[message][0]
+
+
+@pytest.mark.parametrize("message", list(SIGS))
 def test_signing_reproduces_the_bip(message):
     # The BIP does not say how its nonces were made, but its first signature of each pair is
     # exactly what RFC 6979 plus Bitcoin Core's low-R grinding gives, and so what embit gives.

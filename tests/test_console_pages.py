@@ -176,14 +176,14 @@ def test_logging_in_wrongly_and_out(console):
 
 
 def test_devices_page_forms_for_the_admin(console):
-    from custody_signer import firmware
+    from custody_signer import protocol
     from custody_signer.device import MODEL, factory_image
     console.login("root")
     issued = console.post("/devices/issue", {"serial": "RS-0001", "model": MODEL, "signatory": "sina"})
     assert issued.status_code == 303
     page = console.client.get("/devices")
     assert 'data-serial="RS-0001"' in page.text and "issued" in page.text
-    keys = " ".join(sorted(firmware.test_release_public_keys(3)))
+    keys = " ".join(sorted(protocol.test_release_public_keys(3)))
     assert console.post("/firmware/trust", {"model": MODEL, "keys": keys, "threshold": "2",
                                             "test_keys": "true"}).status_code == 303
     image = factory_image("1.2.0", epoch=2)

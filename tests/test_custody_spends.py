@@ -18,7 +18,7 @@ from embit.psbt import PSBT
 from embit.script import Script
 
 from custody import ledger, registry, spends
-from custody_signer import approvals as approvals_protocol
+from custody_signer import protocol as approvals_protocol
 from custody.db import open_database
 from custody.errors import CustodyError
 from custody.node_client import NodeClient

@@ -24,8 +24,10 @@ from custody.errors import CustodyError
 from custody.hwi_devices import DeviceSession, DeviceUnavailable
 from custody.models import EventLogEntry
 from custody.sync import Syncer
-from custody_signer import firmware
-from custody_signer.device import MODEL, SELF_TEST_MAGIC, possession_message, shown_first_address
+from custody_signer import firmware, protocol
+from custody_signer.device import SELF_TEST_MAGIC
+from custody_signer.protocol import MODEL, possession_message
+from custody_signer.simulator import shown_first_address
 from regtest.testwallet import TestWallet
 
 from . import officers
@@ -285,13 +287,13 @@ def test_a_forged_approver_signature_is_refused_by_the_coordinator(world, rpc):
 # -- firmware ------------------------------------------------------------------------------------------------
 def image(version: str, *, epoch: int = 1, model: str = MODEL, signers: int = 2, payload: bytes | None = None):
     return firmware.build_image(payload or SELF_TEST_MAGIC + f"reference signer {version}\n".encode(), model=model,
-                                version=version, epoch=epoch, signers=firmware.test_release_keys(3)[:signers])
+                                version=version, epoch=epoch, signers=protocol.test_release_keys(3)[:signers])
 
 
 def test_firmware_releases_are_verified_before_the_registry_takes_them(world):
     sessions = world["sessions"]
     with sessions.begin() as s:
-        devices.trust_model(s, MODEL, keys=sorted(firmware.test_release_public_keys(3)), threshold=2,
+        devices.trust_model(s, MODEL, keys=sorted(protocol.test_release_public_keys(3)), threshold=2,
                             production=False, actor="ada")
     good = image("1.1.0", epoch=2)
     tampered = good[:-5] + b"EVIL\n"

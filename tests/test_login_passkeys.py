@@ -26,7 +26,7 @@ from custody.credential_models import ApprovalChallenge, ApproverCredential
 from custody.db import open_database
 from custody.errors import CustodyError
 from custody.models import EventLogEntry
-from custody_signer import approvals as protocol
+from custody_signer import protocol
 
 from .passkeys import SoftPasskey
 

@@ -33,7 +33,7 @@ from custody.db import open_database
 from custody.device_models import CeremonyMember
 from custody.models import Key, SigningDevice
 from custody.policies import build_policy
-from custody_signer.device import MODEL, possession_message
+from custody_signer.protocol import MODEL, possession_message
 from regtest.testwallet import TestWallet
 
 from . import officers

@@ -26,7 +26,7 @@ from custody.errors import CustodyError
 from custody.hwi_devices import DeviceSession
 from custody.models import EventLogEntry, Key
 from custody.policies import build_policy
-from custody_signer import firmware
+from custody_signer import firmware, protocol
 from custody_signer.device import MODEL, SELF_TEST_MAGIC, shown_first_address
 from regtest.testwallet import TestWallet
 
@@ -205,9 +205,9 @@ def test_a_suspended_devices_signatures_are_refused_at_every_entry(world):
 
 def test_signatures_below_the_minimum_firmware_are_refused_at_every_entry(world):
     image = firmware.build_image(SELF_TEST_MAGIC + b"reference signer 1.1.0\n", model=MODEL, version="1.1.0",
-                                 epoch=2, signers=firmware.test_release_keys(3)[:2])
+                                 epoch=2, signers=protocol.test_release_keys(3)[:2])
     with world.sessions.begin() as s:
-        devices.trust_model(s, MODEL, keys=sorted(firmware.test_release_public_keys(3)), threshold=2,
+        devices.trust_model(s, MODEL, keys=sorted(protocol.test_release_public_keys(3)), threshold=2,
                             production=False, actor="root")
         release = devices.add_release(s, image, actor="root").id
         devices.set_min_version(s, MODEL, "1.1.0", actor="root")

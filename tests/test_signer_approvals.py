@@ -18,11 +18,10 @@ from embit.psbt import PSBT, DerivationPath
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-from custody_signer.approvals import (Approval, approval_message, b64url, challenge, pack_assertion,
-                                      unpack_assertion)
 from custody_signer.device import Device, DeviceError
 from custody_signer.hsm import PolicyError, check_policy
-from custody_signer.wallets import policy_id
+from custody_signer.protocol import (Approval, approval_message, b64url, challenge, pack_assertion, policy_id,
+                                     unpack_assertion)
 from regtest.testwallet import TestWallet
 
 from .approval_keys import (ORIGIN, RP_ID, UP, UV, assertion, authenticator_data, carry, client_data_json,

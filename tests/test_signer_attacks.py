@@ -21,10 +21,10 @@ from embit.script import Script, p2wpkh
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
 from custody import bip322
-from custody_signer import firmware
-from custody_signer.device import Device, DeviceError, registration_message
+from custody_signer import firmware, protocol
+from custody_signer.device import Device, DeviceError
 from custody_signer.hsm import verify_log
-from custody_signer.wallets import policy_id
+from custody_signer.protocol import policy_id, registration_message
 from regtest.testwallet import TestWallet
 
 from .approval_keys import carry, ed25519_approval, spend_message
@@ -233,7 +233,7 @@ def _rs(der: bytes) -> tuple[int, int]:
 
 def test_firmware_attacks_are_refused_by_the_device(trio):
     (device, *_), _ = trio
-    keys = firmware.test_release_keys(3)
+    keys = protocol.test_release_keys(3)
     payload = b"custody-signer firmware\nreference signer 2.0.0\n"
     good = firmware.build_image(payload, model=device.config["model"], version="2.0.0", epoch=3, signers=keys[:2])
     attacks = {"does not match the signed hash": good[:-2] + b"!\n",

@@ -37,12 +37,12 @@ from hwilib.common import Chain
 from hwilib.errors import DeviceFailureError
 
 from custody import bip322, signatures
-from custody_signer import cli, firmware
-from custody_signer.device import MODEL, SELF_TEST_MAGIC, Device, DeviceError, registration_message
-from custody_signer.approvals import Approval
+from custody_signer import cli, firmware, protocol
+from custody_signer.device import SELF_TEST_MAGIC, Device, DeviceError
 from custody_signer.hsm import PolicyError, check_policy, entry_hash, verify_log
+from custody_signer.protocol import MODEL, Approval, policy_id, registration_message
 from custody_signer.simulator import call, spawn
-from custody_signer.wallets import MAX_INDEX, policy_id
+from custody_signer.wallets import MAX_INDEX
 from regtest.testwallet import TestWallet
 
 from .approval_keys import carry, ed25519_approval, spend_message
@@ -59,7 +59,7 @@ PERMISSIVE = {"approvers": {}, "rules": [{"wallet": "vault", "max_amount": 10 * 
 APPROVERS = {name: nacl.signing.SigningKey(hashlib.sha256(f"approver {name}".encode()).digest())
              for name in ("alice", "bob", "carol")}
 MALLORY = nacl.signing.SigningKey(hashlib.sha256(b"not an approver").digest())
-RELEASE_KEYS = firmware.test_release_keys(3)
+RELEASE_KEYS = protocol.test_release_keys(3)
 BIN = Path(sys.executable).parent
 
 

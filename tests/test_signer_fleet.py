@@ -26,8 +26,9 @@ from hwilib import commands
 from hwilib.common import Chain
 
 from custody import bip322
-from custody_signer.device import Device, DeviceError, registration_message
+from custody_signer.device import Device, DeviceError
 from custody_signer.hsm import PolicyError, check_policy, verify_log
+from custody_signer.protocol import registration_message
 from custody_signer.simulator import spawn
 from custody_signer.wallets import MAX_INDEX
 from regtest.testwallet import TestWallet

@@ -27,7 +27,7 @@ import pytest
 from embit import bip32
 from embit.networks import NETWORKS
 
-from custody_signer import faults, firmware
+from custody_signer import faults, firmware, protocol
 from custody_signer.device import Device, DeviceError, factory_image
 from custody_signer.flash import SLOTS
 from custody_signer.hsm import verify_log
@@ -203,7 +203,7 @@ def test_an_upgrade_passes_every_fault_point(tmp_path, discovery):
 
 
 def verifies(image: bytes) -> firmware.Manifest:
-    return firmware.verify_image(image, trusted_keys=firmware.test_release_public_keys(3), threshold=2,
+    return protocol.verify_image(image, trusted_keys=protocol.test_release_public_keys(3), threshold=2,
                                  model="custody-signer-sim", installed_version=(0, 0, 0), epoch_counter=0,
                                  production=False)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from . import firmware, hsm
+from . import firmware, hsm, protocol
 from .device import Device, DeviceError
 from .durable import atomic_write
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.handler(args)
-    except (firmware.FirmwareError, DeviceError, ValueError, OSError) as e:
+    except (protocol.FirmwareError, DeviceError, ValueError, OSError) as e:
         print(f"custody-signer: error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("test-keys", help="print the public test release keys (never for production)")
     c.add_argument("--count", type=int, default=3)
     c.set_defaults(handler=lambda args: print("\n".join(k.verify_key.encode().hex()
-                                                        for k in firmware.test_release_keys(args.count))))
+                                                        for k in protocol.test_release_keys(args.count))))
     return p
 
 
@@ -111,7 +111,7 @@ def _key(path: str) -> nacl.signing.SigningKey:
 
 
 def _build(args) -> None:
-    signers = [_key(f) for f in args.key_file] + firmware.test_release_keys(args.test_keys)[:args.test_keys]
+    signers = [_key(f) for f in args.key_file] + protocol.test_release_keys(args.test_keys)[:args.test_keys]
     image = firmware.build_image(Path(args.payload).read_bytes(), model=args.model, version=args.firmware_version,
                                  epoch=args.epoch, key_set="production" if args.production else "test",
                                  signers=signers)
@@ -135,9 +135,9 @@ def _file_mode(path) -> int:
 
 
 def _verify(args) -> None:
-    manifest = firmware.verify_image(Path(args.image).read_bytes(), trusted_keys=set(args.trusted),
+    manifest = protocol.verify_image(Path(args.image).read_bytes(), trusted_keys=set(args.trusted),
                                      threshold=args.threshold, model=args.model,
-                                     installed_version=firmware.parse_version(args.installed_version),
+                                     installed_version=protocol.parse_version(args.installed_version),
                                      epoch_counter=args.epoch_counter, production=args.production)
     print(manifest.canonical().decode())
 

@@ -22,22 +22,22 @@ from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
 from embit.transaction import SIGHASH
 
-from custody import bip322
+from . import bip322
 
-from . import firmware
-from .approvals import approvals_in
 from .durable import append, atomic_write, drop_torn_tail, make_dirs, remove_temporaries
+from .firmware import build_image
 from .flash import Flash
 from .hsm import Hsm
 from .inspection import Coin, FeeCaps, SigningRefused, inspect
 from .proofs import ExactPSBT, inspect_proof, is_proof
-from .wallets import derivation_in, MAX_INDEX, RegistrationError, Wallet, check_wallet, check_watch_only, descriptor_kind, normalise
+from .protocol import (MODEL, TAP_KEY_SIG, FirmwareError, approvals_in, normalise, registration_message,
+                       test_release_keys, test_release_public_keys, version_text)
+# the protocol's own, named here too for the tests that import it from this module
+from .wallets import derivation_in, MAX_INDEX, RegistrationError, Wallet, check_wallet, check_watch_only, descriptor_kind
 
-MODEL = "custody-signer-sim"
 RELEASE_THRESHOLD = 2                      # of the three release keys
 SELF_TEST_MAGIC = b"custody-signer firmware\n"
 NETWORK = "regtest"
-TAP_KEY_SIG = b"\x13"                      # BIP-371 PSBT_IN_TAP_KEY_SIG (no key data)
 
 
 class DeviceError(ValueError):
@@ -47,8 +47,8 @@ class DeviceError(ValueError):
 def factory_image(version: str = "1.0.0", epoch: int = 1, model: str = MODEL) -> bytes:
     """The image a simulated device leaves the factory with (public test keys, as Jade's fakeprod)."""
     payload = SELF_TEST_MAGIC + f"reference signer {version}\n".encode()
-    return firmware.build_image(payload, model=model, version=version, epoch=epoch,
-                                signers=firmware.test_release_keys(3)[:RELEASE_THRESHOLD])
+    return build_image(payload, model=model, version=version, epoch=epoch,
+                       signers=test_release_keys(3)[:RELEASE_THRESHOLD])
 
 
 def self_test(payload: bytes) -> bool:
@@ -57,7 +57,7 @@ def self_test(payload: bytes) -> bool:
 
 def _flash(state: Path, model: str) -> Flash:
     """A simulated device's flash: it trusts the public test release keys, two of three must sign."""
-    return Flash(state / "flash", model=model, trusted_keys=firmware.test_release_public_keys(3),
+    return Flash(state / "flash", model=model, trusted_keys=test_release_public_keys(3),
                  threshold=RELEASE_THRESHOLD, production=False)
 
 
@@ -105,7 +105,7 @@ class Device:
         flash = _flash(state, model)
         try:
             provisioned = flash.record()["active"] is not None
-        except firmware.FirmwareError:          # a record an older firmware tore: this first start never ended
+        except FirmwareError:          # a record an older firmware tore: this first start never ended
             provisioned = False
         if not provisioned:
             flash.provision(image or factory_image(model=model))
@@ -131,7 +131,7 @@ class Device:
     def info(self) -> dict:
         record = self.flash.record()
         return {"model": self.config["model"], "serial": self.config["serial"], "fingerprint": self.fingerprint,
-                "network": self.network, "firmware": {"version": firmware.version_text(self.running.version),
+                "network": self.network, "firmware": {"version": version_text(self.running.version),
                                                       "epoch": self.running.epoch, "key_set": self.running.key_set,
                                                       "epoch_counter": record["epoch_counter"]},
                 "wallets": [w.name for w in self.wallets()], "watch_only": [w.name for w in self.watch_only()],
@@ -337,12 +337,12 @@ class Device:
         """Verify and stage the image, then restart into it (falling back if its self-test fails)."""
         try:
             staged = self.flash.install(image)
-        except firmware.FirmwareError as e:
+        except FirmwareError as e:
             raise DeviceError(str(e)) from None
         self.running = self.flash.boot(self_test)
         if self.running.version != staged.version:
-            raise DeviceError(f"firmware {firmware.version_text(staged.version)} failed its self-test; "
-                              f"still running {firmware.version_text(self.running.version)}")
+            raise DeviceError(f"firmware {version_text(staged.version)} failed its self-test; "
+                              f"still running {version_text(self.running.version)}")
         return self.info()["firmware"]
 
 
@@ -363,14 +363,6 @@ def wallet_shape(descriptor: str) -> tuple:
         return descriptor_kind(parsed), 1, tuple(keys)
     kind = type(parsed.miniscript).__name__
     return kind, parsed.miniscript.args[0].num, tuple(sorted(keys) if kind == "Sortedmulti" else keys)
-
-
-def registration_message(policy_id: str) -> bytes:
-    return f"custody-signer registration\n{policy_id}\n".encode()
-
-
-def possession_message(challenge: str) -> bytes:
-    return f"custody proof of possession\n{challenge}\n".encode()
 
 
 def decode_b64(text: str) -> bytes:

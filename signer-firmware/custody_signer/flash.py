@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import faults
 from .durable import atomic_write, make_dirs, read_back, remove_temporaries
-from .firmware import FirmwareError, Manifest, read_image, verify_image
+from .protocol import FirmwareError, Manifest, read_image, verify_image
 
 __all__ = ["Flash", "PowerLoss", "atomic_write", "SLOTS"]
 

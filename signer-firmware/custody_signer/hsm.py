@@ -2,7 +2,7 @@
 
 A policy is approved on the device itself (`custody-signer hsm-policy`), never over the coordinator's
 connection. It holds approvers (name -> public key: an ed25519 or P-256 key file, or a passkey; see
-`approvals`) and rules; each rule may set
+`protocol`) and rules; each rule may set
 - `wallet`: the registered wallet it applies to;
 - `max_amount`: satoshis leaving the wallet in one transaction (change excluded);
 - `per_period`: {"minutes", "max_amount"}: velocity, counted over a sliding window and kept on the device;
@@ -11,7 +11,7 @@ connection. It holds approvers (name -> public key: an ed25519 or P-256 key file
   every non-change output must be proven an address of, by re-deriving its script (a mining fleet's payout
   wallet may pay custody only, without approvers: the destination is the coordinator's policy, not a list of
   addresses that a compromised coordinator could have filled);
-- `min_approvers` of `approvers`: distinct approvers' valid approvals of `approvals.approval_message`, which the
+- `min_approvers` of `approvers`: distinct approvers' valid approvals of `protocol.approval_message`, which the
   device rebuilds from the facts it proved (policy, txid, every output, fee), carried in the PSBT as
   proprietary fields (BIP-174 type 0xFC, identifier "custody").
 The first rule every condition of which holds decides; no matching rule, no signature. Each decision,
@@ -29,11 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import approvals as approving
-from .approvals import Approval, ApprovalError, Approver
+from .approvals import valid_approvers
 from .durable import append, atomic_write
 from .inspection import Facts
 from .proofs import ProofFacts
+from .protocol import Approval, ApprovalError, Approver, approval_message, approver_entry, parse_approver
 
 GENESIS = "0" * 64
 RULE_FIELDS = {"wallet", "max_amount", "per_period", "whitelist", "to_wallets", "min_approvers", "approvers"}
@@ -85,7 +85,7 @@ def check_policy(policy: dict) -> dict:
     if "allow_proofs" in policy and not isinstance(policy["allow_proofs"], bool):
         raise PolicyError("allow_proofs is true or false")
     extra = {"allow_proofs": policy["allow_proofs"]} if "allow_proofs" in policy else {}
-    return {"approvers": {a.name: approving.approver_entry(a) for a in parsed}, "rules": list(rules), **extra}
+    return {"approvers": {a.name: approver_entry(a) for a in parsed}, "rules": list(rules), **extra}
 
 
 def _approvers(entries: dict) -> list[Approver]:
@@ -94,7 +94,7 @@ def _approvers(entries: dict) -> list[Approver]:
     found, holders = [], {}
     for name, entry in entries.items():
         try:
-            approver = approving.parse_approver(name, entry)
+            approver = parse_approver(name, entry)
         except ApprovalError as e:
             raise PolicyError(str(e)) from None
         if approver.key in holders:
@@ -233,13 +233,13 @@ class Hsm:
 
 def spend_message(facts: Facts) -> bytes:
     """The approval message rebuilt from what the device proved, never from what the PSBT claims."""
-    return approving.approval_message(facts.wallet.policy_id, facts.txid,
-                                      [(o.address, o.value, o.change) for o in facts.outputs], facts.fee)
+    return approval_message(facts.wallet.policy_id, facts.txid,
+                            [(o.address, o.value, o.change) for o in facts.outputs], facts.fee)
 
 
 def _judge(approvers: list[Approver], approvals: list[Approval], message: bytes) -> tuple[set[str], list[str]]:
     """The names whose approval of `message` verifies, and why every other approval does not count."""
-    valid, refused = approving.valid_approvers(approvers, approvals, message)
+    valid, refused = valid_approvers(approvers, approvals, message)
     known, holders = {(a.kind, a.key) for a in approvers}, {a.key: a for a in approvers}
     for approval in approvals:
         if (approval.kind, approval.key) in known:

@@ -21,10 +21,8 @@ from embit.transaction import Transaction, TransactionInput
 from audit import proof_format
 
 from .inspection import Coin, SigningRefused, prove_coins
+from .protocol import POR_COMMITMENT, POR_MESSAGE
 from .wallets import Wallet
-
-GLOBAL_MESSAGE = proof_format.PSBT_GLOBAL_GENERIC_SIGNED_MESSAGE
-INPUT_MESSAGE = proof_format.PSBT_IN_POR_COMMITMENT
 
 
 class ExactPSBT(PSBT):
@@ -56,7 +54,7 @@ class ProofFacts:
 
 def is_proof(psbt: PSBT) -> bool:
     """A PSBT carrying a proof-of-reserves message (BIP-322's global field or BIP-127's input-0 field)."""
-    return GLOBAL_MESSAGE in psbt.unknown or bool(psbt.inputs and INPUT_MESSAGE in psbt.inputs[0].unknown)
+    return POR_MESSAGE in psbt.unknown or bool(psbt.inputs and POR_COMMITMENT in psbt.inputs[0].unknown)
 
 
 def inspect_proof(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey) -> tuple[ProofFacts, list[Coin]]:
@@ -94,7 +92,7 @@ def inspect_proof(psbt: PSBT, wallets: list[Wallet], root: bip32.HDKey) -> tuple
 
 def _message(psbt: PSBT) -> bytes:
     """The message, from whichever field carries it (the two must agree), if it parses."""
-    fields = {psbt.unknown.get(GLOBAL_MESSAGE), psbt.inputs[0].unknown.get(INPUT_MESSAGE) if psbt.inputs else None}
+    fields = {psbt.unknown.get(POR_MESSAGE), psbt.inputs[0].unknown.get(POR_COMMITMENT) if psbt.inputs else None}
     fields.discard(None)
     if not fields:
         raise SigningRefused("the PSBT carries no proof-of-reserves message")

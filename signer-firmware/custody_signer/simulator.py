@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 from .device import Device, DeviceError, decode_b64
+# part of the simulator's public API: what a simulated device's screen showed (its holder's reading of it)
+from .device import shown_first_address  # noqa: F401
 
 MAX_SOCKET_PATH = 100                  # sun_path holds 108 bytes on Linux, fewer elsewhere
 MAX_REQUEST = 8 * 1024 * 1024

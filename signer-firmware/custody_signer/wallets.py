@@ -16,7 +16,6 @@ is never signed for, only recognised as a destination, so a policy can say "pay 
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,6 +25,8 @@ from embit.descriptor import Descriptor
 from embit.descriptor.miniscript import Multi, Sortedmulti
 from embit.networks import NETWORKS
 from embit.script import Script
+
+from .protocol import normalise, policy_id
 
 MAX_INDEX = 10_000            # receive/change indexes above this are never trusted (change-to-huge-index attack)
 MAX_KEYS = 15                 # P2WSH CHECKMULTISIG standardness
@@ -73,17 +74,6 @@ class Wallet:
     def from_json(cls, data: dict) -> Wallet:
         return cls(data["name"], data["descriptor"], data["threshold"], data["keys"], data["position"],
                    tuple(data["own_origin"]), data.get("kind", "wsh"))
-
-
-def normalise(descriptor: str) -> str:
-    """The descriptor as the device stores and compares it: no checksum, `h` for hardened."""
-    return descriptor.strip().split("#")[0].replace("'", "h")
-
-
-def policy_id(name: str, descriptor: str) -> str:
-    """What a registration proof commits to: the name and the normalised descriptor. The coordinator
-    computes it too, to check the proof against the policy it sent."""
-    return hashlib.sha256(f"{name}\n{normalise(descriptor)}".encode()).hexdigest()
 
 
 def check_wallet(name: str, descriptor: str, root: bip32.HDKey, network: str) -> Wallet:
