@@ -101,16 +101,8 @@ def _set_settings(session: Session, quorum: int, loosen_delay: int) -> None:
 
 # -- targets: their state now, a change checked against it, and the one executor per kind -------------------
 def amount(value) -> int | None:
-    """An amount as the API and CLI give it: integer satoshis, a BTC string ("0.5") or "NNNsat"; None: none."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or isinstance(value, float):
-        raise CustodyError("amounts are BTC strings or whole satoshis, never floating-point numbers")
-    if isinstance(value, int):
-        if value <= 0:
-            raise CustodyError("amounts are positive whole satoshis")
-        return value
-    return spends.parse_amount(str(value))
+    """A limit as the API, console and CLI give it (spends.satoshis); an empty field: no limit."""
+    return None if value == "" else spends.satoshis(value)
 
 
 def rule_change(*, approvals: int, per_request=None, daily=None, allow: list[str] | None = None,

@@ -252,24 +252,11 @@ def log_entries(s: Session, *, subject: str | None = None, offset: int = 0, limi
 
 
 # -- spends -----------------------------------------------------------------------------------------
-def _amount(value) -> int | None:
-    """Amounts arrive as BTC strings ("0.5"), "NNNsat" strings, or integer satoshis."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or isinstance(value, float):
-        raise CustodyError("amounts are BTC strings or whole satoshis, never floating-point numbers")
-    if isinstance(value, int):
-        if value <= 0:
-            raise CustodyError("amounts are positive whole satoshis")
-        return value
-    return spends.parse_amount(str(value))
-
-
 def approval_rule_set(s: Session, policy: str, *, approvals: int, per_request=None, daily=None,
                       allow: list[str] | None = None, delay_above=None, delay: int = 0, actor: str) -> dict:
     spends.set_approval_rule(s, registry.get_policy(s, policy), required_approvals=approvals,
-                             per_request_limit=_amount(per_request), daily_limit=_amount(daily), allow_list=allow,
-                             delay_threshold=_amount(delay_above), delay_seconds=delay, actor=actor)
+                             per_request_limit=spends.satoshis(per_request), daily_limit=spends.satoshis(daily), allow_list=allow,
+                             delay_threshold=spends.satoshis(delay_above), delay_seconds=delay, actor=actor)
     return approval_rule_show(s, policy)
 
 
@@ -289,7 +276,7 @@ def _destinations(items: list[tuple[str, object]], sweep: bool) -> list[tuple[st
         if sweep and amount in (None, "", 0):
             out.append((address, 0))
         else:
-            out.append((address, _amount(amount)))
+            out.append((address, spends.satoshis(amount)))
     return out
 
 

@@ -104,6 +104,19 @@ def parse_amount(text: str) -> int:
     return int(sats)
 
 
+def satoshis(value) -> int | None:
+    """An amount as the API and CLI give it: integer satoshis, a BTC string ("0.5") or "NNNsat"; None: none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or isinstance(value, float):
+        raise CustodyError("amounts are BTC strings or whole satoshis, never floating-point numbers")
+    if isinstance(value, int):
+        if value <= 0:
+            raise CustodyError("amounts are positive whole satoshis")
+        return value
+    return parse_amount(str(value))
+
+
 def request_spend(session: Session, policy: Policy, requester: str, destinations: list[tuple[str, int]], *,
                   fee_rate: float | None = None, client: NodeClient | None = None, memo: str | None = None,
                   coins: list[str] | None = None, sweep: bool = False, version: int = 0) -> Spend:
