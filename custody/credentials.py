@@ -272,7 +272,7 @@ def device_approvers(session: Session) -> dict[str, dict]:
 
 
 # -- approvals ---------------------------------------------------------------------------------------------
-def approval_message(session: Session, policy: Policy, psbt_b64: str, change_index: int | None = None) -> bytes:
+def approval_message(session: Session, policy: Policy, psbt_b64: str) -> bytes:
     """The message officers sign for a spend's unsigned transaction, as the devices will rebuild it: an
     output is change when it pays this policy's own address and the PSBT gives its derivation."""
     psbt = PSBT.from_string(psbt_b64)

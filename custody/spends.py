@@ -20,8 +20,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import devices, faults
-from . import credentials
+from . import credentials, devices, faults
 from .account_models import User
 from .accounts import canonical_username
 from .device_models import Rotation
