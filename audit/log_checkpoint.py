@@ -1,6 +1,6 @@
 """Event-log checkpoints: the custodian's signed statement "my event log had N entries ending in hash H
 at time T", published outside its host (files an auditor keeps, and one inside every proof-of-reserves
-package). The custodian writes them (`custody.checkpoints`), the auditor checks them here, with nothing
+package). The custodian writes them (`custody.eventlog.checkpoints`), the auditor checks them here, with nothing
 of the custodian's code: a later head must be signed by the same key and never fall below a kept one.
 
 A checkpoint file is ``{"checkpoint": {...}, "signature": HEX}``; the signature is ed25519, by the

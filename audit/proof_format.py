@@ -87,7 +87,7 @@ def _check_fields(values: dict) -> None:
 def to_spend(message: bytes) -> Transaction:
     """BIP-322's virtual transaction for `message` with the proof-of-funds challenge OP_TRUE: it spends the
     null outpoint with scriptSig OP_0 PUSH32[sha256_tag("BIP0322-signed-message", message)] and pays 0 to
-    the challenge (as `custody.bip322.to_spend`, written out here so audit/ stands alone)."""
+    the challenge (as `custody.bitcoin.bip322.to_spend`, written out here so audit/ stands alone)."""
     tagged = hashes.tagged_hash(BIP322_TAG, message)
     vin = TransactionInput(b"\x00" * 32, 0xFFFFFFFF, Script(b"\x00\x20" + tagged), sequence=0)
     return Transaction(version=0, vin=[vin], vout=[TransactionOutput(0, Script(OP_TRUE))], locktime=0)

@@ -1,7 +1,7 @@
 """The auditor's JSON-RPC client for their own Bitcoin Core node.
 
 audit/ is installed and reviewed on the auditor's machine on its own, so it carries its own client
-instead of the custodian's (`custody.node_client`): only what the verifier uses — single and batched
+instead of the custodian's (`custody.chain.node_client`): only what the verifier uses — single and batched
 calls, cookie-file or user/password authentication, a timeout, and errors that keep Core's code and
 message. It reads the node and never sends it amounts; numbers with a fraction arrive as Decimal.
 

@@ -36,10 +36,12 @@ def build_ledger(url: str, count: int, seed: int = 7) -> tuple[str, int]:
     from embit import bip32
     from embit.networks import NETWORKS
     from sqlalchemy import insert, select
-    from custody import accounts, registry, spends
-    from custody.db import open_database
-    from custody.models import Address, Block, Utxo
-    from custody.policies import build_policy
+    from coordinator import accounts
+    from custody.ledger import registry
+    from custody.spending import spends
+    from custody.store.db import open_database
+    from custody.ledger.models import Address, Block, Utxo
+    from custody.bitcoin.policies import build_policy
     from regtest.testwallet import TestWallet
 
     keys = []
@@ -136,7 +138,7 @@ def main() -> int:
         print(f"ledger: {args.utxos:,} coins written in {time.perf_counter() - began:.1f} s")
         node = start_node(Path(tmp) / "node")
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "custody.cli", "--node-cookie", str(node.cookie_file), "serve",
+        server = subprocess.Popen([sys.executable, "-m", "coordinator.cli.main", "--node-cookie", str(node.cookie_file), "serve",
                                    "--db", url, "--node", node.url, "--port", str(port), "--workers", str(args.workers),
                                    "--sync-interval", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   env={**os.environ, "CUSTODY_HOME": tmp})

@@ -8,7 +8,7 @@ in alternating rounds:
   - with approvals: a policy of three passkey approvers whose rule needs 2, and the PSBT carrying two
     WebAuthn assertions (ES256) over the approval message (policy id, txid, every output, fee), which the
     device rebuilds from the facts it proved and verifies before signing.
-  - the round trip: two officers enrol passkeys at the coordinator (custody.credentials: WebAuthn
+  - the round trip: two officers enrol passkeys at the coordinator (custody.people.credentials: WebAuthn
     registration checked with fido2, in a SQLite database), each approves (the assertion checked by the
     coordinator and packed for the devices), and the device verifies both and signs. The software
     passkey of tests/passkeys.py answers as a browser would.
@@ -88,7 +88,7 @@ def main() -> None:
 
 
 def _coordinator(tmp: Path):
-    from custody.db import open_database
+    from custody.store.db import open_database
     os.environ.setdefault("CUSTODY_HOME", str(tmp / "home"))
     return open_database(f"sqlite:///{tmp / 'coordinator.db'}")
 
@@ -97,8 +97,8 @@ def _round_trip(sessions, device: Device, psbt: PSBT, message: bytes, n: int) ->
     """Two new officers enrol a passkey each and approve; the device (its policy naming them, installed
     by the holder beforehand, untimed) verifies both and signs. Returns the seconds of it all, and of the
     part after enrolment (what each spend costs)."""
-    from custody import credentials
-    from custody.account_models import User
+    from custody.people import credentials
+    from custody.people.models import User
     from custody_signer import protocol
     names = [f"olga{n}", f"omar{n}"]
     passkeys = {name: SoftPasskey() for name in names}

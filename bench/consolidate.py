@@ -30,11 +30,11 @@ from embit.networks import NETWORKS  # noqa: E402
 from embit.psbt import PSBT  # noqa: E402
 from embit.transaction import Transaction  # noqa: E402
 
-from custody.derive import derive_addresses, derive_scripts  # noqa: E402
-from custody.node_client import NodeClient, btc_to_sats, sats_to_btc  # noqa: E402
-from custody.policies import build_policy  # noqa: E402
-from custody.psbt_builder import Coin, build_spend  # noqa: E402
-from custody.signatures import decode_psbt, finalize, is_complete, merge_upload  # noqa: E402
+from custody.bitcoin.derive import derive_addresses, derive_scripts  # noqa: E402
+from custody.bitcoin.policies import build_policy  # noqa: E402
+from custody.bitcoin.psbt_builder import Coin, build_spend  # noqa: E402
+from custody.bitcoin.signatures import decode_psbt, finalize, is_complete, merge_upload  # noqa: E402
+from custody.chain.node_client import NodeClient, btc_to_sats, sats_to_btc  # noqa: E402
 from regtest.launcher import start_node  # noqa: E402
 from regtest.testwallet import TestWallet, Utxo  # noqa: E402
 from tests.conftest import hd_keys  # noqa: E402

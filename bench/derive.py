@@ -1,7 +1,7 @@
 """Address derivation speed for a 2-of-3 wsh(sortedmulti) policy, in addresses per second.
 
 Measures, in the same run, on keys from fixed seeds (receive branch, regtest addresses):
-  - custody.derive.derive_addresses on 2 processes (workers=2) over 20,000 indexes,
+  - custody.bitcoin.derive.derive_addresses on 2 processes (workers=2) over 20,000 indexes,
   - the same in this one process (workers=1) over 10,000 indexes,
   - plain embit, `spec.embit(0).derive(i).script_pubkey().address(...)`, over 2,000 indexes,
   - `custody derive` of the 20,000 as a whole command (interpreter start included),
@@ -25,7 +25,7 @@ sys.path.insert(0, repo_root)
 from embit.networks import NETWORKS  # noqa: E402
 
 from bench.startup import check_derive_output, core_deriveaddresses, derive_command, policy, seconds  # noqa: E402
-from custody import derive  # noqa: E402
+from custody.bitcoin import derive  # noqa: E402
 
 CORE_QUOTED = 7_000     # addresses/s, Bitcoin Core's deriveaddresses on this machine, as the issue states it
 FAST_N = int(os.environ.get("BENCH_N", "20000"))
@@ -56,14 +56,14 @@ def main() -> None:
     if one[:EMBIT_N] != reference or two[:ONE_CORE_N] != one:
         sys.exit("bench/derive.py: the fast path disagrees with embit")
     if check_derive_output(FAST_N) != two:
-        sys.exit("bench/derive.py: `custody derive` disagrees with custody.derive")
+        sys.exit("bench/derive.py: `custody derive` disagrees with custody.bitcoin.derive")
     command_rate = FAST_N / seconds(derive_command(FAST_N), ROUNDS)
 
     bitcoind = os.environ.get("BITCOIND")
     if bitcoind:
         core_seconds, core_addresses = core_deriveaddresses(bitcoind, FAST_N, ROUNDS)
         if core_addresses != two:
-            sys.exit("bench/derive.py: Core's deriveaddresses disagrees with custody.derive")
+            sys.exit("bench/derive.py: Core's deriveaddresses disagrees with custody.bitcoin.derive")
         core_rate, core_name = FAST_N / core_seconds, f"vs Core {FAST_N / core_seconds:,.0f}/s (measured)"
     else:
         core_rate, core_name = CORE_QUOTED, f"vs Core {CORE_QUOTED:,}/s (quoted)"
@@ -72,8 +72,8 @@ def main() -> None:
           f"{os.cpu_count()} cores, libsecp256k1 via {derive.BACKEND}")
     print(f"{'':48} {'addresses/s':>12} {'vs embit':>9} {core_name:>30}")
     rows = [(f"plain embit ({EMBIT_N:,})", embit_rate),
-            (f"custody.derive, 1 process ({ONE_CORE_N:,})", one_rate),
-            (f"custody.derive, workers=2 ({FAST_N:,})", two_rate),
+            (f"custody.bitcoin.derive, 1 process ({ONE_CORE_N:,})", one_rate),
+            (f"custody.bitcoin.derive, workers=2 ({FAST_N:,})", two_rate),
             (f"custody derive, whole command ({FAST_N:,})", command_rate)]
     if bitcoind:
         rows.append((f"Core deriveaddresses, RPC ({FAST_N:,})", core_rate))

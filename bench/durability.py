@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from custody import db  # noqa: E402
-from custody.eventlog import CoordinatorKey, append  # noqa: E402
+from custody.eventlog.log import CoordinatorKey, append  # noqa: E402
+from custody.store import db  # noqa: E402
 
 COMMITS = int(os.environ.get("BENCH_COMMITS", "500"))
 KEY = CoordinatorKey.from_seed(bytes(32))

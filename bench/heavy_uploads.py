@@ -66,10 +66,11 @@ def prepare(url: str, upload: bytes, checkers: int, uploaders: int) -> tuple[dic
     """Users with API tokens, and a spend collecting signatures whose PSBT is `upload`."""
     from embit import bip32
     from embit.networks import NETWORKS
-    from custody import accounts, registry
-    from custody.db import open_database
-    from custody.policies import build_policy
-    from custody.spend_models import Spend
+    from coordinator import accounts
+    from custody.ledger import registry
+    from custody.store.db import open_database
+    from custody.bitcoin.policies import build_policy
+    from custody.spending.models import Spend
 
     keys = []
     for n in range(3):
@@ -170,7 +171,7 @@ def main() -> int:
         tokens, spend_id = prepare(url, upload, args.checkers, args.uploaders)
         node = start_node(Path(tmp) / "node")
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "custody.cli", "--node-cookie", str(node.cookie_file), "serve",
+        server = subprocess.Popen([sys.executable, "-m", "coordinator.cli.main", "--node-cookie", str(node.cookie_file), "serve",
                                    "--db", url, "--node", node.url, "--port", str(port), "--workers", "1",
                                    "--sync-interval", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   env={**os.environ, "CUSTODY_HOME": tmp})

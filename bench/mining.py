@@ -6,7 +6,7 @@ node; nothing is patched):
 - the past year: a pool pays the fleet's wpkh payout wallet every day, one transaction per day paying
   every account's whitelisted address (accounts x days payouts). Its blocks are assembled here with past
   timestamps and sent with `submitblock`: 6 blocks a day, found within seconds of noon UTC, so that the
-  median time past stays within the 12 hours `custody.expected` allows for when it looks for a day's
+  median time past stays within the 12 hours `custody.mining.expected` allows for when it looks for a day's
   blocks (regtest halves the subsidy every 150 blocks: a year at 144 blocks a day would have none left);
 - today: the rest of the `--payouts` arrive from funding transactions of `--per-tx` outputs, and 7 blocks
   confirm them.
@@ -57,7 +57,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal, ROUND_HALF_EVEN
 from fractions import Fraction
 from pathlib import Path
 
@@ -70,15 +70,18 @@ from embit.script import Script, Witness, p2pkh  # noqa: E402
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput  # noqa: E402
 from sqlalchemy import insert, select  # noqa: E402
 
-from custody import expected, reconcile, registry, spends, sweeps  # noqa: E402
-from custody.db import open_database  # noqa: E402
-from custody.mining_models import MiningDevice, Pool, PoolAccount, StatementLine, TelemetrySample  # noqa: E402
-from custody.models import Address, Utxo as LedgerUtxo  # noqa: E402
-from custody.node_client import NodeClient  # noqa: E402
-from custody.policies import build_policy  # noqa: E402
-from custody.psbt_builder import RBF_SEQUENCE  # noqa: E402
-from custody.signatures import finalize  # noqa: E402
-from custody.sync import Syncer  # noqa: E402
+from custody.bitcoin.policies import build_policy  # noqa: E402
+from custody.bitcoin.psbt_builder import RBF_SEQUENCE  # noqa: E402
+from custody.bitcoin.signatures import finalize  # noqa: E402
+from custody.chain.node_client import NodeClient  # noqa: E402
+from custody.ledger import registry
+from custody.ledger.models import Address, Utxo as LedgerUtxo  # noqa: E402
+from custody.ledger.sync import Syncer  # noqa: E402
+from custody.mining import expected  # noqa: E402
+from custody.mining import reconcile, sweeps
+from custody.mining.models import MiningDevice, Pool, PoolAccount, StatementLine, TelemetrySample  # noqa: E402
+from custody.spending import spends
+from custody.store.db import open_database  # noqa: E402
 from regtest.launcher import start_node  # noqa: E402
 from regtest.mining import assemble  # noqa: E402
 from regtest.serialize import Tx  # noqa: E402
@@ -393,7 +396,7 @@ def setup_accounts(rpc, sessions, plan: Plan, chain: Chain, faults: dict, device
     days = [d.isoformat() for d in plan.days]
     nets = {day: expected.day_network(rpc, day) for day in days}      # the node's facts, once per day
     short = [day for day, net in nets.items() if net.block_count != BLOCKS_PER_DAY]
-    assert not short, f"days whose blocks custody.expected does not see: {short[:5]}"
+    assert not short, f"days whose blocks custody.mining.expected does not see: {short[:5]}"
     nets_s = time.perf_counter() - t0
     outsider = TestWallet("outsider").address()
     now = datetime.now(timezone.utc)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from custody.node_client import NodeClient, btc_to_sats  # noqa: E402
+from custody.chain.node_client import NodeClient, btc_to_sats  # noqa: E402
 from regtest.launcher import start_node  # noqa: E402
 from regtest.testwallet import TestWallet, Utxo  # noqa: E402
 

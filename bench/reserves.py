@@ -30,9 +30,9 @@ from embit.script import Witness  # noqa: E402
 from embit.transaction import SIGHASH  # noqa: E402
 
 from audit import proof_format, verify  # noqa: E402
-from custody.derive import derive_scripts  # noqa: E402
-from custody.node_client import NodeClient, btc_to_sats  # noqa: E402
-from custody.policies import build_policy  # noqa: E402
+from custody.bitcoin.derive import derive_scripts  # noqa: E402
+from custody.bitcoin.policies import build_policy  # noqa: E402
+from custody.chain.node_client import NodeClient, btc_to_sats  # noqa: E402
 from regtest.launcher import start_node  # noqa: E402
 from regtest.testwallet import TestWallet, Utxo  # noqa: E402
 from tests.conftest import hd_keys  # noqa: E402

@@ -43,7 +43,7 @@ from embit import bip32  # noqa: E402
 from embit.networks import NETWORKS  # noqa: E402
 from embit.psbt import PSBT  # noqa: E402
 
-from custody.node_client import NodeClient, NodeError  # noqa: E402
+from custody.chain.node_client import NodeClient, NodeError  # noqa: E402
 from regtest.launcher import free_port, start_node  # noqa: E402
 from regtest.testwallet import TestWallet  # noqa: E402
 from tests import officers  # noqa: E402
@@ -234,9 +234,9 @@ def chaos(chain: Chain, stop: threading.Event, log: list[str]) -> None:
 
 def judge(chain: Chain, db_url: str, payees: dict[int, str], descriptors: list[str]) -> dict:
     from sqlalchemy import select
-    from custody.db import open_database
-    from custody.models import Utxo
-    from custody.spend_models import Spend
+    from custody.store.db import open_database
+    from custody.ledger.models import Utxo
+    from custody.spending.models import Spend
     from embit.script import address_to_scriptpubkey
     rpc, sessions = chain.rpc(), open_database(db_url)
     with sessions() as s:
@@ -281,9 +281,9 @@ def judge(chain: Chain, db_url: str, payees: dict[int, str], descriptors: list[s
 def settle(chain: Chain, db_url: str, timeout: float = 120) -> None:
     """Mine until the coordinator has followed every broadcast to the chain and synced to the tip."""
     from sqlalchemy import select
-    from custody.db import open_database
-    from custody.ledger import tip_height
-    from custody.spend_models import Spend
+    from custody.store.db import open_database
+    from custody.ledger.coins import tip_height
+    from custody.spending.models import Spend
     sessions, miner = open_database(db_url), TestWallet("soak miner").address()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -310,9 +310,12 @@ def main() -> int:
         home = Path(tmp)
         os.environ["CUSTODY_HOME"] = tmp
         db_url = f"sqlite:///{home}/custody.db"
-        from custody import accounts, credentials, registry, spends
-        from custody.db import open_database
-        from custody.policies import build_policy
+        from coordinator import accounts
+        from custody.people import credentials
+        from custody.ledger import registry
+        from custody.spending import spends
+        from custody.store.db import open_database
+        from custody.bitcoin.policies import build_policy
         sessions = open_database(db_url)
         tokens = {}
         with sessions.begin() as s:
@@ -329,7 +332,7 @@ def main() -> int:
         chain = Chain(home / "node")
         fund(chain, addresses)
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "custody.cli", "--node-cookie", str(chain.node.cookie_file),
+        server = subprocess.Popen([sys.executable, "-m", "coordinator.cli.main", "--node-cookie", str(chain.node.cookie_file),
                                    "serve", "--db", db_url, "--node", chain.node.url, "--port", str(port),
                                    "--workers", "1", "--sync-interval", "1"],
                                   stdout=open(home / "serve.log", "ab"), stderr=subprocess.STDOUT,

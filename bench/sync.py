@@ -19,12 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from custody import ledger, registry  # noqa: E402
-from custody.db import open_database  # noqa: E402
-from custody.derive import derive_scripts  # noqa: E402
-from custody.node_client import NodeClient, btc_to_sats  # noqa: E402
-from custody.policies import build_policy  # noqa: E402
-from custody.sync import Syncer  # noqa: E402
+from custody.bitcoin.derive import derive_scripts  # noqa: E402
+from custody.bitcoin.policies import build_policy  # noqa: E402
+from custody.chain.node_client import NodeClient, btc_to_sats  # noqa: E402
+from custody.ledger import coins as ledger  # noqa: E402
+from custody.ledger import registry
+from custody.ledger.sync import Syncer  # noqa: E402
+from custody.store.db import open_database  # noqa: E402
 from regtest.launcher import start_node  # noqa: E402
 from regtest.testwallet import TestWallet, Utxo  # noqa: E402
 from tests.conftest import hd_keys  # noqa: E402

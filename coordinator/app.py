@@ -13,23 +13,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
+from sqlalchemy.exc import DBAPIError, IntegrityError, TimeoutError as SQLAlchemyTimeout
 
-from custody.accounts import AuthError
-from custody.db import probe_write
+from coordinator.accounts import AuthError
+from custody.chain.node_client import NodeClient, NodeError, RPCError
 from custody.errors import CustodyError, NotFound
-from custody.node_client import NodeClient, NodeError, RPCError
+from custody.store.db import probe_write
 
-from .auth import LoginRequired, route
-from .body_limit import RequestGate
-from .cpu_pool import CpuPool, HeavySlots
-from .metrics import make_registry
-from .node_gate import NodeGate
-from .watcher import Watcher
+from coordinator.auth import LoginRequired, route
+from coordinator.body_limit import RequestGate
+from coordinator.cpu_pool import CpuPool, HeavySlots
+from coordinator.metrics import make_registry
+from coordinator.node_gate import NodeGate
+from coordinator.watcher import Watcher
 
 log = logging.getLogger("coordinator.http")
-STATIC = Path(__file__).with_name("static")
+STATIC = Path(__file__).parent / "console" / "static"
 THREADS_PER_PROCESS = 4
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -107,7 +106,7 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         # times longer; a short FIFO queue serves them in order and keeps the slowest close to the median.
         import anyio.to_thread
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS_PER_PROCESS
-        from custody.db import refresh_statistics
+        from custody.store.db import refresh_statistics
         try:
             refresh_statistics(sessions.kw["bind"])
         except DBAPIError as e:         # start anyway: /health and every write say what is wrong
@@ -141,7 +140,7 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
 
     def refusal(request: Request, status: int, message: str):
         if wants_html(request):
-            from .pages import error_page
+            from coordinator.console.pages import error_page
             return error_page(request, status, message)
         return JSONResponse({"detail": message}, status_code=status)
 
@@ -205,7 +204,7 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         report = {"database": {"ok": True}, "node": {"ok": True}}
         try:
             with sessions() as s:
-                from custody.ledger import tip_height
+                from custody.ledger.coins import tip_height
                 report["database"]["ledger_height"] = tip_height(s)
             probe_write(sessions.kw["bind"])          # reads alone pass on a full disk
         except Exception as e:
@@ -223,18 +222,31 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         """Prometheus text format (scrape with an API token)."""
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    from . import api, approver_pages, approvers_api, device_api, device_pages, mining_api, mining_pages, pages, reserve_api, reserve_pages
-    app.include_router(api.router)
+    from coordinator.api import accounts as accounts_api, eventlog as log_api, ledger as ledger_api, spending as spend_api
+    from coordinator.console import approvers as approver_pages
+    from coordinator.api import approvers as approvers_api
+    from coordinator.api import devices as device_api
+    from coordinator.console import devices as device_pages
+    from coordinator.api import mining as mining_api
+    from coordinator.console import mining as mining_pages
+    from coordinator.console import (accounts as account_pages, eventlog as log_pages, ledger as ledger_pages, pages,
+                                     spending as spend_pages)
+    from coordinator.api import reserves as reserve_api
+    from coordinator.console import reserves as reserve_pages
+    for api in (accounts_api, ledger_api, spend_api, log_api):
+        app.include_router(api.router)
     app.include_router(approvers_api.router)
     app.include_router(device_api.router)
     app.include_router(reserve_api.router)
     app.include_router(mining_api.router)
-    app.include_router(pages.router)
+    for console in (pages, account_pages, ledger_pages, spend_pages, log_pages):
+        app.include_router(console.router)
     app.include_router(approver_pages.router)
     app.include_router(device_pages.router)
     app.include_router(reserve_pages.router)
     app.include_router(mining_pages.router)
-    from . import governance_api, governance_pages
+    from coordinator.api import governance as governance_api
+    from coordinator.console import governance as governance_pages
     app.include_router(governance_api.router)
     app.include_router(governance_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

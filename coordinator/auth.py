@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
-from custody import accounts
+from coordinator import accounts
 
 ALL = ("admin", "officer", "signatory", "auditor", "viewer")
 READERS = ALL
@@ -48,7 +48,7 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "user.admin": ("admin",),
     "token.self": ALL,                           # list one's own tokens (admins: everyone's)
     # make one's own tokens, revoke one's own (admins: anyone's). Not viewers, so never a viewer-scope
-    # token: read-only access stays read-only (custody.accounts.create_token keeps a token to its own
+    # token: read-only access stays read-only (coordinator.accounts.create_token keeps a token to its own
     # role or viewer, and revoke_token others' tokens to admin-scope callers)
     "token.write": ("admin", "officer", "signatory", "auditor"),
     "metrics": ("admin", "officer", "auditor", "viewer"),
@@ -63,7 +63,7 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "mining.configure": ("admin", "officer"),            # pools, accounts and their terms, fleet devices
     "mining.operate": ("officer",),              # import statements and telemetry, reconcile, resolve findings
     "mining.sweep": ("officer",),                # sweep the fleet wallet into custody
-    # governance changes (rules, statuses, roles) are proposals that others approve (custody.governance)
+    # governance changes (rules, statuses, roles) are proposals that others approve (custody.governance.proposals)
     "governance.read": ("admin", "officer", "auditor"),
     "governance.propose": ("admin", "officer"),  # propose, and cancel one's own proposal
     "governance.decide": ("admin", "officer"),   # approve or reject others' proposals, run what is due
@@ -202,7 +202,7 @@ def route(router, method: str, path: str, action: str, *, page: bool = False, **
         ROUTE_ACCESS[entry[:2]] = (action, page)
         kwargs.setdefault("include_in_schema", not page)
         if not page:
-            from .refusals import declared
+            from coordinator.refusals import declared
             kwargs["responses"] = {**declared(action), **kwargs.get("responses", {})}
         router.add_api_route(path, func, methods=[method], dependencies=[dependency], **kwargs)
         return func

@@ -30,7 +30,7 @@ from fastapi import HTTPException, Request
 from starlette.datastructures import Headers
 from starlette.routing import compile_path
 
-from . import auth
+from coordinator import auth
 
 MB = 1_000_000
 DEFAULT_LIMIT = 1 * MB

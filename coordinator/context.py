@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 from fastapi import Request
 
-from custody.node_client import NodeClient
+from custody.chain.node_client import NodeClient
 
 
 @contextmanager

@@ -36,8 +36,9 @@ PER_USER = 2                    # heavy requests one user may have running at on
 RETRY_AFTER = 2                 # seconds, in the 429/503 answers
 WORKER_NICENESS = 10
 # Imported once by the fork server, so a new worker starts with them loaded.
-PRELOAD = ["custody.service", "custody.spends", "custody.reserves", "custody.ledger", "custody.signatures",
-           "custody.psbt_check", "custody.eventlog", "custody.derive"]
+PRELOAD = ["custody.ledger.service", "custody.spending.service", "custody.spending.spends", "custody.reserves.proofs",
+           "custody.ledger.coins", "custody.bitcoin.signatures", "custody.bitcoin.psbt_check", "custody.eventlog.log",
+           "custody.bitcoin.derive"]
 
 
 def cores() -> int:
@@ -201,19 +202,20 @@ MERGE_ATTEMPTS = 3
 
 
 async def take_spend_signatures(request: Request, spend_id: int, data: bytes) -> dict:
-    """service.spend_sign with its verification off the event loop; another upload stored meanwhile
+    """spend_service.spend_sign with its verification off the event loop; another upload stored meanwhile
     makes it merge again from the new PSBT (up to MERGE_ATTEMPTS times)."""
-    from custody import service, spends
+    from custody.spending import service as spend_service
+    from custody.spending import spends
 
-    from .context import actor, read, write
+    from coordinator.context import actor, read, write
 
     def stored() -> tuple[str, int]:
         with read(request) as s:
-            return service.spend_signing_input(s, spend_id)
+            return spend_service.spend_signing_input(s, spend_id)
 
     def store(merged, based_on: str) -> dict:
         with write(request) as s:
-            return service.spend_store_signatures(s, spend_id, merged, based_on=based_on, actor=actor(request))
+            return spend_service.spend_store_signatures(s, spend_id, merged, based_on=based_on, actor=actor(request))
 
     for attempt in range(MERGE_ATTEMPTS):
         psbt, threshold = await in_thread(stored)
@@ -227,14 +229,15 @@ async def take_spend_signatures(request: Request, spend_id: int, data: bytes) ->
 
 async def take_reserve_signatures(request: Request, run_id: int, data: bytes) -> dict:
     """reserve_service.sign, as take_spend_signatures does it."""
-    from custody import reserve_service, reserves
+    from custody.reserves import service as reserve_service
+    from custody.reserves import proofs as reserves
 
-    from .context import actor, read, write
-    from .reserve_api import known
+    from coordinator.context import actor, read, write
+    from custody.reserves.service import require_run
 
     def stored() -> str:
         with read(request) as s:
-            known(s, run_id)
+            require_run(s, run_id)
             return reserve_service.signing_input(s, run_id)
 
     def store(merged, based_on: str) -> dict:

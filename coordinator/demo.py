@@ -27,16 +27,21 @@ from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from sqlalchemy import select
 
-from custody import (ceremony, credentials, device_signing, devices, eventlog, expected, fleet, ledger, reconcile,
-                     registry, reserve_service, reserves, spends, statements, sweeps, telemetry)
-from custody.mining_models import MiningDevice, Pool, PoolAccount
+from custody.chain.node_client import btc_to_sats, NodeClient
+from custody.devices import ceremony, inventory as devices
+from custody.eventlog import log as eventlog
+from custody.eventlog.models import EventLogEntry
+from custody.ledger import coins as ledger, registry
+from custody.ledger.sync import Syncer
+from custody.mining import expected, fleet, reconcile, statements, sweeps, telemetry
+from custody.mining.models import MiningDevice, Pool, PoolAccount
+from custody.people import credentials
+from custody.reserves import proofs as reserves, service as reserve_service
+from custody.spending import device_signing, spends
+from custody.store.db import open_database
 from custody_signer.cli import main as signer_cli
 from custody_signer.protocol import MODEL
 from custody_signer.simulator import shown_first_address, spawn
-from custody.models import EventLogEntry
-from custody.db import open_database
-from custody.node_client import NodeClient, btc_to_sats
-from custody.sync import Syncer
 from regtest.launcher import start_node
 from regtest.miner import ManualClock, SimulatedMiner, start_miners, stop_miners
 from regtest.testwallet import TestWallet, Utxo
@@ -128,7 +133,7 @@ def pending_request(sessions, rpc) -> int:
 
 def approval_keys(sessions, tmp: Path) -> None:
     """Each officer makes an approval key file (`custody approver keygen`) and enrols its public key."""
-    from custody.accounts import get_user
+    from coordinator.accounts import get_user
     (tmp / "officers").mkdir()
     for officer in OFFICERS:
         APPROVAL_KEYS[officer] = tmp / "officers" / f"{officer}-approval.pem"
@@ -143,7 +148,7 @@ def demo_accounts(sessions) -> list[dict]:
     people trying the demo. Demo only: a real account is made with an enrollment link (`custody user
     add`, the Users page), on which its holder sets credentials nobody else learns."""
     import secrets
-    from custody import accounts
+    from coordinator import accounts
     made = []
     with sessions.begin() as s:
         for username, role in DEMO_USERS:
@@ -158,7 +163,7 @@ def serve_console(tmp: str, node, made: list[dict], pending: int) -> None:
     port = int(os.environ.get("DEMO_PORT", "8000"))
     print(f"\nthe web console: http://localhost:{port}/  (API docs at /docs; Ctrl-C stops the demo)")
     print("demo accounts (admins and officers log in with a code from an authenticator app holding the secret,")
-    print("e.g. `python -c \"from custody.accounts import totp; print(totp('SECRET'))\"`):")
+    print("e.g. `python -c \"from coordinator.accounts import totp; print(totp('SECRET'))\"`):")
     table(made, ["user", "role", "password", "totp_secret"])
     print(f"to complete spend #{pending} in the console: erin and frank each open it and choose 'with a key file'")
     print(f"  ({APPROVAL_KEYS['erin']} and {APPROVAL_KEYS['frank']}); alice and bob each press")
@@ -228,7 +233,7 @@ def reserves_story(sessions, syncer, rpc, node, tmp: Path) -> None:
         print("    " + run.message.replace("\n", "\n    "))
     for holder in ("alice", "carol"):
         with sessions.begin() as s:
-            device_signing.sign_reserves_on_device(s, reserves.get_run(s, run_id), devices.get(s, SERIALS[holder]),
+            reserves.sign_reserves_on_device(s, reserves.get_run(s, run_id), devices.get(s, SERIALS[holder]),
                                                    actor=holder)
         print(f"  {SIGNATORIES[holder]:18} device showed the message and {run.total:,} sat, and signed through HWI")
     with sessions.begin() as s:
@@ -393,7 +398,7 @@ def key_ceremony(sessions, tmp: Path, processes: list) -> None:
 
 def _addresses(session) -> list[dict]:
     from sqlalchemy import select
-    from custody.models import Address
+    from custody.ledger.models import Address
     policy = registry.get_policy(session, "treasury")
     rows = session.scalars(select(Address).where(Address.policy_id == policy.id, Address.branch == 0)
                            .order_by(Address.index).limit(5))

@@ -10,10 +10,12 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import select
 
-from custody import ledger, mining_service, service
-from custody.reserve_models import ReserveRun, ReserveSchedule
+from custody.ledger import coins as ledger
+from custody.spending import service as spend_service
+from custody.mining import service as mining_service
+from custody.reserves.models import ReserveRun, ReserveSchedule
 
-from .reserve_api import overdue
+from custody.reserves.service import overdue
 
 log = logging.getLogger("coordinator.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -39,11 +41,11 @@ class LedgerCollector:
             for b in ledger.balances(s):
                 for state in ("confirmed", "unconfirmed", "immature", "frozen", "reserved"):
                     balance.add_metric([b.policy, state], getattr(b, state))
-            by_state = service.spends_by_state(s)
+            by_state = spend_service.spends_by_state(s)
             for state in ("requested", "approved", "signing", "signed", "broadcasting", "broadcast", "confirmed",
                           "rejected", "cancelled", "replaced", "conflicted"):
                 spends.add_metric([state], by_state.get(state, 0))
-            missing.add_metric([], service.signatures_outstanding(s))
+            missing.add_metric([], spend_service.signatures_outstanding(s))
             tip = ledger.tip_height(s)
         if tip is not None:
             synced.add_metric([], tip)

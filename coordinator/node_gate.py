@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 
-from custody.node_client import NodeUnreachable
+from custody.chain.node_client import NodeUnreachable
 
 LONG_CALLS = frozenset({"scantxoutset"})
 

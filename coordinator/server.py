@@ -5,10 +5,10 @@ import json
 import os
 import socket
 
-from custody.db import open_database
-from custody.jsonlog import setup_json_logging
+from coordinator.jsonlog import setup_json_logging
+from custody.store.db import open_database
 
-from .app import create_app, node_factory
+from coordinator.app import create_app, node_factory
 
 _CONFIG_ENV = "CUSTODY_SERVE_CONFIG"
 

@@ -8,7 +8,7 @@ gets. Three things are worth more than the rest of what the routes return:
   One xpub reveals every past and future address of a policy, hence its balance, its history and its
   counterparties, and lets anyone watch it forever. Admins (who set up keys and policies), officers
   (who build and check spends) and auditors (who read everything) see them all. A signatory sees them
-  for the policies they hold a key of (custody.holders: through their device or their key), which is
+  for the policies they hold a key of (custody.devices.holders: through their device or their key), which is
   what they need to check what their device registers and shows; no other policy's. Viewers never:
   they read balances, coins, history, spends and policies without them.
 - **labels**: BIP-329 labels of coins and addresses (who paid, what for), in coin lists and in the coin
@@ -31,10 +31,10 @@ from embit.psbt import PSBT
 from fastapi import HTTPException, Request
 from sqlalchemy import select
 
-from custody import holders
-from custody.models import Key, Policy, PolicyKey
+from custody.devices import holders
+from custody.ledger.models import Key, Policy, PolicyKey
 
-from .auth import PERMISSIONS
+from coordinator.auth import PERMISSIONS
 
 EVERY, OWN, NONE = "every", "own", "none"
 
@@ -97,7 +97,7 @@ def _withheld(shown: dict, *fields: str) -> dict:
 
 # -- policies and keys -------------------------------------------------------------------------------------
 def policy(r: Reader, shown: dict, row: Policy) -> dict:
-    """A policy as `service.policy_show` shows it: without its descriptor and xpubs (the keys by their
+    """A policy as `spend_service.policy_show` shows it: without its descriptor and xpubs (the keys by their
     origins only) for whoever may not see them."""
     if r.sees("xpubs", policy_id=row.id):
         return shown
@@ -177,7 +177,7 @@ def utxo_page(r: Reader, page: dict) -> dict:
 
 # -- spends ------------------------------------------------------------------------------------------------
 def spend(r: Reader, shown: dict) -> dict:
-    """A spend (`service.spend_show`, optionally with its timeline) without its memo, in its fields and in
+    """A spend (`spend_service.spend_show`, optionally with its timeline) without its memo, in its fields and in
     its timeline's events, for whoever may not see memos."""
     if r.sees("memos"):
         return shown

@@ -1,11 +1,11 @@
-"""The service's background thread: the same loop as `custody worker` (custody.leader.LeaderLoop), so
+"""The service's background thread: the same loop as `custody worker` (coordinator.worker.LeaderLoop), so
 whichever process leads, and only that one, keeps the ledger synced and follows broadcast spends to
 confirmation; pages and metrics move on their own."""
 from __future__ import annotations
 
 import threading
 
-from custody.leader import LeaderLoop
+from coordinator.worker import LeaderLoop
 
 
 class Watcher:

@@ -48,7 +48,7 @@ class Served:
         env = {**os.environ, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
         with open(self.logs[0], "w") as out, open(self.logs[1], "w") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "custody.cli", "serve", "--db", db_url, "--node", node.url,
+                [sys.executable, "-m", "coordinator.cli.main", "serve", "--db", db_url, "--node", node.url,
                  "--port", str(self.port), "--workers", str(workers), "--sync-interval", str(sync_interval)],
                 env=env, stdout=out, stderr=err)
 

@@ -12,7 +12,7 @@ import pytest
 # The coordinator's signing key and anything else under CUSTODY_HOME stay inside the test run.
 os.environ["CUSTODY_HOME"] = tempfile.mkdtemp(prefix="custody-home-")
 
-from custody.node_client import NodeClient
+from custody.chain.node_client import NodeClient
 from regtest.testwallet import TestWallet, Utxo
 
 from .support import start_node

@@ -8,10 +8,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import select
 
-from custody import credentials, spends
-from custody.account_models import User
-from custody.accounts import canonical_username
-from custody.credential_models import ApproverCredential
+from coordinator.accounts import canonical_username
+from custody.people import credentials
+from custody.people.credential_models import ApproverCredential
+from custody.people.models import User
+from custody.spending import spends
 
 
 def approval_key(name: str) -> ed25519.Ed25519PrivateKey:

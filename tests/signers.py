@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from custody import ceremony
+from custody.devices import ceremony
 from custody_signer.device import shown_first_address
 from custody_signer.simulator import spawn
 

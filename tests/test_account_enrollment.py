@@ -14,14 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
 from coordinator.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE
-from custody import accounts
-from custody.account_models import Enrollment, User
-from custody.cli import main
-from custody.db import open_database
+from coordinator.cli.main import main
 from custody.errors import CustodyError
-from custody.models import EventLogEntry
+from custody.eventlog.models import EventLogEntry
+from custody.people.models import Enrollment, User
+from custody.store.db import open_database
 
 from .concurrency import at_once
 
@@ -403,7 +403,7 @@ def test_the_cli_adds_an_account_with_a_link(env, db_url, capsys):
 def test_the_migration_counts_existing_accounts_as_enrolled(db_url):
     from alembic import command
     from alembic.config import Config
-    from custody.db import MIGRATIONS, make_engine
+    from custody.store.db import MIGRATIONS, make_engine
     engine = make_engine(db_url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

@@ -19,13 +19,13 @@ from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select, update
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
 from coordinator.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE
-from custody import accounts
-from custody.account_models import LoginSession, User
-from custody.db import MIGRATIONS, make_engine, open_database
 from custody.errors import CustodyError
-from custody.models import EventLogEntry
+from custody.eventlog.models import EventLogEntry
+from custody.people.models import LoginSession, User
+from custody.store.db import make_engine, MIGRATIONS, open_database
 
 from .concurrency import at_once
 from .conftest import hd_keys
@@ -245,9 +245,9 @@ def _old_user(connection, name: str, role: str = "officer") -> None:
 def test_the_migration_canonicalises_usernames_and_the_names_spends_compare(db_url):
     from sqlalchemy import text
     from sqlalchemy.orm import Session
-    from custody import registry
-    from custody.policies import build_policy
-    from custody.spend_models import Approval, Spend
+    from custody.ledger import registry
+    from custody.bitcoin.policies import build_policy
+    from custody.spending.models import Approval, Spend
     engine = _at_revision(db_url, "0008")
     with engine.begin() as connection:
         _old_user(connection, "Olga")

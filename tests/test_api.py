@@ -14,13 +14,14 @@ from embit.psbt import PSBT
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
 from coordinator.auth import PERMISSIONS, ROUTE_TABLE, SESSION_COOKIE
-from custody import accounts, registry
-from custody.account_models import ApiToken
-from custody.db import open_database
-from custody.models import EventLogEntry
-from custody.policies import build_policy
+from custody.bitcoin.policies import build_policy
+from custody.eventlog.models import EventLogEntry
+from custody.ledger import registry
+from custody.people.models import ApiToken
+from custody.store.db import open_database
 from regtest.testwallet import TestWallet
 
 from . import officers
@@ -257,7 +258,7 @@ def vault(service, rpc, wallet, coins, other_address):
         policy = registry.create_policy(s, "vault", spec)
         registry.set_status(s, policy, "active")
         # set up directly: over the API a rule is a proposal others approve (tests/test_governance.py)
-        from custody import spends
+        from custody.spending import spends
         spends.set_approval_rule(s, policy, required_approvals=1, daily_limit=500_000_000)
     fund_policy(rpc, wallet, coins.pop(), spec, other_address)
     assert service.call("POST", "/api/sync", "olga").status_code == 200
@@ -386,8 +387,8 @@ def test_concurrent_requests_never_share_a_coin(service, vault):
     coins); the vault has three coins. Each coin goes to one spend at most, and nobody is refused while a
     coin is still free."""
     import threading
-    from custody.models import Utxo
-    from custody.spend_models import Spend
+    from custody.ledger.models import Utxo
+    from custody.spending.models import Spend
     start, answers = threading.Barrier(8), {}
 
     def ask(n):
@@ -436,7 +437,7 @@ def test_the_spend_list_costs_the_same_queries_for_3_or_60_spends(service, vault
     few, listed = queries_for_listing()
     assert [r["state"] for r in listed] == ["requested"] * 3 and listed[0]["policy"] == "vault"
     with service.sessions.begin() as s:    # the vault's three coins are held by the first three requests:
-        from custody import spends          # these are made without their transactions (no coins to reserve)
+        from custody.spending import spends  # these are made without their transactions (no coins to reserve)
         for _ in range(57):
             spends.request_spend(s, registry.get_policy(s, "vault"), "olga", [(PAYEE.address(), 1_000_000)],
                                  fee_rate=2)
@@ -573,7 +574,7 @@ def test_health_reports_the_node_and_database(service, db_url):
 
 
 def test_requests_are_logged_as_json(service, caplog):
-    from custody.jsonlog import JsonFormatter
+    from coordinator.jsonlog import JsonFormatter
     with caplog.at_level(logging.INFO, logger="coordinator.http"):
         service.call("GET", "/api/policies", "vic")
     record = next(r for r in caplog.records if r.name == "coordinator.http")

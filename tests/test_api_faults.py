@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.orm import sessionmaker
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
-from custody import accounts
-from custody.db import make_engine, open_database
-from custody.account_models import User
+from custody.people.models import User
+from custody.store.db import make_engine, open_database
 from regtest.launcher import start_node
 
 PASSWORD = "correct horse battery staple"

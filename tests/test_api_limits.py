@@ -27,12 +27,12 @@ from coincurve import PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
 from coordinator.auth import ROUTE_ACCESS, SESSION_COOKIE
 from coordinator.body_limit import DEFAULT_LIMIT, LIMITS, Routes
-from custody import accounts
-from custody.db import open_database
-from custody.spend_models import Spend
+from custody.spending.models import Spend
+from custody.store.db import open_database
 from regtest.launcher import free_port
 
 from .support import wait_until

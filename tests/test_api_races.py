@@ -7,12 +7,12 @@ from functools import partial
 
 from sqlalchemy import func, select
 
-from custody.models import EventLogEntry
-from custody.policies import build_policy
-from custody.spend_models import Approval
+from custody.bitcoin.policies import build_policy
+from custody.eventlog.models import EventLogEntry
+from custody.spending.models import Approval
 
 from . import officers
-from .concurrency import Served, at_once
+from .concurrency import at_once, Served
 from .conftest import fund_policy, hd_keys
 from .test_api import _approve, _request, _signed_by, coins, service, vault  # noqa: F401  (fixtures)
 
@@ -104,8 +104,8 @@ def test_one_totp_code_opens_one_session_through_a_real_server(service, db_url, 
     """Six browsers log in as olga with the same code, at once, against two server processes."""
     import httpx
     from coordinator.auth import LOGIN_CSRF_COOKIE
-    from custody import accounts
-    from custody.account_models import LoginSession, User
+    from coordinator import accounts
+    from custody.people.models import LoginSession, User
     with Served(db_url, node, tmp_path) as served:
         browsers = [httpx.Client(base_url=served.base, timeout=120) for _ in range(6)]
         for b in browsers:

@@ -11,11 +11,13 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
 from coordinator.auth import PERMISSIONS, ROUTE_TABLE
-from custody import accounts, registry, spends
-from custody.db import open_database
-from custody.policies import build_policy
+from custody.bitcoin.policies import build_policy
+from custody.ledger import registry
+from custody.spending import spends
+from custody.store.db import open_database
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys
@@ -49,7 +51,7 @@ def _fresh_token(app, role: str) -> str:
     """The role's user as the fixture made it (an admin's generated requests may have disabled it,
     changed its role or revoked its tokens), with a new token."""
     from sqlalchemy import update
-    from custody.account_models import User
+    from custody.people.models import User
     with app.state.sessions.begin() as s:
         s.execute(update(User).where(User.username == USERS[role]).values(role=role, disabled=False))
         return accounts.create_token(s, accounts.get_user(s, USERS[role]), "schemathesis")[0]

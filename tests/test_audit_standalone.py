@@ -66,10 +66,10 @@ def custodian_imports(source: str) -> list[str]:
 
 
 def test_the_walk_finds_an_import_wherever_it_hides():
-    source = ("import os\nfrom . import rpc\nfrom custody.node_client import NodeClient\n"
+    source = ("import os\nfrom . import rpc\nfrom custody.chain.node_client import NodeClient\n"
               "def f():\n    import coordinator.app\n    if True:\n        from custody_signer import cli\n"
               "    return importlib.import_module('regtest.node')\n")
-    assert custodian_imports(source) == ["custody.node_client", "coordinator.app", "custody_signer", "regtest.node"]
+    assert custodian_imports(source) == ["custody.chain.node_client", "coordinator.app", "custody_signer", "regtest.node"]
 
 
 def test_audit_imports_nothing_of_the_custodians():
@@ -146,7 +146,7 @@ def test_the_auditors_client_refuses_wrong_credentials_and_a_silent_node(node, t
 def test_the_auditors_to_spend_is_bip322s():
     """audit/ builds BIP-322's virtual transaction itself; it is byte for byte the custodian's (and so the
     BIP's, whose vectors tests/test_bip322.py checks), for the empty message and a proof's message."""
-    from custody import bip322
+    from custody.bitcoin import bip322
     message = proof_format.compose_message("Acme Treasury", AUDIT, NONCE, "ab" * 32, 100)
     for m in (b"", b"Hello World", message):
         assert proof_format.to_spend(m).serialize() == bip322.to_spend(proof_format.OP_TRUE, m).serialize()

@@ -14,7 +14,7 @@ from embit.networks import NETWORKS
 from embit.script import Script, Witness
 from embit.transaction import SIGHASH
 
-from custody.bip322 import (message_hash, sign_p2wpkh, to_sign, to_spend, verify_address,
+from custody.bitcoin.bip322 import (message_hash, sign_p2wpkh, to_sign, to_spend, verify_address,
                             verify_simple)
 
 WIF = "L3VFeEujGtevx9w18HD1fhRbCH67Az2dpCymeRE1SoPK6XQtaN2k"

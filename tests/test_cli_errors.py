@@ -16,7 +16,7 @@ from regtest.launcher import free_port
 def custody(db_url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": "http://127.0.0.1:9", "CUSTODY_RPCUSER": "u",
            "CUSTODY_RPCPASSWORD": "p"}
-    return subprocess.run([sys.executable, "-m", "custody.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "coordinator.cli.main", *args], capture_output=True, text=True, env=env,
                           timeout=120)
 
 

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from custody import accounts
+from coordinator import accounts
 from regtest.launcher import free_port
 
 from .support import stop, wait_healthy, wait_until
@@ -20,7 +20,7 @@ from .support import stop, wait_healthy, wait_until
 
 def run(node, db_url, *args, stdin=None, check=True):
     env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
-    result = subprocess.run([sys.executable, "-m", "custody.cli", "--json", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "--json", *args], capture_output=True, text=True,
                             env=env, input=stdin, timeout=120)
     if check:
         assert result.returncode == 0, result.stderr
@@ -44,7 +44,7 @@ def db(tmp_path):
 
 def enroll(db_url, link: str, password: str, secret: str | None = None) -> None:
     """What the holder does on the link the CLI printed (the page is tested in test_account_enrollment)."""
-    from custody.db import open_database
+    from custody.store.db import open_database
     sessions = open_database(db_url)
     with sessions.begin() as s:
         accounts.complete_enrollment(s, link.rsplit("/", 1)[1], password, totp_secret=secret,
@@ -75,7 +75,7 @@ def test_accounts_and_tokens_from_the_cli_then_served(node, db, tmp_path):
     env = {**os.environ, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
     out, err = tmp_path / "serve.out", tmp_path / "serve.err"     # files, not pipes: nothing blocks the server
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        server = subprocess.Popen([sys.executable, "-m", "custody.cli", "serve", "--db", db, "--node", node.url,
+        server = subprocess.Popen([sys.executable, "-m", "coordinator.cli.main", "serve", "--db", db, "--node", node.url,
                                    "--port", str(port), "--workers", "2", "--sync-interval", "0.5"],
                                   env=env, stdout=stdout, stderr=stderr)
     try:
@@ -96,7 +96,7 @@ def test_accounts_and_tokens_from_the_cli_then_served(node, db, tmp_path):
 
 
 def test_serve_refuses_half_a_tls_configuration(node, db, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "custody.cli", "serve", "--db", db, "--node", node.url,
+    result = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "serve", "--db", db, "--node", node.url,
                              "--tls-cert", str(tmp_path / "cert.pem")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stderr.strip() == "custody: error: TLS needs both --tls-cert and --tls-key"
     assert not (tmp_path / "custody.db").exists()
@@ -106,7 +106,7 @@ def test_an_account_added_on_the_cli_logs_in_with_what_its_holder_chose(node, db
     officer = run(node, db, "user", "add", "omar", "--role", "officer")
     secret = accounts.new_totp_secret()
     enroll(db, officer["enrollment_link"], "a long passphrase here", secret)
-    from custody.db import open_database
+    from custody.store.db import open_database
     sessions = open_database(db)
     with sessions() as s:
         user = accounts.authenticate(s, "omar", "a long passphrase here", accounts.totp(secret, step_offset=1))

@@ -1,5 +1,5 @@
 """`custody --help` and `custody derive` load no database layer, services or HTTP stack; the copies
-cli.py keeps to avoid importing them stay equal to the originals."""
+the CLI keeps to avoid importing them stay equal to the originals."""
 from __future__ import annotations
 
 import argparse
@@ -9,16 +9,18 @@ import sys
 
 import pytest
 
-from custody import cli, db, ledger
+from coordinator.cli import ledger as ledger_cli, main as cli
+from custody.ledger import coins as ledger
+from custody.store import db
 
 from .conftest import hd_keys
 
-HEAVY = ("sqlalchemy", "alembic", "fastapi", "uvicorn", "starlette", "custody.service", "custody.db")
+HEAVY = ("sqlalchemy", "alembic", "fastapi", "uvicorn", "starlette", "custody.ledger.service", "custody.store.db")
 
 
 def loaded_after(argv: list[str]) -> set[str]:
     """Modules loaded by running `custody ARGV` in a fresh interpreter."""
-    code = ("import sys\nfrom custody.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom coordinator.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print(' '.join(sys.modules), file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
     return set(done.stderr.split())
@@ -34,19 +36,19 @@ def test_help_loads_nothing_heavy(argv):
 
 
 def test_derive_loads_nothing_heavy():
-    from custody.policies import build_policy
+    from custody.bitcoin.policies import build_policy
     descriptor = build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=40)).descriptor(0)
     assert heavy(loaded_after(["derive", descriptor, "--to", "3"])) == set()
 
 
 def test_a_group_loads_only_when_chosen():
-    assert "custody.mining_cli" not in loaded_after(["--help"])
-    assert "custody.mining_cli" in loaded_after(["mining", "--help"])
+    assert "coordinator.cli.mining" not in loaded_after(["--help"])
+    assert "coordinator.cli.mining" in loaded_after(["mining", "--help"])
 
 
 def test_copied_constants_match():
-    assert cli._COIN_STATES == ledger.STATES
-    assert cli._LABEL_TYPES == ledger.LABEL_TYPES
+    assert ledger_cli.COIN_STATES == ledger.STATES
+    assert ledger_cli.LABEL_TYPES == ledger.LABEL_TYPES
 
 
 @pytest.mark.parametrize("env", [{}, {"CUSTODY_HOME": "/srv/custody"}, {"CUSTODY_DB": "postgresql://h/c"}])
@@ -64,8 +66,8 @@ def test_group_help_as_the_module_gives_it(module):
 
     def command(name, handler, help_, parent=scratch):
         return parent.add_parser(name, help=help_)
-    extra = () if module == "device_cli" else (lambda a: None,)
-    importlib.import_module(f"custody.{module}").add_commands(scratch, command, lambda fn: fn, *extra)
+    extra = () if module == "devices" else (lambda a: None,)
+    importlib.import_module(f"coordinator.cli.{module}").add_commands(scratch, command, lambda fn: fn, *extra)
     given = {a.dest: a.help for a in scratch._choices_actions}
     assert {name: given[name] for name in cli._GROUPS[module]} == cli._GROUPS[module]
 

@@ -7,12 +7,12 @@ import random
 import pytest
 from sqlalchemy import insert, select
 
-from coordinator import charts
-from custody import ledger, registry, service
-from custody.db import open_database
+from coordinator.console import charts
+from custody.bitcoin.policies import build_policy
 from custody.errors import CustodyError
-from custody.models import Address, Block, Utxo
-from custody.policies import build_policy
+from custody.ledger import coins as ledger, registry, service
+from custody.ledger.models import Address, Block, Utxo
+from custody.store.db import open_database
 
 from .conftest import hd_keys
 
@@ -141,8 +141,8 @@ def test_a_rare_state_is_found_from_its_own_index(ledger_db, db_url):
     if not db_url.startswith("sqlite"):
         pytest.skip("PostgreSQL keeps its own statistics (autovacuum)")
     from sqlalchemy import text
-    from custody.db import refresh_statistics
-    from custody.ledger import _ORDER, _state_condition
+    from custody.store.db import refresh_statistics
+    from custody.ledger.coins import _ORDER, _state_condition
     refresh_statistics(ledger_db.kw["bind"])
     with ledger_db() as s:
         query = select(Utxo.id).where(_state_condition("frozen", TIP)).order_by(*_ORDER["height"]).limit(50)

@@ -26,10 +26,12 @@ from embit import bip32
 from embit.networks import NETWORKS
 from embit.psbt import PSBT
 
-from custody import accounts, registry, spends
-from custody.db import open_database
-from custody.policies import build_policy
-from custody.sync import Syncer
+from coordinator import accounts
+from custody.bitcoin.policies import build_policy
+from custody.ledger import registry
+from custody.ledger.sync import Syncer
+from custody.spending import spends
+from custody.store.db import open_database
 from regtest.launcher import free_port
 from regtest.testwallet import TestWallet
 
@@ -96,7 +98,7 @@ def served(node, rpc, wallet, other_address, tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     log_path = home / "serve.log"
     custody = Path(sys.executable).with_name("custody")
-    command = ([str(custody)] if custody.exists() else [sys.executable, "-m", "custody.cli"]) + [
+    command = ([str(custody)] if custody.exists() else [sys.executable, "-m", "coordinator.cli.main"]) + [
         "--node-cookie", str(node.cookie_file), "--network", "regtest", "serve", "--db", db, "--node", node.url,
         "--port", str(port), "--sync-interval", "0.5"]
     # the same CUSTODY_HOME as this process (conftest sets it): one event-log signing key for both

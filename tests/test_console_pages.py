@@ -8,10 +8,11 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
-from custody import accounts, registry
-from custody.db import open_database
-from custody.policies import build_policy
+from custody.bitcoin.policies import build_policy
+from custody.ledger import registry
+from custody.store.db import open_database
 from regtest.testwallet import TestWallet
 
 from . import officers
@@ -38,12 +39,12 @@ def console(db_url, node, rpc, wallet, coins, other_address):
         spec = build_policy("wsh-sortedmulti", 2, hd_keys(3, seed_base=next(_seeds)))
         policy = registry.create_policy(s, "vault", spec)
         registry.set_status(s, policy, "active")
-        from custody import spends
+        from custody.spending import spends
         spends.set_approval_rule(s, policy, required_approvals=1)
     fund_policy(rpc, wallet, coins.pop(), spec, other_address)
     app = create_app(sessions, node_factory(node.url, cookie_file=node.cookie_file), sync_interval=0)
     with TestClient(app) as client:
-        from custody import service
+        from custody.ledger import service
         service.sync(sessions, app.state.node())
         yield Console(client, secrets_)
 

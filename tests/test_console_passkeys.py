@@ -23,8 +23,11 @@ from pathlib import Path
 import pytest
 from embit.script import address_to_scriptpubkey
 
-from custody import accounts, devices, registry, spends
-from custody.db import open_database
+from coordinator import accounts
+from custody.devices import inventory as devices
+from custody.ledger import registry
+from custody.spending import spends
+from custody.store.db import open_database
 from custody_signer.device import MODEL
 from regtest.launcher import free_port
 from regtest.testwallet import TestWallet
@@ -32,7 +35,7 @@ from regtest.testwallet import TestWallet
 from .conftest import mine_coins
 from .signers import install_policy, run_ceremony, simulated_signers
 from .support import READY_TIMEOUT, stop, wait_healthy
-from .test_console_e2e import CHROMIUM, CHROMIUM_ARGS, REQUIRED, Codes, login, logout, shot
+from .test_console_e2e import CHROMIUM, CHROMIUM_ARGS, Codes, login, logout, REQUIRED, shot
 
 PASSWORD = "correct horse battery staple"
 PAYEE = TestWallet("passkey payee")
@@ -82,7 +85,7 @@ def served(signers, node, rpc, wallet, other_address, tmp_path_factory):
     base = f"http://localhost:{port}"
     log_path = home / "serve.log"
     custody = Path(sys.executable).with_name("custody")
-    command = ([str(custody)] if custody.exists() else [sys.executable, "-m", "custody.cli"]) + [
+    command = ([str(custody)] if custody.exists() else [sys.executable, "-m", "coordinator.cli.main"]) + [
         "--node-cookie", str(node.cookie_file), "--network", "regtest", "serve", "--db", db, "--node", node.url,
         "--port", str(port), "--sync-interval", "0.5"]
     env = {**os.environ, "CUSTODY_HOME": os.environ["CUSTODY_HOME"], "CUSTODY_RP_ID": "localhost",

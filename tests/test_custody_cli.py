@@ -14,12 +14,12 @@ import pytest
 
 from . import officers
 from .conftest import hd_keys, mine_coins
-from .support import STOP_TIMEOUT, stop, wait_until
+from .support import stop, STOP_TIMEOUT, wait_until
 
 
 def custody(node, db_url, *args, check=True):
     env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
-    result = subprocess.run([sys.executable, "-m", "custody.cli", "--json", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "--json", *args], capture_output=True, text=True,
                             env=env, timeout=300)
     if check:
         assert result.returncode == 0, result.stderr
@@ -32,7 +32,7 @@ def worker(node, db_url, log):
     would fill and stop it)."""
     env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
     with open(log, "a") as out:
-        return subprocess.Popen([sys.executable, "-m", "custody.cli", "worker", "--interval", "0.2"], env=env,
+        return subprocess.Popen([sys.executable, "-m", "coordinator.cli.main", "worker", "--interval", "0.2"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -110,7 +110,7 @@ def test_refused_policy_leaves_the_database_unchanged(node, tmp_path):
 def test_unreachable_node_is_one_clear_line(tmp_path):
     env = {**os.environ, "CUSTODY_DB": f"sqlite:///{tmp_path}/n.db", "CUSTODY_NODE": "http://127.0.0.1:9",
            "CUSTODY_RPCUSER": "u", "CUSTODY_RPCPASSWORD": "p"}
-    result = subprocess.run([sys.executable, "-m", "custody.cli", "sync"], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "sync"], capture_output=True, text=True, env=env)
     assert result.returncode == 1 and "cannot reach Bitcoin node at http://127.0.0.1:9" in result.stderr
 
 
@@ -186,7 +186,7 @@ def test_policy_export_then_import_elsewhere(node, tmp_path, fmt):
     first, second = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
     created = custody(node, first, "policy", "create", "ops", "--threshold", "2", *sum((["--key", k] for k in keys), []))
     exported = tmp_path / f"ops.{fmt}"
-    result = subprocess.run([sys.executable, "-m", "custody.cli", "policy", "export", "ops", "--format", fmt],
+    result = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "policy", "export", "ops", "--format", fmt],
                             capture_output=True, text=True, env={**os.environ, "CUSTODY_DB": first}, check=True)
     exported.write_text(result.stdout)
     imported = custody(node, second, "policy", "import", str(exported), "--name", "ops-copy")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from embit.networks import NETWORKS
 
-from custody import derive
-from custody.derive import derive_addresses, derive_descriptor_addresses, derive_scripts, segwit_address
-from custody.policies import KINDS, build_policy
+from custody.bitcoin import derive
+from custody.bitcoin.derive import derive_addresses, derive_descriptor_addresses, derive_scripts, segwit_address
+from custody.bitcoin.policies import build_policy, KINDS
 
 from .conftest import hd_keys
 

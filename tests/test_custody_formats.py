@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from custody.formats import FORMATS, FormatError, detect_format, export_policy, import_policy
-from custody.policies import build_policy
+from custody.bitcoin.formats import detect_format, export_policy, FormatError, FORMATS, import_policy
+from custody.bitcoin.policies import build_policy
 
 from .conftest import hd_keys
 

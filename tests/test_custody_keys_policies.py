@@ -5,8 +5,8 @@ import pytest
 from embit import bip32
 from embit.networks import NETWORKS
 
-from custody.keys import KeyImportError, parse_key
-from custody.policies import KINDS, PolicyError, build_policy, parse_policy
+from custody.bitcoin.keys import KeyImportError, parse_key
+from custody.bitcoin.policies import build_policy, KINDS, parse_policy, PolicyError
 
 from .conftest import hd_keys
 

@@ -12,10 +12,11 @@ from embit.psbt import PSBT
 from embit.script import Script
 from embit.transaction import SIGHASH, TransactionOutput
 
-from custody.coin_selection import Candidate, InsufficientFunds, select_coins
-from custody.policies import build_policy
-from custody.psbt_builder import Coin, build_spend
-from custody.signatures import SignatureError, decode_psbt, finalize, is_complete, merge_upload, signed_fingerprints
+from custody.bitcoin.coin_selection import Candidate, InsufficientFunds, select_coins
+from custody.bitcoin.policies import build_policy
+from custody.bitcoin.psbt_builder import build_spend, Coin
+from custody.bitcoin.signatures import (decode_psbt, finalize, is_complete, merge_upload, SignatureError,
+                                        signed_fingerprints)
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys, mine_coins

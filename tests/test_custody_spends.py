@@ -17,17 +17,19 @@ from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from embit.script import Script
 
-from custody import ledger, registry, spends
-from custody_signer import protocol as approvals_protocol
-from custody.db import open_database
+from custody.bitcoin.policies import build_policy
+from custody.chain.node_client import NodeClient
 from custody.errors import CustodyError
-from custody.node_client import NodeClient
-from custody.models import EventLogEntry, Utxo
-from custody.policies import build_policy
-from custody.sync import Syncer
-from sqlalchemy import func, select
+from custody.eventlog.models import EventLogEntry
+from custody.ledger import coins as ledger, registry
+from custody.ledger.models import Utxo
+from custody.ledger.sync import Syncer
+from custody.spending import spends
+from custody.store.db import open_database
+from custody_signer import protocol as approvals_protocol
 from regtest.launcher import start_node
 from regtest.testwallet import TestWallet
+from sqlalchemy import func, select
 
 from . import officers
 from .conftest import fund_policy, hd_keys, mine_coins
@@ -118,8 +120,8 @@ def test_full_lifecycle(rpc, vault, other_address):
     with sessions() as s:
         b = ledger.balances(s)[0]
         assert b.reserved == 0 and b.total == 600_000_000 - 50_000_000 - summary["fee"]
-        from custody import eventlog
-        from custody.models import EventLogEntry
+        from custody.eventlog import log as eventlog
+        from custody.eventlog.models import EventLogEntry
         assert eventlog.verify(s, {eventlog.coordinator_key().public_hex}).ok
         events = [(e.kind, e.actor) for e in s.scalars(select(EventLogEntry).where(
             EventLogEntry.subject == f"spend:{spend_id}").order_by(EventLogEntry.seq))]
@@ -172,7 +174,7 @@ def test_rule_limits(vault, rule, amount, message):
 
 
 def _backdate(sessions, spend_id, hours, *, approvals=False):
-    from custody.spend_models import Approval, Spend
+    from custody.spending.models import Approval, Spend
     from sqlalchemy import update
     moment = spends._now() - timedelta(hours=hours)
     with sessions.begin() as s:
@@ -345,8 +347,8 @@ def test_a_double_spend_conflicts_only_once_mined(vault, rpc, wallet, other_addr
     spend_id = _approved_and_broadcast(sessions, rpc, seed)
     with sessions() as s:
         stored = PSBT.from_string(spends.get_spend(s, spend_id).psbt)
-    from custody.signatures import finalize
-    from custody.psbt_builder import Coin, build_spend
+    from custody.bitcoin.signatures import finalize
+    from custody.bitcoin.psbt_builder import Coin, build_spend
     with sessions() as s:
         policy = registry.get_policy(s, "vault")
         spec = registry.spec_of(policy)
@@ -418,7 +420,7 @@ def _cli(node, db_url, *args, kill_at=None):
     env.pop("CUSTODY_KILL_AT", None)
     if kill_at:
         env["CUSTODY_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "custody.cli", "--json", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "coordinator.cli.main", "--json", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
 
@@ -536,7 +538,7 @@ def test_a_reorganisation_unconfirms_then_reconfirms_a_spend(vault, rpc, node, o
     # the console's timeline says what happened
     from fastapi.testclient import TestClient
     from coordinator.app import create_app, node_factory
-    from custody import accounts
+    from coordinator import accounts
     with sessions.begin() as s:
         token, _ = accounts.create_token(s, accounts.create_user(s, "vera", "viewer", "correct horse battery")[0], "t")
     app = create_app(sessions, node_factory(node.url, cookie_file=node.cookie_file), sync_interval=0)
@@ -554,8 +556,8 @@ def test_a_reorganisation_that_double_spends_a_confirmed_spend_makes_it_conflict
     with sessions() as s:
         stored = PSBT.from_string(spends.get_spend(s, spend_id).psbt)
         spec = registry.spec_of(registry.get_policy(s, "vault"))
-    from custody.psbt_builder import Coin, build_spend
-    from custody.signatures import finalize
+    from custody.bitcoin.psbt_builder import Coin, build_spend
+    from custody.bitcoin.signatures import finalize
     derivations = [next(iter(sc.bip32_derivations.values())).derivation for sc in stored.inputs]
     coins = [Coin(sc.txid.hex(), sc.vout, sc.witness_utxo.value, d[-2], d[-1], sc.witness_utxo.script_pubkey.data)
              for sc, d in zip(stored.inputs, derivations)]

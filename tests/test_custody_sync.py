@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from custody import ledger, registry
-from custody.db import open_database
+from custody.bitcoin.policies import build_policy
+from custody.chain.node_client import NodeClient
 from custody.errors import CustodyError
-from custody.models import Address, Block, Utxo
-from custody.node_client import NodeClient
-from custody.policies import build_policy
-from custody.sync import Syncer
+from custody.ledger import coins as ledger, registry
+from custody.ledger.models import Address, Block, Utxo
+from custody.ledger.sync import Syncer
+from custody.store.db import open_database
 from regtest.testwallet import TestWallet, Utxo as Coin
 
 from .conftest import hd_keys, mine_coins, sign_multisig_spend

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from custody import accounts
+from coordinator import accounts
 from regtest.launcher import free_port
 
 from .support import READY_TIMEOUT, stop, wait_healthy
-from .test_console_e2e import CHROMIUM, CHROMIUM_ARGS, REQUIRED, login, logout
+from .test_console_e2e import CHROMIUM, CHROMIUM_ARGS, login, logout, REQUIRED
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and not REQUIRED,
                                 reason=f"no Chromium at {CHROMIUM} (install Debian's chromium, or set "

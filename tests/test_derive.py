@@ -1,4 +1,4 @@
-"""custody.derive gives exactly embit's scripts and addresses, and the node's deriveaddresses, on the
+"""custody.bitcoin.derive gives exactly embit's scripts and addresses, and the node's deriveaddresses, on the
 fast path, on both libsecp256k1 bindings, in one process and across processes."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
 from embit.script import Script
 
-from custody import derive
-from custody.derive import (MAX_INDEX, derive_addresses, derive_descriptor_addresses, derive_scripts,
+from custody.bitcoin import derive
+from custody.bitcoin.derive import (MAX_INDEX, derive_addresses, derive_descriptor_addresses, derive_scripts,
                             segwit_address)
-from custody.policies import KINDS, add_checksum, build_policy
+from custody.bitcoin.policies import add_checksum, build_policy, KINDS
 
 REGTEST = NETWORKS["regtest"]
 
@@ -226,7 +226,7 @@ def test_other_descriptors_as_the_node(rpc):
 
 
 def test_descriptor_without_address_is_refused(rpc):
-    from custody.node_client import RPCError
+    from custody.chain.node_client import RPCError
     descriptor = add_checksum(f"pk({KEYS[0]}/0/*)")
     with pytest.raises(RPCError):
         rpc.deriveaddresses(descriptor, [0, 1])

@@ -17,13 +17,17 @@ from embit.psbt import PSBT
 from embit.script import address_to_scriptpubkey
 from sqlalchemy import func, select
 
-from custody import ceremony, device_signing, devices, ledger, registry, rotation, spends
-from custody.db import open_database
-from custody.device_models import DeviceRegistration
+from custody.devices import ceremony, inventory as devices
+from custody.rotation import rotations as rotation
+from custody.spending import device_signing
+from custody.devices.hwi import DeviceSession, DeviceUnavailable
+from custody.devices.models import DeviceRegistration
 from custody.errors import CustodyError
-from custody.hwi_devices import DeviceSession, DeviceUnavailable
-from custody.models import EventLogEntry
-from custody.sync import Syncer
+from custody.eventlog.models import EventLogEntry
+from custody.ledger import coins as ledger, registry
+from custody.ledger.sync import Syncer
+from custody.spending import spends
+from custody.store.db import open_database
 from custody_signer import firmware, protocol
 from custody_signer.device import SELF_TEST_MAGIC
 from custody_signer.protocol import MODEL, possession_message
@@ -416,7 +420,7 @@ def test_the_log_holds_every_lifecycle_step(world):
 
 def test_the_cli_lists_devices_and_refuses_in_one_line(world, fleet):
     def custody(*argv):
-        return subprocess.run([sys.executable, "-m", "custody.cli", "--db", world["url"], "--json", *argv],
+        return subprocess.run([sys.executable, "-m", "coordinator.cli.main", "--db", world["url"], "--json", *argv],
                               capture_output=True, text=True, env=os.environ.copy())
     seen = json.loads(custody("device", "connected").stdout)
     assert {d["fingerprint"] for d in seen} == {f["fingerprint"] for f in fleet.values()}
@@ -441,7 +445,7 @@ def test_the_console_and_api_show_the_inventory_by_role(world, fleet, node):
     from fastapi.testclient import TestClient
 
     from coordinator.app import create_app, node_factory
-    from custody import accounts
+    from coordinator import accounts
     sessions = world["sessions"]
     tokens = {}
     with sessions.begin() as s:

@@ -17,10 +17,13 @@ from embit.script import address_to_scriptpubkey
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
-from custody import accounts, ceremony, devices, holders, registry, service, spends
-from custody.db import open_database
-from custody.models import EventLogEntry
+from custody.devices import ceremony, holders, inventory as devices
+from custody.eventlog.models import EventLogEntry
+from custody.ledger import registry, service
+from custody.spending import spends
+from custody.store.db import open_database
 from custody_signer.device import MODEL, shown_first_address
 from regtest.testwallet import TestWallet
 

@@ -13,10 +13,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select, text
 
-from custody import eventlog
-from custody.db import open_database
-from custody.eventlog import CoordinatorKey, append, export_jsonl, verify, verify_jsonl
-from custody.models import EventLogEntry
+from custody.eventlog import log as eventlog
+from custody.eventlog.log import append, CoordinatorKey, export_jsonl, verify, verify_jsonl
+from custody.eventlog.models import EventLogEntry
+from custody.store.db import open_database
 
 KEY = CoordinatorKey.from_seed(bytes(range(32)))
 OTHER_KEY = CoordinatorKey.from_seed(b"\x07" * 32)

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import hashlib
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import Context, Decimal, ROUND_HALF_EVEN
 from fractions import Fraction
 from types import SimpleNamespace
 
 import pytest
 
-from custody.expected import (DayNetwork, Segment, block_subsidy, day_blocks, day_bounds, day_network,
+from custody.mining.expected import (DayNetwork, Segment, block_subsidy, day_blocks, day_bounds, day_network,
                               difficulty_from_bits, expected_for_day, fee_ratio, fpps, hashprice, pps,
                               pps_exact, pps_from_hashrate, work_from_hashrate)
-from custody.node_client import NodeClient
+from custody.chain.node_client import NodeClient
 from regtest.testwallet import TestWallet, Utxo
 
 REGTEST_DIFFICULTY = Fraction(0xFFFF, 0x7FFFFF * 2 ** 24)
@@ -271,7 +271,7 @@ def test_expected_for_day(rpc, chain):
 
 # -- a mainnet-sized chain, simulated: the search, and a retarget inside the day -----------------------------
 class FakeMainnet:
-    """Just enough of Core's RPC for custody.expected: 900,000 ten-minute blocks whose times wobble by up
+    """Just enough of Core's RPC for custody.mining.expected: 900,000 ten-minute blocks whose times wobble by up
     to ±500 s (so they go backwards now and then), and a retarget at height 840,672 in the middle of DAY."""
     RETARGET = 840_672
 

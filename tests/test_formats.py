@@ -1,4 +1,4 @@
-"""custody.formats: every format round-trips the policies it can carry, refuses the ones it cannot,
+"""custody.bitcoin.formats: every format round-trips the policies it can carry, refuses the ones it cannot,
 and refuses a bad file with one line a treasury officer can act on. BIP-129's own vectors included."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from embit import base58
 from embit.bip32 import HDKey
 from embit.networks import NETWORKS
 
-from custody.formats import FORMATS, FormatError, detect_format, export_policy, import_policy
-from custody.keys import KeyImportError, parse_key
-from custody.policies import PolicyError, add_checksum, build_policy
+from custody.bitcoin.formats import detect_format, export_policy, FormatError, FORMATS, import_policy
+from custody.bitcoin.keys import KeyImportError, parse_key
+from custody.bitcoin.policies import add_checksum, build_policy, PolicyError
 
 # BIP-129 test vectors (bitcoin/bips, bip-0129.mediawiki), copied verbatim.
 

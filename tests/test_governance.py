@@ -12,14 +12,18 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from custody import accounts, devices, governance, registry, spends
-from custody.cli import main as cli_main
-from custody.db import open_database
+from coordinator import accounts
+from coordinator.cli.main import main as cli_main
+from custody.bitcoin.policies import build_policy
+from custody.devices import inventory as devices
 from custody.errors import CustodyError
-from custody.eventlog import verify as verify_log
-from custody.models import EventLogEntry
-from custody.policies import build_policy
-from custody.spend_models import ApprovalRule
+from custody.eventlog.log import verify as verify_log
+from custody.eventlog.models import EventLogEntry
+from custody.governance import proposals as governance
+from custody.ledger import registry
+from custody.spending import spends
+from custody.spending.models import ApprovalRule
+from custody.store.db import open_database
 
 from .concurrency import at_once
 from .conftest import hd_keys
@@ -256,7 +260,7 @@ def test_the_quorum_is_a_setting_changed_by_proposal(sessions):
 
 
 def test_the_leader_loop_executes_what_is_due_even_without_the_node(sessions):
-    from custody.leader import LeaderLoop
+    from coordinator.worker import LeaderLoop
     with sessions.begin() as s:
         pid = governance.propose(s, "device_status", "RS-1", {"status": "revoked", "reason": "stolen"}, "olga").id
     with sessions.begin() as s:

@@ -1,6 +1,7 @@
 """The layer rules hold (issue 18, item 5): `lint-imports` checks the contracts of pyproject.toml's
 [tool.importlinter] (the auditor's verifier and the regtest node stand alone, the domain knows nothing of
-its interfaces, …), so a wrong import fails the suite, as the second test shows with one."""
+its interfaces, each capability imports only those below it, the interfaces are thin, …), so a wrong
+import fails the suite, as two of these tests show with one each."""
 from __future__ import annotations
 
 import shutil
@@ -38,7 +39,28 @@ def test_the_contracts_name_every_internal_module_of_the_signer():
 def test_a_wrong_import_breaks_a_contract(tmp_path):
     """The same check on a copy of audit/ that imports the custodian's code is refused, naming the import."""
     shutil.copytree(ROOT / "audit", tmp_path / "audit", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "audit" / "leak.py").write_text("from custody import spends  # the auditor trusting the custodian\n")
+    (tmp_path / "audit" / "leak.py").write_text("from custody.spending import spends  # the auditor trusting the custodian\n")
     run = lint(tmp_path)
     assert run.returncode != 0
-    assert "audit.leak -> custody.spends" in run.stdout
+    assert "audit.leak -> custody.spending.spends" in run.stdout
+
+
+def test_the_contracts_name_every_part_of_the_service():
+    """A new module of coordinator/ beside the interfaces is one the interfaces use, so it may not import
+    them: the contract's list must name every such module."""
+    import tomllib
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    [parts] = [c for c in contracts if c["name"].startswith("The service's parts")]
+    above = {"__init__", "app", "server", "demo"}      # what runs the interfaces, or is one
+    modules = {f"coordinator.{p.stem}" for p in (ROOT / "coordinator").glob("*.py") if p.stem not in above}
+    assert set(parts["source_modules"]) == modules
+
+
+def test_a_capability_importing_one_above_it_breaks_the_layers(tmp_path):
+    """The ledger reaching up into the mining treasury (a capability above it) is refused, naming the import."""
+    shutil.copytree(ROOT / "custody", tmp_path / "custody", ignore=shutil.ignore_patterns("__pycache__"))
+    coins = tmp_path / "custody" / "ledger" / "coins.py"
+    coins.write_text(coins.read_text() + "\nfrom custody.mining import service  # the ledger knowing a pool\n")
+    run = lint(tmp_path)
+    assert run.returncode != 0
+    assert "custody.ledger.coins -> custody.mining.service" in run.stdout

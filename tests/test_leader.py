@@ -1,4 +1,4 @@
-"""The sync leader (custody.leader) on a real PostgreSQL and a real chain: one holder per database at a
+"""The sync leader (custody.ledger.leader) on a real PostgreSQL and a real chain: one holder per database at a
 time; a leader whose database connection ends (what a restart does to it) notices before its next round
 and takes the lock again unless another process has; a standby outlives a database restart; the leader,
 whichever command runs it, also follows broadcast spends to confirmation; and `custody worker` stops on
@@ -20,18 +20,20 @@ from embit import bip32
 from embit.networks import NETWORKS
 from embit.psbt import PSBT
 
-from custody import registry, service, spends
-from custody.db import make_engine, open_database
-from custody.leader import LOCK_ID, LeaderLock, LeaderLoop
-from custody.node_client import NodeClient
-from custody.policies import build_policy
-from custody.sync import Syncer
+from custody.bitcoin.policies import build_policy
+from custody.chain.node_client import NodeClient
+from custody.ledger import registry, service
+from coordinator.worker import LeaderLoop
+from custody.ledger.leader import LeaderLock, LOCK_ID
+from custody.ledger.sync import Syncer
+from custody.spending import spends
+from custody.store.db import make_engine, open_database
 from regtest.launcher import free_port
 from regtest.testwallet import TestWallet
 
 from . import officers
 from .conftest import _postgres_bin, fund_policy, hd_keys, mine_coins
-from .support import STOP_TIMEOUT, stop, wait_healthy, wait_until
+from .support import stop, STOP_TIMEOUT, wait_healthy, wait_until
 
 _databases = iter(range(1, 1000))
 
@@ -88,7 +90,7 @@ def coins(rpc, wallet):
 def worker(node, db_url, log, interval="0.2"):
     env = {**os.environ, "CUSTODY_DB": db_url, "CUSTODY_NODE": node.url, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
     with open(log, "a") as out:
-        return subprocess.Popen([sys.executable, "-m", "custody.cli", "worker", "--interval", interval], env=env,
+        return subprocess.Popen([sys.executable, "-m", "coordinator.cli.main", "worker", "--interval", interval], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -116,7 +118,7 @@ def test_a_lock_lost_with_its_connection_is_noticed_and_held_by_one_at_a_time(pg
 
 
 def test_the_loop_notices_a_lost_lead_and_one_loop_leads_again(pg, node, rpc, other_address, caplog):
-    caplog.set_level(logging.INFO, logger="custody.leader")
+    caplog.set_level(logging.INFO, logger="coordinator.worker")
     client = NodeClient(node.url, cookie_file=node.cookie_file)
     loops = [LeaderLoop(open_database(pg.url), lambda: client, interval=0.1) for _ in range(2)]
     stop_event = threading.Event()
@@ -235,7 +237,7 @@ def test_a_worker_leading_beside_serve_tracks_a_broadcast_spend(node, rpc, walle
         port = free_port()
         env = {**os.environ, "CUSTODY_NODE_COOKIE": str(node.cookie_file)}
         with open(logs[1], "w") as out, open(logs[2], "w") as err:
-            server = subprocess.Popen([sys.executable, "-m", "custody.cli", "serve", "--db", db, "--node", node.url,
+            server = subprocess.Popen([sys.executable, "-m", "coordinator.cli.main", "serve", "--db", db, "--node", node.url,
                                        "--port", str(port), "--sync-interval", "0.2"], env=env, stdout=out, stderr=err)
         wait_healthy(f"http://127.0.0.1:{port}", server, logs)
         wait_until(lambda: said(logs[2], "standing by"), what="serve standing by", process=server, logs=logs)

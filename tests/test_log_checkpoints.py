@@ -21,14 +21,18 @@ from embit.transaction import SIGHASH
 from sqlalchemy import delete, func, select
 
 from audit import log_checkpoint, verify as audit_verify
-from custody import checkpoints, eventlog, registry, reserves, service
-from custody.cli import main as custody
-from custody.db import open_database
+from coordinator.cli.main import main as custody
+from custody.bitcoin.policies import build_policy
 from custody.errors import CustodyError
-from custody.eventlog import CoordinatorKey
-from custody.models import EventLogCheckpoint, EventLogEntry, Label
-from custody.policies import build_policy
-from custody.sync import Syncer
+from custody.eventlog import checkpoints, log as eventlog
+from custody.eventlog.log import CoordinatorKey
+from custody.eventlog.models import EventLogCheckpoint, EventLogEntry
+from custody.ledger import registry, service
+from custody.eventlog import service as log_service
+from custody.ledger.models import Label
+from custody.ledger.sync import Syncer
+from custody.reserves import proofs as reserves
+from custody.store.db import open_database
 from regtest.testwallet import TestWallet
 
 from .conftest import fund_policy, hd_keys, mine_coins
@@ -117,7 +121,7 @@ def test_a_log_cut_below_a_checkpoint_is_refused_against_the_file_and_the_record
     code, _, err = run(db_url, "log", "verify", capsys=capsys)              # no file: the recorded checkpoint
     assert code == 1 and "the log ends at seq 3 but the checkpoint of" in err and err.count("\n") == 1
     with sessions() as s:
-        status = service.log_status(s)
+        status = log_service.log_status(s)
         assert not status["ok"] and "the log ends at seq 3" in status["problem"]
     cut_to(sessions, 3, records_too=True)                    # the records deleted too: the file still knows
     assert run(db_url, "log", "verify", capsys=capsys)[0] == 0
@@ -178,7 +182,7 @@ def test_a_worker_writes_checkpoints_on_its_schedule(node, tmp_path):
            "CUSTODY_CHECKPOINT_DIR": str(kept), "CUSTODY_CHECKPOINT_SECONDS": "1"}
     log = tmp_path / "worker.log"
     with open(log, "w") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "custody.cli", "worker", "--interval", "0.2"], env=env,
+        worker = subprocess.Popen([sys.executable, "-m", "coordinator.cli.main", "worker", "--interval", "0.2"], env=env,
                                   stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: list(kept.glob("*.json")), what="the first checkpoint", process=worker, logs=[log])
@@ -208,7 +212,7 @@ def signer(tmp_path):
     socket_path = tmp_path / "signer.sock"
     log = tmp_path / "signer.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "custody.cli", "log-signer", "--key", str(key_file),
+        process = subprocess.Popen([sys.executable, "-m", "coordinator.cli.main", "log-signer", "--key", str(key_file),
                                     "--socket", str(socket_path)], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until(socket_path.exists, what="the log signer's socket", process=process, logs=[log])
@@ -226,7 +230,7 @@ def coordinator(tmp_path, **env) -> dict:
 
 
 def custody_process(env, db_url, *argv):
-    return subprocess.run([sys.executable, "-m", "custody.cli", "--db", db_url, "--actor", "lena", *argv], env=env,
+    return subprocess.run([sys.executable, "-m", "coordinator.cli.main", "--db", db_url, "--actor", "lena", *argv], env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -411,7 +415,7 @@ def test_label_changes_are_logged(sessions):
 def test_auditors_download_the_latest_checkpoint_and_verify_against_theirs_over_the_api(sessions, node, tmp_path):
     from fastapi.testclient import TestClient
     from coordinator.app import create_app, node_factory
-    from custody import accounts
+    from coordinator import accounts
     tokens = {}
     with sessions.begin() as s:
         for name, role in (("aude", "auditor"), ("vic", "viewer")):
@@ -447,7 +451,7 @@ def test_auditors_download_the_latest_checkpoint_and_verify_against_theirs_over_
 
 def test_a_signer_that_changes_its_key_or_lies_is_refused(tmp_path):
     import threading
-    from custody.log_signer import RemoteKey, SignerServer
+    from custody.eventlog.signer import RemoteKey, SignerServer
     server = SignerServer(CoordinatorKey.from_seed(b"\x03" * 32), tmp_path / "s.sock")
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:

@@ -18,14 +18,15 @@ from fastapi.testclient import TestClient
 from fido2.utils import websafe_encode
 from sqlalchemy import func, select
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
 from coordinator.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE
-from custody import accounts, credentials
-from custody.account_models import User
-from custody.credential_models import ApprovalChallenge, ApproverCredential
-from custody.db import open_database
 from custody.errors import CustodyError
-from custody.models import EventLogEntry
+from custody.eventlog.models import EventLogEntry
+from custody.people import credentials
+from custody.people.credential_models import ApprovalChallenge, ApproverCredential
+from custody.people.models import User
+from custody.store.db import open_database
 from custody_signer import protocol
 
 from .passkeys import SoftPasskey

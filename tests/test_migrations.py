@@ -8,16 +8,15 @@ import warnings
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from custody import account_models, credential_models, device_models, mining_models, reserve_models, spend_models  # noqa: F401  (their tables)
-from custody.db import open_database
-from custody.models import Base
+from custody.schema import metadata
+from custody.store.db import open_database
 
 
 def test_migrations_match_the_models(db_url):
     engine = open_database(db_url).kw["bind"]
     with engine.connect() as connection, warnings.catch_warnings():
         warnings.simplefilter("ignore")          # expression indexes cannot be reflected; they are not compared
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
     flat = [d for group in differences for d in (group if isinstance(group, list) else [group])]
     structural = [d for d in flat if d[0] != "remove_index"]
     assert structural == []

@@ -8,14 +8,14 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from custody import mining_service as ms
-from custody.cli import main
-from custody.db import open_database
-from custody.mining_models import Discrepancy, MiningDevice, PoolAccount, StatementLine, Sweep
-from custody.models import EventLogEntry
+from coordinator.cli.main import main
+from custody.eventlog.models import EventLogEntry
+from custody.mining import service as ms
+from custody.mining.models import Discrepancy, MiningDevice, PoolAccount, StatementLine, Sweep
+from custody.store.db import open_database
 from regtest.miner import SimulatedMiner
 
-from .test_mining_console import OUTSIDER, TODAY, chain, policies, reconciled, statement_csv, telemetry_csv
+from .test_mining_console import chain, OUTSIDER, policies, reconciled, statement_csv, telemetry_csv, TODAY
 
 chain = chain                      # the module's chain: the fleet paid 250,000 and 120,000 sat today
 

@@ -14,17 +14,19 @@ from embit.networks import NETWORKS
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
-from custody import accounts, mining_service as ms, registry
-from custody.db import open_database
-from custody.mining_models import Discrepancy, Pool, PoolAccount, StatementLine, Sweep
-from custody.policies import build_policy
-from custody.sync import Syncer
+from custody.bitcoin.policies import build_policy
+from custody.ledger import registry
+from custody.ledger.sync import Syncer
+from custody.mining import service as ms
+from custody.mining.models import Discrepancy, Pool, PoolAccount, StatementLine, Sweep
+from custody.store.db import open_database
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys, mine_coins
-from .test_api import Service, _metrics
-from .test_console_pages import PASSWORD, Console
+from .test_api import _metrics, Service
+from .test_console_pages import Console, PASSWORD
 
 FLEET_SEED, CUSTODY_SEED = 9300, 9310
 MINER = TestWallet("mining console miner").address()

@@ -19,13 +19,16 @@ import pytest
 from embit.networks import NETWORKS
 from sqlalchemy import select
 
-from custody import devices, device_signing, expected, fleet, ledger, reconcile, registry, spends, statements, sweeps, \
-    telemetry
-from custody.db import open_database
-from custody.mining_models import MiningDevice, Pool, PoolAccount
-from custody.node_client import NodeClient, RPCError, btc_to_sats
-from custody.policies import build_policy
-from custody.sync import Syncer
+from custody.bitcoin.policies import build_policy
+from custody.chain.node_client import btc_to_sats, NodeClient, RPCError
+from custody.devices import inventory as devices
+from custody.spending import device_signing
+from custody.ledger import coins as ledger, registry
+from custody.ledger.sync import Syncer
+from custody.mining import expected, fleet, reconcile, statements, sweeps, telemetry
+from custody.mining.models import MiningDevice, Pool, PoolAccount
+from custody.spending import spends
+from custody.store.db import open_database
 from custody_signer.device import MODEL, shown_first_address
 from custody_signer.simulator import spawn
 from regtest.miner import ManualClock, SimulatedMiner, start_miners, stop_miners

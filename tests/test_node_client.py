@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from custody.node_client import (NodeAuthError, NodeClient, NodeError, NodeUnreachable, RPCError, btc_to_sats,
+from custody.chain.node_client import (NodeAuthError, NodeClient, NodeError, NodeUnreachable, RPCError, btc_to_sats,
                                  cookie_path, sats_to_btc)
 from regtest.launcher import free_port
 

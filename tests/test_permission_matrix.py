@@ -14,9 +14,11 @@ from sqlalchemy import select
 from coordinator import auth
 from coordinator.auth import ROUTE_ACCESS, ROUTE_TABLE
 
-from custody import credentials, registry, spends
-from custody.account_models import User
-from custody.policies import build_policy
+from custody.bitcoin.policies import build_policy
+from custody.ledger import registry
+from custody.people import credentials
+from custody.people.models import User
+from custody.spending import spends
 
 from .approval_keys import ed25519_key
 from .conftest import fund_policy, hd_keys

@@ -17,7 +17,7 @@ from embit.psbt import PSBT
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-from custody.psbt_check import PSBTError, check_psbt, decode
+from custody.bitcoin.psbt_check import check_psbt, decode, PSBTError
 
 VECTORS = Path(__file__).with_name("vectors")
 BIP174 = json.loads((VECTORS / "bip174.json").read_text())
@@ -322,14 +322,14 @@ def test_unknown_network_is_an_argument_error():
 def test_cli_exit_codes(tmp_path):
     good = tmp_path / "good.psbt"
     good.write_text(BIP174["valid"][5]["psbt"])
-    ok = subprocess.run([sys.executable, "-m", "custody.cli", "psbt", "check", str(good)], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "psbt", "check", str(good)], capture_output=True, text=True)
     assert ok.returncode == 0 and json.loads(ok.stdout)["version"] == 0
     bad = tmp_path / "bad.psbt"
     bad.write_text(BIP174["invalid"][4]["psbt"])
-    refused = subprocess.run([sys.executable, "-m", "custody.cli", "psbt", "check", str(bad)], capture_output=True, text=True)
+    refused = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "psbt", "check", str(bad)], capture_output=True, text=True)
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert "duplicate key" in refused.stderr
-    piped = subprocess.run([sys.executable, "-m", "custody.cli", "psbt", "check", "-"], input=base64.b64decode(
+    piped = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "psbt", "check", "-"], input=base64.b64decode(
         BIP174["valid"][5]["psbt"]), capture_output=True)
     assert piped.returncode == 0
 

@@ -26,13 +26,18 @@ from embit.psbt import PSBT
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
 from coordinator.auth import ROUTE_TABLE
-from custody import accounts, bip322, ceremony, devices, ledger, registry, reserve_service, service, spends
-from custody.db import open_database
-from custody.device_models import CeremonyMember
-from custody.models import Key, SigningDevice
-from custody.policies import build_policy
+from custody.bitcoin import bip322
+from custody.bitcoin.policies import build_policy
+from custody.devices import ceremony, inventory as devices
+from custody.devices.models import CeremonyMember
+from custody.ledger import coins as ledger, registry, service
+from custody.ledger.models import Key, SigningDevice
+from custody.reserves import service as reserve_service
+from custody.spending import spends
+from custody.store.db import open_database
 from custody_signer.protocol import MODEL, possession_message
 from regtest.testwallet import TestWallet
 
@@ -182,7 +187,7 @@ def world(node, rpc, wallet, other_address, tmp_path_factory):
             officers.approve(s, spend, "omar")         # one approval: to the signers
             ids[f"spend-{group}"] = spend.id
         ids["enrollment"] = accounts.invite_user(s, "newcomer", "viewer", actor="root")[1]   # a link not yet used
-        from custody import governance            # a proposal waiting: a stricter rule for "held"
+        from custody.governance import proposals as governance  # a proposal waiting: a stricter rule for "held"
         ids["proposal"] = governance.propose(s, "approval_rule", "held", governance.rule_change(approvals=2),
                                              "root").id
     for run, policies in (("run-held", ["held"]), ("run-both", ["held", "other"])):
@@ -365,9 +370,9 @@ def test_memos_are_for_everyone_but_viewers(world):
 
 def test_the_spend_pages_qr_code_carries_what_the_download_does(world, monkeypatch):
     """The animated QR of a spend's page is its PSBT as well: the same xpubs withheld."""
-    import coordinator.qr
+    import coordinator.console.qr
     shown = []
-    monkeypatch.setattr(coordinator.qr, "psbt_frames", lambda data: shown.append(data) or ["data:,"])
+    monkeypatch.setattr(coordinator.console.qr, "psbt_frames", lambda data: shown.append(data) or ["data:,"])
     i = world.ids
     for user, spend, group, visible in [("sina", "spend-held", "held", True), ("sina", "spend-other", "other", False),
                                         ("sam", "spend-held", "held", False), ("olga", "spend-other", "other", True)]:

@@ -12,15 +12,16 @@ from types import SimpleNamespace
 import pytest
 from embit import bip32
 from embit.networks import NETWORKS
-from embit.script import Script, Witness, p2pkh
+from embit.script import p2pkh, Script, Witness
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
-from custody import expected, reconcile, registry, statements, telemetry
-from custody.db import open_database
-from custody.mining_models import Discrepancy, MiningDevice, Pool, PoolAccount, TelemetrySample
-from custody.node_client import NodeAuthError, NodeUnreachable, RPCError
-from custody.policies import build_policy
-from custody.sync import Syncer
+from custody.bitcoin.policies import build_policy
+from custody.chain.node_client import NodeAuthError, NodeUnreachable, RPCError
+from custody.ledger import registry
+from custody.ledger.sync import Syncer
+from custody.mining import expected, reconcile, statements, telemetry
+from custody.mining.models import Discrepancy, MiningDevice, Pool, PoolAccount, TelemetrySample
+from custody.store.db import open_database
 from regtest.descriptors import add_checksum
 from regtest.testwallet import TestWallet
 

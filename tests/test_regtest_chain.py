@@ -5,11 +5,11 @@ import signal
 
 import pytest
 
-from custody.node_client import NodeClient, NodeUnreachable
+from custody.chain.node_client import NodeClient, NodeUnreachable
 from regtest.testwallet import TestWallet
 
 from .conftest import embedded_only, mine_coins
-from .support import STOP_TIMEOUT, start_node, wait_until
+from .support import start_node, STOP_TIMEOUT, wait_until
 
 OTHER = TestWallet("someone else")
 MINER_B = TestWallet("miner b").address()

@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from custody.node_client import NodeClient, RPCError
+from custody.chain.node_client import NodeClient, RPCError
 from regtest.launcher import start_node
-from regtest.serialize import Block, BlockHeader, Tx, TxIn, TxOut, merkle_root, sha256d
+from regtest.serialize import Block, BlockHeader, merkle_root, sha256d, Tx, TxIn, TxOut
 from regtest.testwallet import TestWallet, Utxo
 
 from .conftest import embedded_only, mine_coins

@@ -17,13 +17,13 @@ import time
 
 import pytest
 
-from custody.node_client import NodeClient, NodeError
+from custody.chain.node_client import NodeClient, NodeError
 from regtest import mempool_persist
 from regtest.coinstats import MuHash3072
 from regtest.testwallet import TestWallet
 
 from .conftest import embedded_only, mine_coins
-from .support import STOP_TIMEOUT, NotReady, start_node, wait_until
+from .support import NotReady, start_node, STOP_TIMEOUT, wait_until
 
 OTHER = TestWallet("someone else")
 KILL_AT = "REGTEST_KILL_AT"
@@ -365,7 +365,7 @@ def test_the_utxo_set_hashes_are_cores():
 
 
 def test_gettxoutsetinfo_refuses_as_core_does(rpc):
-    from custody.node_client import RPCError
+    from custody.chain.node_client import RPCError
     with pytest.raises(RPCError, match="'sha256' is not a valid hash_type"):
         rpc.gettxoutsetinfo("sha256")
     with pytest.raises(RPCError, match="Querying specific block heights requires coinstatsindex"):

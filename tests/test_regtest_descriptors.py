@@ -11,7 +11,7 @@ from embit import bip32, ec
 from embit.descriptor import Descriptor
 from embit.descriptor.checksum import checksum as embit_checksum
 from embit.networks import NETWORKS
-from embit.script import Script, p2pkh, p2sh, p2tr, p2wpkh, p2wsh
+from embit.script import p2pkh, p2sh, p2tr, p2wpkh, p2wsh, Script
 
 from regtest import descriptors as D
 

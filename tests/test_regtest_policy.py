@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from custody.node_client import RPCError
+from custody.chain.node_client import RPCError
 from regtest.testwallet import TestWallet, Utxo
 
 from .conftest import mine_coins

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from custody.node_client import NodeAuthError, NodeClient, RPCError
+from custody.chain.node_client import NodeAuthError, NodeClient, RPCError
 
 
 def post(node, body: bytes, auth: str | None = "cookie", headers=None):

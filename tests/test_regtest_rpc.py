@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from custody.node_client import RPCError
+from custody.chain.node_client import RPCError
 from regtest.testwallet import TestWallet
 
 from .conftest import embedded_only, mine_coins

@@ -20,19 +20,21 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from audit import report, verify
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
-from custody import accounts, registry, reserve_service, reserves, service as custody_service
-from custody.db import open_database
-from custody.policies import build_policy
-from custody.reserve_models import ReserveRun
-from custody.sync import Syncer
+from custody.bitcoin.policies import build_policy
+from custody.ledger import registry, service as custody_service
+from custody.ledger.sync import Syncer
+from custody.reserves import proofs as reserves, service as reserve_service
+from custody.reserves.models import ReserveRun
+from custody.store.db import open_database
 from regtest.launcher import free_port
 
 from . import test_console_e2e as e2e
 from .conftest import fund_policy, hd_keys, mine_coins
 from .support import stop, wait_healthy
-from .test_api import Service, _metrics
-from .test_console_pages import PASSWORD, Console
+from .test_api import _metrics, Service
+from .test_console_pages import Console, PASSWORD
 from .test_reserves import sign
 
 browser = e2e.browser                # the headless Chromium fixture
@@ -254,7 +256,7 @@ def served(node, rpc, spec, tmp_path_factory):
     sessions.kw["bind"].dispose()
     port = free_port()
     custody = Path(sys.executable).with_name("custody")
-    command = ([str(custody)] if custody.exists() else [sys.executable, "-m", "custody.cli"]) + [
+    command = ([str(custody)] if custody.exists() else [sys.executable, "-m", "coordinator.cli.main"]) + [
         "--node-cookie", str(node.cookie_file), "--network", "regtest", "serve", "--db", db, "--node", node.url,
         "--port", str(port), "--sync-interval", "0"]
     with open(home / "serve.log", "w") as log:

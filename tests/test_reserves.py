@@ -16,13 +16,14 @@ from embit.script import Script
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
 from audit import bip127, commitment, proof_format, report, verify
-from custody import registry, reserve_service, reserves
-from custody.db import open_database
+from custody.bitcoin.policies import build_policy
+from custody.bitcoin.psbt_builder import Coin, describe_inputs
+from custody.bitcoin.signatures import finalize
 from custody.errors import CustodyError
-from custody.policies import build_policy
-from custody.psbt_builder import Coin, describe_inputs
-from custody.signatures import finalize
-from custody.sync import Syncer
+from custody.ledger import registry
+from custody.ledger.sync import Syncer
+from custody.reserves import proofs as reserves, service as reserve_service
+from custody.store.db import open_database
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys, mine_coins, sign_multisig_spend
@@ -299,7 +300,7 @@ def test_block_h_reorganised_away_fails_the_chain_check(rpc, world, tmp_path):
     assert verdicts(package, rpc, min_depth=1)["overall"] == "valid"
     other = start_node(tmp_path / "b")
     try:
-        from custody.node_client import NodeClient
+        from custody.chain.node_client import NodeClient
         rpc_b = NodeClient(other.url, cookie_file=other.cookie_file)
         for h in range(1, rpc.getblockcount()):
             rpc_b.submitblock(rpc.getblock(rpc.getblockhash(h), 0))
@@ -421,7 +422,7 @@ def test_the_custodians_cli_creates_signs_finalizes_and_checks_a_run(node, rpc, 
            "CUSTODY_ACTOR": "carol"}
 
     def custody(*args, ok=True):
-        done = subprocess.run([sys.executable, "-m", "custody.cli", "--json", "reserves", *args], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "--json", "reserves", *args], capture_output=True,
                               text=True, env=env, timeout=300)
         assert (done.returncode == 0) == ok, done.stderr
         return json.loads(done.stdout) if ok and done.stdout.strip().startswith(("{", "[")) else done

@@ -23,21 +23,25 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
+from coordinator.cli.main import main
 from coordinator.downloads import content_disposition
-from custody import accounts, eventlog, ledger, mining_service as ms, registry
-from custody.cli import main
-from custody.db import open_database
-from custody.derive import derive_addresses
+from custody.bitcoin.derive import derive_addresses
+from custody.bitcoin.policies import build_policy
 from custody.errors import CustodyError
-from custody.models import EventLogEntry, Policy
-from custody.policies import build_policy
-from custody.telemetry import NO_ANSWER, TelemetryError, check_address
+from custody.eventlog import log as eventlog
+from custody.eventlog.models import EventLogEntry
+from custody.ledger import coins as ledger, registry
+from custody.ledger.models import Policy
+from custody.mining import service as ms
+from custody.mining.telemetry import check_address, NO_ANSWER, TelemetryError
+from custody.store.db import open_database
 from regtest.miner import SimulatedMiner
 
 from .conftest import hd_keys
 from .test_api import Service
-from .test_console_pages import PASSWORD, Console
+from .test_console_pages import Console, PASSWORD
 
 NESTED = "[" * 20_000 + "]" * 20_000            # Python's parser gives up (RecursionError) near 1,000
 SECRET = b"SSH-2.0-OpenSSH_9.6 SECRET-BANNER-7f3a\r\n"

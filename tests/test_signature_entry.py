@@ -19,13 +19,21 @@ from embit.script import address_to_scriptpubkey
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
-from custody import accounts, ceremony, credentials, devices, registry, reserves, service, spends, ur
-from custody.db import open_database
+from custody.bitcoin import ur
+from custody.bitcoin.policies import build_policy
+from custody.devices import ceremony, inventory as devices
+from custody.devices.hwi import DeviceSession
 from custody.errors import CustodyError
-from custody.hwi_devices import DeviceSession
-from custody.models import EventLogEntry, Key
-from custody.policies import build_policy
+from custody.eventlog.models import EventLogEntry
+from custody.ledger import registry, service
+from custody.spending import service as spend_service
+from custody.ledger.models import Key
+from custody.people import credentials
+from custody.reserves import proofs as reserves
+from custody.spending import spends
+from custody.store.db import open_database
 from custody_signer import firmware, protocol
 from custody_signer.device import MODEL, SELF_TEST_MAGIC, shown_first_address
 from regtest.testwallet import TestWallet
@@ -33,7 +41,7 @@ from regtest.testwallet import TestWallet
 from .approval_keys import ed25519_key
 from .conftest import hd_keys, mine_coins
 from .signers import install_policy, simulated_signers
-from .test_device_sign_holder import PASSWORD, device_files
+from .test_device_sign_holder import device_files, PASSWORD
 
 PAYEE = TestWallet("signature entry payee")
 HOLDER = {"A": "sina", "B": "sam", "C": "sue"}
@@ -91,10 +99,10 @@ class World:
             body = raw if entry == "file" else "\n".join(ur.encode_parts(raw, max_fragment_len=200)).encode()
             answer = self.call("POST", f"/api/spends/{self.spends[entry]}/signatures", who,
                                files={"file": ("signed.psbt" if entry == "file" else "signed-ur.txt", body)})
-        elif entry == "cli":                     # `custody spend sign SPEND FILE`: service.spend_sign
+        elif entry == "cli":                     # `custody spend sign SPEND FILE`: spend_service.spend_sign
             try:
                 with self.sessions.begin() as s:
-                    return 200, service.spend_sign(s, self.spends[entry], signed, actor=who)["new_signers"]
+                    return 200, spend_service.spend_sign(s, self.spends[entry], signed, actor=who)["new_signers"]
             except CustodyError as e:
                 return 400, str(e)
         elif entry == "hwi":

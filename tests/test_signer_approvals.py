@@ -14,12 +14,12 @@ import shutil
 import pytest
 from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
-from embit.psbt import PSBT, DerivationPath
+from embit.psbt import DerivationPath, PSBT
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from custody_signer.device import Device, DeviceError
-from custody_signer.hsm import PolicyError, check_policy
+from custody_signer.hsm import check_policy, PolicyError
 from custody_signer.protocol import (Approval, approval_message, b64url, challenge, pack_assertion, policy_id,
                                      unpack_assertion)
 from regtest.testwallet import TestWallet

@@ -12,15 +12,15 @@ import nacl.signing
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec as cec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, Prehashed
 from embit import bip32
 from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
-from embit.psbt import PSBT, DerivationPath
-from embit.script import Script, p2wpkh
+from embit.psbt import DerivationPath, PSBT
+from embit.script import p2wpkh, Script
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
-from custody import bip322
+from custody.bitcoin import bip322
 from custody_signer import firmware, protocol
 from custody_signer.device import Device, DeviceError
 from custody_signer.hsm import verify_log

@@ -25,22 +25,22 @@ import nacl.signing
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec as cec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature, Prehashed
 from embit import bip32, compact
 from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
-from embit.psbt import PSBT, DerivationPath
-from embit.script import Script, Witness, p2wpkh
+from embit.psbt import DerivationPath, PSBT
+from embit.script import p2wpkh, Script, Witness
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 from hwilib import commands
 from hwilib.common import Chain
 from hwilib.errors import DeviceFailureError
 
-from custody import bip322, signatures
+from custody.bitcoin import bip322, signatures
 from custody_signer import cli, firmware, protocol
-from custody_signer.device import SELF_TEST_MAGIC, Device, DeviceError
-from custody_signer.hsm import PolicyError, check_policy, entry_hash, verify_log
-from custody_signer.protocol import MODEL, Approval, policy_id, registration_message
+from custody_signer.device import Device, DeviceError, SELF_TEST_MAGIC
+from custody_signer.hsm import check_policy, entry_hash, PolicyError, verify_log
+from custody_signer.protocol import Approval, MODEL, policy_id, registration_message
 from custody_signer.simulator import call, spawn
 from custody_signer.wallets import MAX_INDEX
 from regtest.testwallet import TestWallet

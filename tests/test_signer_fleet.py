@@ -19,15 +19,15 @@ import pytest
 from embit import bip32
 from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
-from embit.psbt import PSBT, DerivationPath
-from embit.script import Script, Witness, p2wpkh
+from embit.psbt import DerivationPath, PSBT
+from embit.script import p2wpkh, Script, Witness
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 from hwilib import commands
 from hwilib.common import Chain
 
-from custody import bip322
+from custody.bitcoin import bip322
 from custody_signer.device import Device, DeviceError
-from custody_signer.hsm import PolicyError, check_policy, verify_log
+from custody_signer.hsm import check_policy, PolicyError, verify_log
 from custody_signer.protocol import registration_message
 from custody_signer.simulator import spawn
 from custody_signer.wallets import MAX_INDEX

@@ -15,7 +15,7 @@ from embit.script import p2wpkh
 from hwilib import commands
 from hwilib.common import Chain
 
-from custody import bip322
+from custody.bitcoin import bip322
 from custody_signer.simulator import spawn
 
 from .support import stop

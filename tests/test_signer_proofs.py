@@ -14,7 +14,7 @@ import os
 import pbk
 import pytest
 from embit.descriptor import Descriptor
-from embit.psbt import PSBT, DerivationPath
+from embit.psbt import DerivationPath, PSBT
 from embit.script import Script, Witness
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 from hwilib import commands
@@ -22,7 +22,7 @@ from hwilib.common import Chain
 
 from audit import proof_format
 from custody_signer.device import Device, DeviceError
-from custody_signer.hsm import PolicyError, check_policy, verify_log
+from custody_signer.hsm import check_policy, PolicyError, verify_log
 from custody_signer.proofs import ExactPSBT
 from custody_signer.simulator import spawn
 from regtest.testwallet import TestWallet
@@ -55,7 +55,7 @@ def proof(descriptor: str, *, message: bytes = MESSAGE, kind: str = "bip322", va
     """The proof PSBT an honest coordinator sends: commitment, then coins at receive indexes 0.. (each with
     its previous transaction, witness utxo and script, all three derivations), one OP_RETURN output.
     `edit(tx)` alters the unsigned transaction first; `exact=False` builds it with plain embit, which writes
-    the transaction as version 2 with sequences 0xffffffff (custody.reserves does so)."""
+    the transaction as version 2 with sequences 0xffffffff (custody.reserves.proofs does so)."""
     desc = Descriptor.from_string(descriptor)
     prevs = []
     for i, value in enumerate(values):

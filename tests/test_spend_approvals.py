@@ -23,11 +23,14 @@ from embit.script import address_to_scriptpubkey
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
+from coordinator import accounts
 from coordinator.app import create_app, node_factory
-from custody import accounts, devices, registry, service, spends
-from custody.credential_models import ApproverCredential
-from custody.db import open_database
-from custody.spend_models import Approval, Spend
+from custody.devices import inventory as devices
+from custody.ledger import registry, service
+from custody.people.credential_models import ApproverCredential
+from custody.spending import spends
+from custody.spending.models import Approval, Spend
+from custody.store.db import open_database
 from custody_signer.device import MODEL
 from regtest.testwallet import TestWallet
 
@@ -246,7 +249,7 @@ def test_a_transaction_changed_after_its_approvals_is_refused_by_the_devices(api
 def test_the_cli_approves_with_a_key_file(api, node, tmp_path):
     sid = api.request()
     db = str(api.sessions.kw["bind"].url)
-    base = [sys.executable, "-m", "custody.cli", "--node", node.url, "--node-cookie", str(node.cookie_file),
+    base = [sys.executable, "-m", "coordinator.cli.main", "--node", node.url, "--node-cookie", str(node.cookie_file),
             "--network", "regtest", "--db", db, "--json", "spend", "approve", str(sid)]
     wrong = subprocess.run(base + ["--officer", "olga", "--key", str(officers.key_file(tmp_path, "omar"))],
                            capture_output=True, text=True)
@@ -310,7 +313,7 @@ def test_a_passkey_approval_is_checked_as_webauthn_and_kept_for_the_devices(api)
 def test_a_p256_key_file_made_enrolled_and_used_from_the_cli(api, node, tmp_path):
     """Automation's path: `custody approver keygen --kind p256`, `approver enroll`, `spend approve --key`."""
     db = str(api.sessions.kw["bind"].url)
-    cli = [sys.executable, "-m", "custody.cli", "--node", node.url, "--node-cookie", str(node.cookie_file),
+    cli = [sys.executable, "-m", "coordinator.cli.main", "--node", node.url, "--node-cookie", str(node.cookie_file),
            "--network", "regtest", "--db", db, "--json"]
     key = tmp_path / "otto-p256.pem"
     made = subprocess.run(cli + ["approver", "keygen", str(key), "--kind", "p256"], capture_output=True, text=True)

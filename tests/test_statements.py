@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from custody import eventlog
-from custody import statements as st
-from custody.db import open_database
-from custody.mining_models import Pool, PoolAccount, StatementLine
-from custody.models import EventLogEntry
+from custody.eventlog import log as eventlog
+from custody.eventlog.models import EventLogEntry
+from custody.mining import statements as st
+from custody.mining.models import Pool, PoolAccount, StatementLine
+from custody.store.db import open_database
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pools"
 

@@ -11,13 +11,15 @@ from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from sqlalchemy import select
 
-from custody import ledger, registry, spends, sweeps
-from custody.db import open_database
+from custody.bitcoin.policies import build_policy
 from custody.errors import CustodyError
-from custody.mining_models import Sweep
-from custody.models import EventLogEntry
-from custody.policies import build_policy
-from custody.sync import Syncer
+from custody.eventlog.models import EventLogEntry
+from custody.ledger import coins as ledger, registry
+from custody.ledger.sync import Syncer
+from custody.mining import sweeps
+from custody.mining.models import Sweep
+from custody.spending import spends
+from custody.store.db import open_database
 from regtest.testwallet import TestWallet
 
 from .conftest import hd_keys, mine_coins

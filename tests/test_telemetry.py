@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from custody.db import open_database
 from custody.errors import CustodyError
-from custody.mining_models import MiningDevice, Pool, PoolAccount, TelemetrySample
-from custody.models import EventLogEntry
-from custody.telemetry import (NO_ANSWER, Gap, Reset, TelemetryError, accepted_work, hashrate_from_work,
+from custody.eventlog.models import EventLogEntry
+from custody.mining.models import MiningDevice, Pool, PoolAccount, TelemetrySample
+from custody.store.db import open_database
+from custody.mining.telemetry import (NO_ANSWER, Gap, Reset, TelemetryError, accepted_work, hashrate_from_work,
                                import_samples, poll, query, summary_sample)
 from regtest.miner import ManualClock, SimulatedMiner, stop_miners
 

@@ -1,4 +1,4 @@
-"""BC-UR for PSBTs (custody/ur.py), checked against published vectors, then with real PSBTs.
+"""BC-UR for PSBTs (custody/bitcoin/ur.py), checked against published vectors, then with real PSBTs.
 
 Where the vectors come from:
 * bc-ur, the C++ reference (github.com/BlockchainCommons/bc-ur, test/test.cpp at 4479fb8); URKit's
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from embit.psbt import PSBT
 
-from custody import ur
+from custody.bitcoin import ur
 
 VECTORS = Path(__file__).with_name("vectors")
 

@@ -1,0 +1,1 @@
+"""The web console: pages per capability, with their templates and static files."""

@@ -1,0 +1,1 @@
+"""Signing devices: inventory, key ceremony, registration, firmware, rotation, signing through HWI."""

@@ -1,0 +1,1 @@
+"""Changes to who may do what, made only by a quorum of admins."""

@@ -1,0 +1,1 @@
+"""Spend requests: approvals, the PSBT from request to broadcast, fee bumps and cancellations."""
