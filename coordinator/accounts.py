@@ -1,15 +1,12 @@
-"""Who may use the coordinator: accounts with roles, argon2id passwords, TOTP, lock-out, API tokens.
+"""How people log in to the coordinator: argon2id passwords, TOTP or passkey, lock-out, sessions, API tokens,
+enrollment links. Who they are and which role they hold is the domain's (custody.people.roles: canonical
+usernames, roles, role changes through governance); this module is the coordinator's side of it.
 
-Roles separate duties: an admin configures (people, keys, policies, rules) but moves no money; officers
-request and approve spends; signatories upload signatures; auditors and viewers read. A token acts for
-its user with the role it was made for (the user's own role, or viewer), and only its SHA-256 is stored.
-
-A username is an identity: it is stored canonical (NFKC, case-folded, a small ASCII alphabet), so
-"OLGA", "Olga" and fullwidth "ＯＬＧＡ" are the one officer olga, and look-alikes from other scripts are
-refused. Logging in is safe against parallel attempts: an attempt is counted in the database before
-its password is checked (so N parallel guesses check at most MAX_FAILED_LOGINS), and a TOTP code is
-taken by a conditional UPDATE whose row count decides (so one code opens one session). A refusal
-never says whether the account exists.
+A token acts for its user with the role it was made for (the user's own role, or viewer), and only its
+SHA-256 is stored. Logging in is safe against parallel attempts: an attempt is counted in the database
+before its password is checked (so N parallel guesses check at most MAX_FAILED_LOGINS), and a TOTP code is
+taken by a conditional UPDATE whose row count decides (so one code opens one session). A refusal never
+says whether the account exists.
 
 People own their credentials: an admin creates an account (`invite_user`) or resets one
 (`reset_credentials`) and gets a one-time enrollment link, never a password or a secret; the holder
@@ -42,13 +39,15 @@ import nacl.pwhash
 from sqlalchemy import case, delete, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from custody.errors import CustodyError, NotFound
+from custody.eventlog.log import record
 from custody.governance import proposals as governance
 from custody.people import credentials
 from custody.people.models import ApiToken, Enrollment, LoginSession, User
-from custody.people.roles import (ROLES, SECOND_FACTOR_ROLES, canonical_username, find_user as _find_user, get_user,
-                                  has_second_factor, list_users, revoke_all as _revoke_all, set_role, valid_role as _valid_role)
-from custody.errors import CustodyError, NotFound
-from custody.eventlog.log import record
+# the people and their roles are the domain's; the interfaces find them here, beside the logins
+from custody.people.roles import (ROLES, SECOND_FACTOR_ROLES, canonical_username, get_user,  # noqa: F401
+                                  has_second_factor, list_users, set_role)
+from custody.people.roles import find_user as _find_user, revoke_all as _revoke_all, valid_role as _valid_role
 
 MIN_PASSWORD_LENGTH = 12
 MIN_PASSWORD_SCORE = 3          # zxcvbn's 0-4: 3 is "safely unguessable", ~10^10 guesses
@@ -324,6 +323,11 @@ def _valid_totp_secret(secret: str) -> str:
     if len(key) < 20 or len(cleaned) > 64:
         raise CustodyError("a TOTP secret is base32 text of 160 bits or more (32 characters), as shown with the QR code")
     return cleaned
+
+
+def user_by_id(session: Session, user_id: int) -> User | None:
+    """The logged-in person's row (a principal holds the id), for the interfaces, which read no tables."""
+    return session.get(User, user_id)
 
 
 def user_json(user: User) -> dict:

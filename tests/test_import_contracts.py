@@ -64,3 +64,12 @@ def test_a_capability_importing_one_above_it_breaks_the_layers(tmp_path):
     run = lint(tmp_path)
     assert run.returncode != 0
     assert "custody.ledger.coins -> custody.mining.service" in run.stdout
+
+
+def test_the_contracts_keep_every_table_out_of_the_interfaces():
+    """Every capability's tables (a new models module too) are named among what an interface may not import."""
+    import tomllib
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    [thin] = [c for c in contracts if c["name"].startswith("Interfaces are thin")]
+    tables = {".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "custody").rglob("*models.py")}
+    assert tables and tables <= set(thin["forbidden_modules"])

@@ -47,7 +47,7 @@ def _own_credentials(request: Request, change) -> dict:
     p = request.state.principal
     keep = request.cookies.get(SESSION_COOKIE) if p.via == "session" else None
     with request.app.state.sessions() as s:
-        user = s.get(accounts.User, p.user_id)
+        user = accounts.user_by_id(s, p.user_id)
         if p.role != user.role:
             raise HTTPException(403, "a viewer-scope token cannot change credentials")
         try:
@@ -55,7 +55,7 @@ def _own_credentials(request: Request, change) -> dict:
         except accounts.AuthError as e:
             raise CustodyError(str(e)) from None
         s.commit()
-        return accounts.user_json(s.get(accounts.User, p.user_id))
+        return accounts.user_json(accounts.user_by_id(s, p.user_id))
 
 
 @route(router, "POST", "/me/password", "me")
@@ -120,7 +120,7 @@ def reset_user(request: Request, username: str) -> dict:
     with write(request) as s:
         user = accounts.get_user(s, username)
         token, link = accounts.reset_credentials(s, user, actor=actor(request),
-                                                 by=s.get(accounts.User, request.state.principal.user_id))
+                                                 by=accounts.user_by_id(s, request.state.principal.user_id))
         return {**accounts.user_json(user), **enrollment_shown(request, token, link)}
 
 
@@ -146,14 +146,14 @@ def change_user(request: Request, username: str, body: UserChange) -> dict:
 def list_tokens(request: Request) -> list[dict]:
     p = request.state.principal
     with read(request) as s:
-        return accounts.list_tokens(s, None if p.role == "admin" else s.get(accounts.User, p.user_id))
+        return accounts.list_tokens(s, None if p.role == "admin" else accounts.user_by_id(s, p.user_id))
 
 
 @route(router, "POST", "/tokens", "token.write", status_code=201)
 def create_token(request: Request, body: TokenIn) -> dict:
     p = request.state.principal
     with write(request) as s:
-        user = s.get(accounts.User, p.user_id)
+        user = accounts.user_by_id(s, p.user_id)
         # a token makes tokens of its own role or viewer only (coordinator.accounts.create_token)
         token, row = accounts.create_token(s, user, body.name, role=body.role or p.role,
                                            expires_in_days=body.expires_in_days,
@@ -166,5 +166,5 @@ def create_token(request: Request, body: TokenIn) -> dict:
 def revoke_token(request: Request, token_id: Id):
     p = request.state.principal
     with write(request) as s:
-        accounts.revoke_token(s, token_id, by=s.get(accounts.User, p.user_id), role=p.role)
+        accounts.revoke_token(s, token_id, by=accounts.user_by_id(s, p.user_id), role=p.role)
     return Response(status_code=204)

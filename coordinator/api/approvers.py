@@ -12,8 +12,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from custody.people import credentials
-from custody.people.models import User
 
+from coordinator import accounts
 from coordinator.auth import route
 from coordinator.context import actor, read, write
 
@@ -36,8 +36,8 @@ class PasskeyIn(Strict):
     label: str = Field("passkey", max_length=100)
 
 
-def _me(request: Request, s) -> User:
-    return s.get(User, request.state.principal.user_id)
+def _me(request: Request, s):
+    return accounts.user_by_id(s, request.state.principal.user_id)
 
 
 @route(router, "GET", "/me/approval-credentials", "approver.enroll")

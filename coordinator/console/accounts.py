@@ -196,7 +196,7 @@ def _account(request: Request, status_code: int = 200, *, new_token: str | None 
     secret to enroll, or the one being confirmed)."""
     p = request.state.principal
     with read(request) as s:
-        user = s.get(accounts.User, p.user_id)
+        user = accounts.user_by_id(s, p.user_id)
         tokens = accounts.list_tokens(s, user)
         second_factor = user.second_factor
     secret = secret or accounts.new_totp_secret()
@@ -218,7 +218,7 @@ def _change_own(request: Request, change, done: str, secret: str | None = None):
     p = request.state.principal
     try:
         with request.app.state.sessions() as s:
-            change(s, s.get(accounts.User, p.user_id), request.cookies.get(SESSION_COOKIE))
+            change(s, accounts.user_by_id(s, p.user_id), request.cookies.get(SESSION_COOKIE))
             s.commit()
     except CustodyError as e:
         return _account(request, 400, error=str(e), secret=secret)
@@ -258,7 +258,7 @@ def change_to_passkey(request: Request, password: str = Form(max_length=1000), c
 def new_passkey_options(request: Request):
     """Options for navigator.credentials.create() of a new login passkey (JSON)."""
     user_id = request.state.principal.user_id
-    return _passkey_options(request, lambda s: credentials.begin_login_passkey(s, s.get(accounts.User, user_id)))
+    return _passkey_options(request, lambda s: credentials.begin_login_passkey(s, accounts.user_by_id(s, user_id)))
 
 
 @route(router, "POST", "/account/passkey/challenge", "me", page=True)
@@ -267,7 +267,7 @@ def passkey_challenge(request: Request):
     p, cookie = request.state.principal, request.cookies.get(SESSION_COOKIE)
     if p.via != "session" or not cookie:
         return JSONResponse({"detail": "confirm with a passkey in the console, logged in"}, status_code=400)
-    return _passkey_options(request, lambda s: accounts.passkey_challenge(s, s.get(accounts.User, p.user_id), cookie))
+    return _passkey_options(request, lambda s: accounts.passkey_challenge(s, accounts.user_by_id(s, p.user_id), cookie))
 
 
 @route(router, "POST", "/account/tokens", "token.write", page=True)
@@ -275,7 +275,7 @@ def create_token(request: Request, name: str = Form(max_length=100), role: str =
                  days: int = Form(90)):
     p = request.state.principal
     with write(request) as s:
-        user = s.get(accounts.User, p.user_id)
+        user = accounts.user_by_id(s, p.user_id)
         token, _ = accounts.create_token(s, user, name, role=role or p.role, expires_in_days=days,
                                          scope=p.role if p.via == "token" else None)
     return _account(request, new_token=token)
@@ -285,7 +285,7 @@ def create_token(request: Request, name: str = Form(max_length=100), role: str =
 def revoke_token(request: Request, token_id: Id):
     p = request.state.principal
     with write(request) as s:
-        accounts.revoke_token(s, token_id, by=s.get(accounts.User, p.user_id), role=p.role)
+        accounts.revoke_token(s, token_id, by=accounts.user_by_id(s, p.user_id), role=p.role)
     return back("/account")
 
 
@@ -325,7 +325,7 @@ def reset_user(request: Request, username: str):
     with write(request) as s:
         user = accounts.get_user(s, username)
         token, link = accounts.reset_credentials(s, user, actor=actor(request),
-                                                 by=s.get(accounts.User, request.state.principal.user_id))
+                                                 by=accounts.user_by_id(s, request.state.principal.user_id))
         name, role = user.username, user.role
     return _users_with_link(request, name, role, token, link, "Reset")
 
