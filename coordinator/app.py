@@ -222,33 +222,17 @@ def create_app(sessions, node, *, network: str = "regtest", sync_interval: float
         """Prometheus text format (scrape with an API token)."""
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    from coordinator.api import accounts as accounts_api, eventlog as log_api, ledger as ledger_api, spending as spend_api
-    from coordinator.console import approvers as approver_pages
-    from coordinator.api import approvers as approvers_api
-    from coordinator.api import devices as device_api
-    from coordinator.console import devices as device_pages
-    from coordinator.api import mining as mining_api
-    from coordinator.console import mining as mining_pages
-    from coordinator.console import (accounts as account_pages, eventlog as log_pages, ledger as ledger_pages, pages,
+    # the API's and the console's modules, one per capability, in this order (a route listed first wins)
+    from coordinator.api import (accounts, approvers, devices, eventlog, governance, ledger, mining, reserves,
+                                 spending)
+    from coordinator.console import (accounts as account_pages, approvers as approver_pages, devices as device_pages,
+                                     eventlog as log_pages, governance as governance_pages, ledger as ledger_pages,
+                                     mining as mining_pages, pages, reserves as reserve_pages,
                                      spending as spend_pages)
-    from coordinator.api import reserves as reserve_api
-    from coordinator.console import reserves as reserve_pages
-    for api in (accounts_api, ledger_api, spend_api, log_api):
-        app.include_router(api.router)
-    app.include_router(approvers_api.router)
-    app.include_router(device_api.router)
-    app.include_router(reserve_api.router)
-    app.include_router(mining_api.router)
-    for console in (pages, account_pages, ledger_pages, spend_pages, log_pages):
-        app.include_router(console.router)
-    app.include_router(approver_pages.router)
-    app.include_router(device_pages.router)
-    app.include_router(reserve_pages.router)
-    app.include_router(mining_pages.router)
-    from coordinator.api import governance as governance_api
-    from coordinator.console import governance as governance_pages
-    app.include_router(governance_api.router)
-    app.include_router(governance_pages.router)
+    for module in (accounts, ledger, spending, eventlog, approvers, devices, reserves, mining,
+                   pages, account_pages, ledger_pages, spend_pages, log_pages, approver_pages, device_pages,
+                   reserve_pages, mining_pages, governance, governance_pages):
+        app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=SWAGGER_UI), name="docs-assets")
     app.add_route("/docs", docs_page, include_in_schema=False)

@@ -2,7 +2,7 @@
 reconciliation, discrepancies (list, show, resolve), sweeps, the fleet overview and the chart's data.
 
 Routes translate HTTP to `custody.mining.service` calls only; refusals from the core become 4xx and the
-transaction is rolled back, as in api.py.
+transaction is rolled back, as in the other API modules.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`custody mining ...`: the mining treasury on the command line (pools, accounts, devices, statements,
 telemetry, reconciliation, discrepancies, sweeps). Each handler runs in one transaction and calls
-`mining_service`; a refusal prints one line, exits 1 and rolls back (see `main`)."""
+the mining service; a refusal prints one line, exits 1 and rolls back (see `main`)."""
 from __future__ import annotations
 
 from pathlib import Path

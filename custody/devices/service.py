@@ -1,4 +1,4 @@
-"""Device lifecycle operations as the CLI and the API both call them (see `service` for the conventions:
+"""Device lifecycle operations as the CLI and the API both call them (see custody.ledger.service for the conventions:
 the caller owns the transaction; refusals raise CustodyError and leave the database as it was)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The mining treasury as the CLI, the API and the console call it: plain arguments in, JSON-able out.
 
-The caller owns the transaction (see `service`): a refusal raises CustodyError with a message an operator
+The caller owns the transaction (see custody.ledger.service): a refusal raises CustodyError with a message an operator
 can act on, and the caller rolls back, so nothing is written.
 
 Accounts are named "POOL/ACCOUNT", or by the account's name alone when no other pool has an account so
