@@ -624,6 +624,15 @@ def _log_failure(session: Session, user_id: int, name: str, reason: str, when: d
     record(session, "user.login_failed", name, f"user:{name}", data)
 
 
+def enroll_and_log_in(session: Session, token: str, password: str, *, totp_secret: str | None = None,
+                      code: str | None = None, passkey: dict | None = None) -> tuple[User, str]:
+    """complete_enrollment, then the holder's first session (logged as their login): (user, session cookie)."""
+    user = complete_enrollment(session, token, password, totp_secret=totp_secret, code=code, passkey=passkey)
+    record(session, "user.login", user.username, f"user:{user.username}", {"enrolled": True})
+    cookie, _ = start_session(session, user)
+    return user, cookie
+
+
 def start_session(session: Session, user: User) -> tuple[str, LoginSession]:
     """Returns the cookie value (shown to the browser only) and the stored session."""
     cookie = secrets.token_urlsafe(32)

@@ -32,7 +32,8 @@ from fastapi import HTTPException, Request
 from sqlalchemy import select
 
 from custody.devices import holders
-from custody.ledger.models import Key, Policy, PolicyKey
+from custody.ledger.models import Key, PolicyKey
+from custody.ledger.registry import get_policy
 
 from coordinator.auth import PERMISSIONS
 
@@ -96,9 +97,10 @@ def _withheld(shown: dict, *fields: str) -> dict:
 
 
 # -- policies and keys -------------------------------------------------------------------------------------
-def policy(r: Reader, shown: dict, row: Policy) -> dict:
+def policy(r: Reader, shown: dict, name: str) -> dict:
     """A policy as `spend_service.policy_show` shows it: without its descriptor and xpubs (the keys by their
     origins only) for whoever may not see them."""
+    row = get_policy(r.s, name)
     if r.sees("xpubs", policy_id=row.id):
         return shown
     out = {k: v for k, v in shown.items() if k != "descriptor"}
@@ -107,9 +109,10 @@ def policy(r: Reader, shown: dict, row: Policy) -> dict:
     return _withheld(out, "descriptor", "xpubs")
 
 
-def require_xpubs(r: Reader, rows: list[Policy], what: str) -> None:
+def require_xpubs(r: Reader, names: list[str], what: str) -> None:
     """403 unless the caller may see the xpubs of every one of these policies (for files that carry them
     whole: exports, proof-of-reserves packages)."""
+    rows = [get_policy(r.s, name) for name in names]
     hidden = [p.name for p in rows if not r.sees("xpubs", policy_id=p.id)]
     if hidden:
         raise HTTPException(403, f"{what} carries the descriptor and xpubs of {', '.join(hidden)}, which the "
@@ -136,10 +139,10 @@ def visible_xpubs(r: Reader, policy_ids) -> set[str] | None:
                            .where(PolicyKey.policy_id.in_(seen)))) if seen else set()
 
 
-def psbt(r: Reader, text: str, policy_ids) -> str:
-    """A PSBT (base64) without the PSBT_GLOBAL_XPUB entries the caller may not see. Signing needs only
-    the inputs' own derivations, which stay."""
-    allowed = visible_xpubs(r, policy_ids)
+def psbt(r: Reader, text: str, names: list[str]) -> str:
+    """A PSBT (base64) of these policies without the PSBT_GLOBAL_XPUB entries the caller may not see.
+    Signing needs only the inputs' own derivations, which stay."""
+    allowed = visible_xpubs(r, [get_policy(r.s, name).id for name in names])
     if allowed is None:
         return text
     parsed = PSBT.from_string(text)

@@ -66,10 +66,34 @@ def test_a_capability_importing_one_above_it_breaks_the_layers(tmp_path):
     assert "custody.ledger.coins -> custody.mining.service" in run.stdout
 
 
-def test_the_contracts_keep_every_table_out_of_the_interfaces():
-    """Every capability's tables (a new models module too) are named among what an interface may not import."""
+FACES = {"custody.errors", "custody.ledger.service", "custody.spending.service", "custody.eventlog.service",
+         "custody.devices.service", "custody.rotation.service", "custody.reserves.service", "custody.mining.service",
+         "custody.governance.proposals", "custody.people.credentials",
+         "custody.store.db", "custody.chain.node_client", "custody.eventlog.signer"}   # what the CLI starts with
+
+
+def test_the_contracts_keep_every_module_but_the_faces_from_the_interfaces():
+    """A capability's tables, helpers and inner modules (a new one too) are private to the domain: the
+    interfaces may import only its face (and the pure Bitcoin functions). The contract's list must name
+    every other module of custody/."""
     import tomllib
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
-    [thin] = [c for c in contracts if c["name"].startswith("Interfaces are thin")]
-    tables = {".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "custody").rglob("*models.py")}
-    assert tables and tables <= set(thin["forbidden_modules"])
+    [faces] = [c for c in contracts if c["name"].startswith("Interfaces reach a capability through its face")]
+    modules = set()
+    for path in (ROOT / "custody").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if path.name == "__init__.py" or "__pycache__" in parts or parts[1] == "bitcoin" or "migrations" in parts:
+            continue
+        modules.add(".".join(parts))
+    assert set(faces["forbidden_modules"]) == modules - FACES
+    assert any(m.endswith(".models") for m in faces["forbidden_modules"])
+
+
+def test_an_interface_reaching_past_a_face_breaks_a_contract(tmp_path):
+    """A route calling the spends module itself, instead of the spending service, is refused, naming the import."""
+    shutil.copytree(ROOT / "coordinator", tmp_path / "coordinator", ignore=shutil.ignore_patterns("__pycache__"))
+    routes = tmp_path / "coordinator" / "api" / "spending.py"
+    routes.write_text(routes.read_text() + "\nfrom custody.spending import spends  # around the service\n")
+    run = lint(tmp_path)
+    assert run.returncode != 0
+    assert "coordinator.api.spending -> custody.spending.spends" in run.stdout

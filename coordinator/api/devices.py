@@ -12,13 +12,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path as PathParam, Request
 from pydantic import Field
 
-from custody.devices import ceremony, holders, inventory as devices, service as ds
+from custody.devices import service as ds
 from custody.rotation import service as rs
 from custody.spending import service as spend_service
 from custody.errors import CustodyError
 from custody.governance import proposals as governance
-from custody.spending import spends
-from custody.spending.spends import parse_amount
 
 from coordinator import visibility
 from coordinator.api.common import ACCEPTED, Amount, Id, Name, proposed, Strict
@@ -39,8 +37,8 @@ def holder_only(s, serial: str, request: Request) -> None:
     confirmation of what the device shows, is its holder's act and nobody else's, whatever their role.
     Checked before the device is reached, so a refusal changes and logs nothing; 404 for no such device."""
     try:
-        holders.require_holder(s, devices.get(s, serial), request.state.principal.username)
-    except holders.NotHolder as e:
+        ds.require_holder(s, serial, request.state.principal.username)
+    except ds.NotHolder as e:
         raise HTTPException(403, str(e)) from None
 
 
@@ -96,7 +94,7 @@ def device_status(request: Request, serial: Serial, body: StatusIn) -> dict:
 @route(router, "POST", "/spends/{spend_id}/devices/{serial}/sign", "device.sign")
 def sign_on_device(request: Request, spend_id: Id, serial: Serial) -> dict:
     with write(request) as s:
-        spends.get_spend(s, spend_id)                # 404 first
+        spend_service.require_spend(s, spend_id)     # 404 first
         holder_only(s, serial, request)
         return spend_service.spend_sign_on_device(s, spend_id, serial, actor=actor(request))
 
@@ -212,7 +210,7 @@ def register_policy(request: Request, ceremony_id: Id) -> dict:
 @route(router, "POST", "/ceremonies/{ceremony_id}/devices/{serial}/confirm", "device.confirm")
 def confirm_address(request: Request, ceremony_id: Id, serial: Serial, body: ConfirmIn) -> dict:
     with write(request) as s:
-        ceremony.get(s, ceremony_id)                 # 404 first
+        ds.require_ceremony(s, ceremony_id)          # 404 first
         holder_only(s, serial, request)
         return ds.ceremony_confirm(s, ceremony_id, serial, address=body.address, by=actor(request))
 
@@ -244,7 +242,7 @@ def start_rotation(request: Request, body: RotationIn) -> dict:
 
 @route(router, "POST", "/rotations/{rotation_id}/test", "spend.request")
 def rotation_test(request: Request, rotation_id: Id, body: RotationSpendIn) -> dict:
-    amount = body.amount if isinstance(body.amount, int) else parse_amount(body.amount or "10000sat")
+    amount = body.amount if body.amount is not None else "10000sat"
     with write(request) as s:
         return rs.rotation_test(s, rotation_id, amount=amount, requester=actor(request), fee_rate=body.fee_rate)
 

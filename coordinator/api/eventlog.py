@@ -7,7 +7,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field
 
-from custody.eventlog import log as eventlog
 from custody.eventlog import service as log_service
 
 from coordinator import refusals
@@ -45,7 +44,7 @@ class LogFileIn(Strict):
 @route(router, "POST", "/log/verify", "log.read")
 async def log_verify_file(request: Request, body: LogFileIn) -> dict:
     """Verify an exported copy of the log, as `custody log verify --file` does; 400 names the first problem."""
-    keys = set(body.keys) if body.keys else {(await in_thread(eventlog.coordinator_key)).public_hex}
+    keys = set(body.keys) if body.keys else await in_thread(log_service.coordinator_keys)
     kept = log_service.log_checkpoint_documents(body.checkpoints, keys=keys) if body.checkpoints else None
     return await offload(request, log_service.log_verify, None, keys=keys, jsonl=body.jsonl,   # in a worker process
                          checkpoints=kept)

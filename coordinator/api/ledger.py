@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field
 
 from custody.governance import proposals as governance
-from custody.ledger import coins as ledger, registry, service
+from custody.ledger import service
 from custody.spending import service as spend_service
 
 from coordinator import refusals, visibility
@@ -92,7 +92,7 @@ def import_policy(request: Request, body: PolicyImportIn) -> dict:
 def show_policy(request: Request, name: str) -> dict:
     with read(request) as s:
         shown = spend_service.policy_show(s, name)
-        return visibility.policy(visibility.reader(request, s), shown, registry.get_policy(s, name))
+        return visibility.policy(visibility.reader(request, s), shown, name)
 
 
 @route(router, "GET", "/policies/{name}/export", "policy.export", response_class=PlainTextResponse)
@@ -100,7 +100,7 @@ def export_policy(request: Request, name: str,
                   format: Literal["core", "bsms", "coldcard", "sparrow", "specter", "caravan"] = "core"):
     with read(request) as s:
         text = service.policy_export(s, name, format)
-        visibility.require_xpubs(visibility.reader(request, s), [registry.get_policy(s, name)], "the export")
+        visibility.require_xpubs(visibility.reader(request, s), [name], "the export")
     extension = {"core": "json", "bsms": "bsms", "coldcard": "txt", "sparrow": "json", "specter": "json",
                  "caravan": "json"}[format]
     return PlainTextResponse(text, headers=attachment(f"{name}-{format}.{extension}"))
@@ -260,7 +260,7 @@ def set_label(request: Request, body: LabelIn) -> dict:
 
 @route(router, "POST", "/labels/import", "label.write")
 async def import_labels(request: Request, body: LabelsIn) -> dict:
-    records = await offload(request, ledger.parse_labels, body.jsonl)      # checked in a worker process
+    records = await offload(request, service.labels_parse, body.jsonl)      # checked in a worker process
 
     def store() -> dict:
         with write(request) as s:

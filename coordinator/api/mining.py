@@ -12,9 +12,6 @@ from fastapi import APIRouter, Path as PathParam, Query, Request
 from pydantic import Field
 
 from custody.mining import service as ms
-from custody.mining.expected import FEE_METHODS
-from custody.mining.statements import SOURCES
-from custody.mining.sweeps import DEFAULT_MAX_FEE_RATE, DEFAULT_MAX_INPUTS
 
 from coordinator.api.common import Id, Name, Strict
 from coordinator.auth import route
@@ -49,7 +46,7 @@ class AccountIn(Strict):
     name: str = Field(min_length=1, max_length=80)
     scheme: Literal[ms.SCHEMES]
     pool_fee_bps: int = Field(ge=0, le=10_000, description="250 = 2.5 %")
-    fee_method: Literal[FEE_METHODS] = "foundry"
+    fee_method: Literal[ms.FEE_METHODS] = "foundry"
     payout_threshold: int = Field(0, ge=0, le=ms.MAX_SATS, description="satoshis")
     schedule: Literal[ms.SCHEDULES] = "daily"
     payout_addresses: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list,
@@ -118,7 +115,7 @@ def set_device_address(request: Request, body: AddressIn,
 
 # -- statements, telemetry, reconciliation ---------------------------------------------------------------------
 class StatementIn(Strict):
-    source: Literal[SOURCES]
+    source: Literal[ms.SOURCES]
     payload: str = Field(min_length=1, max_length=MAX_STATEMENT, description="the pool's JSON, or the generic CSV, "
                          "as the file holds it (its SHA-256 is recorded)")
 
@@ -197,8 +194,8 @@ class SweepIn(Strict):
     fleet: Name
     custody: Name
     fee_rate: float | None = Field(None, gt=0, le=10_000, description="sat/vB; default: the node's estimate")
-    max_fee_rate: float = Field(DEFAULT_MAX_FEE_RATE, gt=0, le=10_000, description="above it, coins wait")
-    max_inputs: int = Field(DEFAULT_MAX_INPUTS, ge=1, le=2000)
+    max_fee_rate: float = Field(ms.DEFAULT_MAX_FEE_RATE, gt=0, le=10_000, description="above it, coins wait")
+    max_inputs: int = Field(ms.DEFAULT_MAX_INPUTS, ge=1, le=2000)
 
 
 @route(router, "GET", "/sweeps", "mining.read")

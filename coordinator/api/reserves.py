@@ -68,7 +68,7 @@ def show_run(request: Request, run_id: Id) -> dict:
 def download_psbt(request: Request, run_id: Id, encoding: Literal["binary", "base64"] = "binary"):
     with read(request) as s:
         rs.require_run(s, run_id)
-        text = visibility.psbt(visibility.reader(request, s), rs.psbt(s, run_id), [p.id for p in rs.run_policies(s, run_id)])
+        text = visibility.psbt(visibility.reader(request, s), rs.psbt(s, run_id), rs.run_policies(s, run_id))
     if encoding == "base64":
         return PlainTextResponse(text)
     return Response(base64.b64decode(text), media_type="application/octet-stream",

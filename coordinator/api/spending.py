@@ -11,7 +11,6 @@ from pydantic import Field
 from custody.errors import CustodyError
 from custody.ledger import service
 from custody.spending import service as spend_service
-from custody.spending import spends
 
 from coordinator import visibility
 from coordinator.api.common import Amount, Id, Name, Outpoint, Strict
@@ -123,7 +122,7 @@ def make_psbt(request: Request, spend_id: Id, v2: bool = False) -> dict:
 def download_psbt(request: Request, spend_id: Id, encoding: Literal["binary", "base64"] = "binary"):
     with read(request) as s:
         text = spend_service.spend_psbt(s, spend_id, client=None)
-        text = visibility.psbt(visibility.reader(request, s), text, [spends.get_spend(s, spend_id).policy_id])
+        text = visibility.psbt(visibility.reader(request, s), text, [spend_service.spend_policy(s, spend_id)])
     if encoding == "base64":
         return PlainTextResponse(text)
     return Response(base64.b64decode(text), media_type="application/octet-stream",

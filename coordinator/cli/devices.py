@@ -7,7 +7,6 @@ from pathlib import Path
 from custody.devices import service as ds
 from custody.rotation import service as rs
 from custody.spending import service as spend_service
-from custody.spending.spends import parse_amount
 
 
 def add_commands(sub, command, tx) -> None:
@@ -102,7 +101,7 @@ def add_commands(sub, command, tx) -> None:
     c.add_argument("--successor", required=True, help="name of the successor policy")
     c.add_argument("--replace", action="append", required=True, metavar="OLD=NEW", help="device serials; repeat")
     command("list", tx(lambda s, a: rs.rotation_list(s)), "every rotation", rot)
-    c = command("test", tx(lambda s, a: rs.rotation_test(s, a.id, amount=parse_amount(a.amount), requester=a.actor,
+    c = command("test", tx(lambda s, a: rs.rotation_test(s, a.id, amount=a.amount, requester=a.actor,
                                                          fee_rate=a.fee_rate)), "request the test spend", rot)
     c.add_argument("id", type=int)
     c.add_argument("--amount", default="10000sat")

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from custody.mining import service as ms, sweeps
-from custody.mining.expected import FEE_METHODS
-from custody.mining.reconcile import SEVERITY
-from custody.mining.statements import SOURCES
-from custody.mining.telemetry import FORMATS
-from custody.spending.spends import parse_amount
+from custody.mining import service as ms
 
 
 def add_commands(sub, command, tx, client) -> None:
@@ -32,7 +27,7 @@ def add_commands(sub, command, tx, client) -> None:
     c.add_argument("name")
     c.add_argument("--scheme", required=True, type=str.upper, choices=ms.SCHEMES)
     c.add_argument("--fee-bps", type=int, required=True, help="the pool fee in basis points (250 = 2.5 %%)")
-    c.add_argument("--fee-method", default="foundry", choices=FEE_METHODS,
+    c.add_argument("--fee-method", default="foundry", choices=ms.FEE_METHODS,
                    help="how the pool computes its FPPS fee ratio (default foundry)")
     c.add_argument("--threshold", default="0", help="payout threshold, BTC or NNNsat (default 0)")
     c.add_argument("--schedule", default="daily", choices=ms.SCHEDULES)
@@ -71,7 +66,7 @@ def add_commands(sub, command, tx, client) -> None:
                                                                     actor=a.actor), a.json)),
                 "append a pool's statement (its JSON, or the generic CSV) to an account", st)
     c.add_argument("account")
-    c.add_argument("source", choices=SOURCES)
+    c.add_argument("source", choices=ms.SOURCES)
     c.add_argument("file")
 
     tel = mine.add_parser("telemetry", help="the fleet's work counters").add_subparsers(
@@ -85,7 +80,7 @@ def add_commands(sub, command, tx, client) -> None:
     c = command("import", tx(lambda s, a: ms.telemetry_import(s, Path(a.file), a.format, actor=a.actor)),
                 "import saved readings", tel)
     c.add_argument("file")
-    c.add_argument("--format", required=True, choices=FORMATS)
+    c.add_argument("--format", required=True, choices=ms.TELEMETRY_FORMATS)
 
     c = command("reconcile", tx(lambda s, a: _show_report(ms.reconcile(s, client(a), a.account, a.first, a.last,
                                                                        actor=a.actor, sweep_fee_rate=a.sweep_fee_rate),
@@ -100,7 +95,7 @@ def add_commands(sub, command, tx, client) -> None:
         dest="discrepancy_command", required=True)
     c = command("list", tx(lambda s, a: [_finding_row(d) for d in ms.discrepancies(
         s, category=a.category, severity=a.severity, account=a.account, state=a.state)]), "findings", dis)
-    c.add_argument("--category", type=str.upper, choices=sorted(SEVERITY))
+    c.add_argument("--category", type=str.upper, choices=sorted(ms.SEVERITY))
     c.add_argument("--severity", choices=ms.SEVERITIES)
     c.add_argument("--account")
     c.add_argument("--state", choices=ms.STATES, default="open")
@@ -118,21 +113,16 @@ def add_commands(sub, command, tx, client) -> None:
     c.add_argument("fleet")
     c.add_argument("--into", required=True, help="the active custody policy")
     c.add_argument("--fee-rate", type=float, help="sat/vB (default: the node's estimate)")
-    c.add_argument("--max-fee-rate", type=float, default=sweeps.DEFAULT_MAX_FEE_RATE,
-                   help=f"above this the coins wait (default {sweeps.DEFAULT_MAX_FEE_RATE:g})")
-    c.add_argument("--max-inputs", type=int, default=sweeps.DEFAULT_MAX_INPUTS)
+    c.add_argument("--max-fee-rate", type=float, default=ms.DEFAULT_MAX_FEE_RATE,
+                   help=f"above this the coins wait (default {ms.DEFAULT_MAX_FEE_RATE:g})")
+    c.add_argument("--max-inputs", type=int, default=ms.DEFAULT_MAX_INPUTS)
     c = command("sweeps", tx(lambda s, a: ms.sweep_history(s, a.fleet)), "sweeps made, with their spend's state", mine)
     c.add_argument("--fleet")
 
 
-def _threshold(text: str) -> int:
-    return 0 if text.strip().lower().removesuffix("sat").removesuffix("btc").strip() in ("0", "0.0") \
-        else parse_amount(text)
-
-
 def _account_add(s, a) -> dict:
     return ms.account_create(s, a.pool, a.name, scheme=a.scheme, pool_fee_bps=a.fee_bps, fee_method=a.fee_method,
-                             payout_threshold=_threshold(a.threshold), schedule=a.schedule,
+                             payout_threshold=ms.parse_threshold(a.threshold), schedule=a.schedule,
                              payout_addresses=a.address, fleet_policy=a.fleet, network=a.network, actor=a.actor)
 
 

@@ -16,7 +16,6 @@ from coordinator.auth import cookie_is_secure, LOGIN_CSRF_COOKIE, route, SESSION
 from coordinator.console.pages import back, render, safe_next
 from coordinator.context import actor, read, write
 from custody.errors import CustodyError
-from custody.eventlog import log as eventlog
 from custody.people import credentials
 
 router = APIRouter()
@@ -167,10 +166,8 @@ def enroll(request: Request, token: str = PathParam(max_length=100), password: s
     try:
         with request.app.state.sessions.begin() as s:
             new_passkey = _browser_json(passkey)
-            user = accounts.complete_enrollment(s, token, password, totp_secret=None if new_passkey else totp_secret or None,
-                                                code=code, passkey=new_passkey)
-            eventlog.record(s, "user.login", user.username, f"user:{user.username}", {"enrolled": True})
-            cookie, _ = accounts.start_session(s, user)
+            _, cookie = accounts.enroll_and_log_in(s, token, password, code=code, passkey=new_passkey,
+                                                   totp_secret=None if new_passkey else totp_secret or None)
     except CustodyError as e:
         return _enroll_page(request, token, 400, error=str(e), secret=totp_secret or None)
     response = RedirectResponse("/account", status_code=303)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from custody.devices import ceremony, service as ds
+from custody.devices import service as ds
 from custody.rotation import service as rs
 from custody.spending import service as spend_service
 from custody.errors import CustodyError
-from custody.spending.spends import parse_amount
 
 from coordinator import visibility
 from coordinator.api.common import Id
@@ -56,7 +55,7 @@ def upgrade(request: Request, serial: str, release: int = Form(..., ge=1, le=2**
 @route(router, "POST", "/ceremonies/{ceremony_id}/devices/{serial}/confirm", "device.confirm", page=True)
 def confirm(request: Request, ceremony_id: Id, serial: str, address: str = Form(..., max_length=100)):
     with write(request) as s:
-        ceremony.get(s, ceremony_id)                 # 404 first
+        ds.require_ceremony(s, ceremony_id)          # 404 first
         holder_only(s, serial, request)              # 403: only the device's holder confirms what it shows
         result = ds.ceremony_confirm(s, ceremony_id, serial, address=address, by=actor(request))
     return back("/devices", flash=f"address confirmed; ceremony {result['state']}")
@@ -139,7 +138,7 @@ def start_rotation(request: Request, policy: str = Form(..., max_length=200), su
 def rotation_test(request: Request, rotation_id: Id, amount: str = Form("10000sat", max_length=30),
                   fee_rate: float = Form(..., ge=1, le=1000)):
     with write(request) as s:
-        result = rs.rotation_test(s, rotation_id, amount=parse_amount(amount), requester=actor(request),
+        result = rs.rotation_test(s, rotation_id, amount=amount, requester=actor(request),
                                   fee_rate=fee_rate)
     return back(f"/spends/{result['test_spend']}", flash="test spend requested")
 

@@ -8,7 +8,7 @@ from coordinator import accounts
 from custody.devices import service as ds
 from custody.errors import CustodyError
 from custody.governance import proposals as governance
-from custody.ledger import registry
+from custody.ledger import service
 
 from coordinator.api.common import Id
 from coordinator.auth import route
@@ -31,7 +31,7 @@ def proposals_page(request: Request, flash: str = ""):
     with read(request) as s:
         open_ = governance.list_proposals(s, states=list(governance.OPEN))
         closed = governance.list_proposals(s, states=["executed", "rejected", "cancelled", "failed"], limit=50)
-        policies = [p.name for p in registry.list_policies(s)]
+        policies = service.policy_names(s)
         serials = [d["serial"] for d in ds.device_list(s)]
         config = governance.settings(s)
     return render(request, "proposals.html", flash=flash, open_proposals=open_, closed=closed, policies=policies,

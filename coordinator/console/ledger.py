@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Query, Request
 
 from custody.bitcoin.formats import FORMATS
-from custody.ledger import coins as ledger, registry, service
+from custody.ledger import service
 from custody.spending import service as spend_service
 
 from coordinator import visibility
@@ -29,11 +29,11 @@ def utxos_page(request: Request, policy: str = "", state: str = "", q: str = "",
                                    sort=sort, descending=order == "desc", offset=(page - 1) * PAGE_SIZE,
                                    limit=PAGE_SIZE, search_labels=visibility.search_labels(who))
         result = visibility.utxo_page(who, result)
-        names = [p.name for p in registry.list_policies(s)]
+        names = service.policy_names(s)
     pages = max((result["total"] + PAGE_SIZE - 1) // PAGE_SIZE, 1)
     params = {"policy": policy, "state": state, "q": q, "sort": sort, "order": order}
     return render(request, "utxos.html", result=result, page=page, pages=pages, params=params, policies=names,
-                  states=ledger.STATES, flash=flash,
+                  states=service.COIN_STATES, flash=flash,
                   link=lambda **change: "/utxos?" + urlencode({**params, "page": page, **change}))
 
 
@@ -63,7 +63,7 @@ def label(request: Request, ref: str = Form(max_length=200), text: str = Form(""
 @route(router, "GET", "/history", "ledger.read", page=True)
 def history_page(request: Request, policy: str = ""):
     with read(request) as s:
-        names = [p.name for p in registry.list_policies(s)]
+        names = service.policy_names(s)
         chosen = policy or (names[0] if names else "")
         rows = service.history(s, chosen) if chosen else []
     return render(request, "history.html", rows=rows, policies=names, chosen=chosen)
@@ -80,8 +80,7 @@ def policies_page(request: Request):
 @route(router, "GET", "/policies/{name}", "policy.read", page=True)
 def policy_page(request: Request, name: str):
     with read(request) as s:
-        policy = visibility.policy(visibility.reader(request, s), spend_service.policy_show(s, name),
-                                   registry.get_policy(s, name))
+        policy = visibility.policy(visibility.reader(request, s), spend_service.policy_show(s, name), name)
         receive = service.addresses(s, name, branch=0)[:20]
         chart = charts.balance_line(service.balance_history(s, name))
     return render(request, "policy.html", policy=policy, receive=receive, formats=FORMATS, chart=chart)

@@ -8,8 +8,6 @@ from html import escape
 from fastapi import APIRouter, Form, Query, Request
 
 from custody.mining import service as ms
-from custody.mining.reconcile import SEVERITY
-from custody.mining.sweeps import DEFAULT_MAX_FEE_RATE, DEFAULT_MAX_INPUTS
 
 from coordinator.api.common import Id
 from coordinator.auth import route
@@ -70,10 +68,10 @@ def mining_page(request: Request, flash: str = "", category: str = Query("", max
         sweeps = ms.sweep_history(s)
         fleets = sorted({a["fleet_policy"] for a in overview if a["fleet_policy"]})
     return render(request, "mining.html", flash=flash, overview=overview, pool_charts=pool_charts, findings=findings,
-                  detail=detail, sweeps=sweeps, fleets=fleets, categories=sorted(SEVERITY),
+                  detail=detail, sweeps=sweeps, fleets=fleets, categories=sorted(ms.SEVERITY),
                   severities=ms.SEVERITIES, states=ms.STATES, accounts=[a["account"] for a in overview],
                   chosen={"category": category, "severity": severity, "account": account, "state": state},
-                  max_fee_rate=DEFAULT_MAX_FEE_RATE, max_inputs=DEFAULT_MAX_INPUTS)
+                  max_fee_rate=ms.DEFAULT_MAX_FEE_RATE, max_inputs=ms.DEFAULT_MAX_INPUTS)
 
 
 @route(router, "POST", "/mining/discrepancies/{discrepancy_id}/resolve", "mining.operate", page=True)
@@ -86,8 +84,8 @@ def resolve(request: Request, discrepancy_id: Id, note: str = Form(..., max_leng
 @route(router, "POST", "/mining/sweeps", "mining.sweep", page=True)
 def sweep(request: Request, fleet: str = Form(..., max_length=200), custody: str = Form(..., max_length=200),
           fee_rate: float | None = Form(None, gt=0, le=10_000),
-          max_fee_rate: float = Form(DEFAULT_MAX_FEE_RATE, gt=0, le=10_000),
-          max_inputs: int = Form(DEFAULT_MAX_INPUTS, ge=1, le=2000)):
+          max_fee_rate: float = Form(ms.DEFAULT_MAX_FEE_RATE, gt=0, le=10_000),
+          max_inputs: int = Form(ms.DEFAULT_MAX_INPUTS, ge=1, le=2000)):
     with write(request) as s:
         result = ms.sweep_run(s, node(request), fleet, custody, actor=actor(request), fee_rate=fee_rate,
                               max_fee_rate=max_fee_rate, max_inputs=max_inputs)

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from coordinator import accounts
-from custody.ledger import coins as ledger, registry, service
+from custody.ledger import service
 from custody.spending import service as spend_service
 from custody.eventlog import service as log_service
 
@@ -92,27 +92,13 @@ def dashboard(request: Request):
     with read(request) as s:
         balances = service.balance(s)
         pending = visibility.spends(visibility.reader(request, s), spend_service.spend_list(s, states=list(PENDING)))
-        policies = registry.list_policies(s)
-        history = {p.name: ledger.balance_history(s, p) for p in policies}
-        total_history = _sum_histories(history)
-        distribution = ledger.value_distribution(s)
+        total_history = service.total_balance_history(s)
+        distribution = service.value_distribution(s)
         alerts = _alerts(request, s, pending)
     return render(request, "dashboard.html", balances=balances, pending=pending, alerts=alerts,
                   total={k: sum(b[k] for b in balances) for k in ("confirmed", "unconfirmed", "immature", "frozen",
                                                                     "reserved", "total")},
                   balance_chart=charts.balance_line(total_history), value_chart=charts.value_histogram(distribution))
-
-
-def _sum_histories(histories: dict[str, list[dict]]) -> list[dict]:
-    """The custodian's total confirmed balance after each block where any policy changed."""
-    heights = sorted({p["height"] for points in histories.values() for p in points})
-    out, current = [], {name: 0 for name in histories}
-    by_height = {name: {p["height"]: p["balance"] for p in points} for name, points in histories.items()}
-    for h in heights:
-        for name in histories:
-            current[name] = by_height[name].get(h, current[name])
-        out.append({"height": h, "balance": sum(current.values())})
-    return out
 
 
 def _alerts(request: Request, s, pending: list[dict]) -> list[str]:
@@ -132,7 +118,7 @@ def _alerts(request: Request, s, pending: list[dict]) -> list[str]:
         signing = [p for p in pending if p["state"] == "signing"]
         if signing:
             alerts.append(f"{len(signing)} spend(s) await signatures")
-    frozen = ledger.utxo_page(s, states=["frozen"], limit=1)["total"]
+    frozen = service.frozen_count(s)
     if frozen:
         alerts.append(f"{frozen} coin(s) are frozen")
     if principal.role == "admin":

@@ -6,7 +6,7 @@ import base64
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from custody.errors import CustodyError
-from custody.ledger import coins as ledger, registry, service
+from custody.ledger import service
 from custody.spending import service as spend_service
 
 from coordinator import visibility
@@ -38,7 +38,7 @@ def new_spend_page(request: Request, policy: str = ""):
 
 def _spend_form(request: Request, status_code: int = 200, **form):
     with read(request) as s:
-        names = [p.name for p in registry.list_policies(s) if p.status in ("active", "retiring")]
+        names = service.policy_names(s, statuses=("active", "retiring"))
         policy = form.get("policy") or (names[0] if names else "")
         coins = service.utxo_page(s, policy=policy, states=["confirmed"], sort="value", descending=True,
                                   limit=200)["rows"] if policy else []
@@ -90,16 +90,8 @@ def approvals_page(request: Request):
 def _spend_context(request: Request, s, spend_id: Id) -> dict:
     who = visibility.reader(request, s)
     spend = visibility.spend(who, spend_service.spend_show(s, spend_id))
-    policy = registry.get_policy(s, spend["policy"])
-    tip = ledger.tip_height(s)
-    confirmations = 0
-    from custody.spending.spends import get_spend
-    row = get_spend(s, spend_id)
-    if row.confirmed_height is not None and tip is not None:
-        confirmations = tip - row.confirmed_height + 1
     return {"spend": spend, "timeline": visibility.timeline(who, spend_service.spend_timeline(s, spend_id)),
-            "threshold": policy.threshold,
-            "confirmations": confirmations, "has_psbt": row.psbt is not None}
+            **spend_service.spend_progress(s, spend_id)}
 
 
 @route(router, "GET", "/spends/{spend_id}", "spend.read", page=True)
@@ -111,7 +103,7 @@ def spend_page(request: Request, spend_id: Id, flash: str = ""):
                 and context["spend"]["state"] in ("signing", "signed"):
             from coordinator.console.qr import psbt_frames
             text = visibility.psbt(visibility.reader(request, s), spend_service.spend_psbt(s, spend_id, client=None),
-                                   [registry.get_policy(s, context["spend"]["policy"]).id])
+                                   [context["spend"]["policy"]])
             qr_frames = psbt_frames(base64.b64decode(text))
         my_devices = []
         if context["spend"]["state"] == "signing" and allowed("device.sign", request.state.principal.role):

@@ -5,9 +5,23 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from custody.devices import ceremony, inventory as devices
+from custody.devices import ceremony, holders, inventory as devices
 from custody.devices.hwi import enumerate_devices
 from custody.devices.models import Ceremony
+
+
+NotHolder = holders.NotHolder      # the caller is not the device's holder (the API answers 403)
+
+
+def require_holder(s: Session, serial: str, username: str) -> None:
+    """NotHolder unless `username` holds the device (the signatory it is issued to); NotFound for no such
+    device. Reads only: checked before the device is reached, so a refusal changes and logs nothing."""
+    holders.require_holder(s, devices.get(s, serial), username)
+
+
+def require_ceremony(s: Session, ceremony_id: int) -> None:
+    """NotFound (404 at the API) for a ceremony that does not exist."""
+    ceremony.get(s, ceremony_id)
 
 
 def connected() -> list[dict]:

@@ -12,6 +12,11 @@ from custody.errors import CustodyError
 from custody.eventlog import log as eventlog
 
 
+def coordinator_keys() -> set[str]:
+    """The public key (hex) the log's entries are signed with here: what a copy is checked against by default."""
+    return {eventlog.coordinator_key().public_hex}
+
+
 def log_verify(s: Session | None, *, keys: set[str] | None = None, jsonl: str | None = None,
                checkpoints: list[dict] | None = None) -> dict:
     """Check the whole log (or an exported copy), then that it still holds what each checkpoint saw (the

@@ -104,6 +104,41 @@ def balance_history(s: Session, name: str) -> list[dict]:
     return ledger.balance_history(s, registry.get_policy(s, name))
 
 
+COIN_STATES = ledger.STATES      # a coin's states, as the interfaces offer them to filter by
+
+
+def labels_parse(jsonl: str) -> list[dict]:
+    """BIP-329 JSON Lines checked and parsed, without the database (the API runs it in a worker process)."""
+    return ledger.parse_labels(jsonl)
+
+
+def total_balance_history(s: Session) -> list[dict]:
+    """The custodian's total confirmed balance after each block where any policy changed."""
+    histories = {p.name: ledger.balance_history(s, p) for p in registry.list_policies(s)}
+    heights = sorted({p["height"] for points in histories.values() for p in points})
+    out, current = [], {name: 0 for name in histories}
+    by_height = {name: {p["height"]: p["balance"] for p in points} for name, points in histories.items()}
+    for h in heights:
+        for name in histories:
+            current[name] = by_height[name].get(h, current[name])
+        out.append({"height": h, "balance": sum(current.values())})
+    return out
+
+
+def value_distribution(s: Session) -> list[dict]:
+    """Unspent coins per power-of-ten value bucket, over every policy."""
+    return ledger.value_distribution(s)
+
+
+def frozen_count(s: Session) -> int:
+    return ledger.utxo_page(s, states=["frozen"], limit=1)["total"]
+
+
+def policy_names(s: Session, *, statuses: tuple[str, ...] | None = None) -> list[str]:
+    """Every policy's name (only those in `statuses`, when given), for a form's choices."""
+    return [p.name for p in registry.list_policies(s) if statuses is None or p.status in statuses]
+
+
 def utxos(s: Session, name: str, *, states: list[str] | None = None, include_spent: bool = False) -> list[dict]:
     return ledger.list_utxos(s, registry.get_policy(s, name), states=tuple(states) if states else None,
                              include_spent=include_spent)

@@ -28,6 +28,11 @@ from custody.ledger.models import Address, Policy
 from custody.ledger.registry import get_policy
 from custody.mining import reconcile as reconciliation, statements, sweeps, telemetry
 from custody.mining.expected import FEE_METHODS
+# what the interfaces offer as choices and defaults, from the modules that decide them
+from custody.mining.reconcile import SEVERITY  # noqa: F401
+from custody.mining.statements import SOURCES  # noqa: F401
+from custody.mining.sweeps import DEFAULT_MAX_FEE_RATE, DEFAULT_MAX_INPUTS  # noqa: F401
+from custody.mining.telemetry import FORMATS as TELEMETRY_FORMATS  # noqa: F401
 from custody.mining.models import Discrepancy, MiningDevice, Pool, PoolAccount, StatementLine, Sweep, TelemetrySample
 from custody.spending import spends
 from custody.spending.models import Spend
@@ -571,3 +576,9 @@ def metrics(s: Session) -> dict:
     unswept = [{"policy": b.policy, "sats": b.total} for f in fleets for b in ledger.balances(s, f)]
     return {"open": [{"category": c, "severity": v, "count": n} for c, v, n in open_], "days": days,
             "unswept": unswept}
+
+
+def parse_threshold(text: str) -> int:
+    """A payout threshold as an operator writes it: an amount ("0.01", "50000sat"), or 0."""
+    return 0 if text.strip().lower().removesuffix("sat").removesuffix("btc").strip() in ("0", "0.0") \
+        else spends.parse_amount(text)

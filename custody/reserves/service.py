@@ -130,9 +130,10 @@ def require_run(s: Session, run_id: int) -> None:
         raise NotFound(f"no proof-of-reserves run #{run_id}")
 
 
-def run_policies(s: Session, run_id: int) -> list:
-    """The policies a run proves (what a reader must be allowed to see to download its PSBT or package)."""
-    return [get_policy(s, name) for name in json.loads(s.get(ReserveRun, run_id).policies)]
+def run_policies(s: Session, run_id: int) -> list[str]:
+    """The names of the policies a run proves (what a reader must be allowed to see to download its PSBT
+    or package)."""
+    return [get_policy(s, name).name for name in json.loads(s.get(ReserveRun, run_id).policies)]
 
 
 def overdue(next_due: datetime | str, now: datetime | None = None) -> bool:

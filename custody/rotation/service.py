@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from custody.devices.models import Rotation
 from custody.rotation import rotations as rotation
+from custody.spending.spends import parse_amount
 
 
 def rotation_start(s: Session, policy: str, *, successor: str, replace: dict[str, str], actor: str) -> dict:
@@ -22,7 +23,9 @@ def rotation_show(s: Session, rotation_id: int) -> dict:
     return rotation.summary(s, rotation.get(s, rotation_id))
 
 
-def rotation_test(s: Session, rotation_id: int, *, amount: int, requester: str, fee_rate: float) -> dict:
+def rotation_test(s: Session, rotation_id: int, *, amount: int | str, requester: str, fee_rate: float) -> dict:
+    """Send the test spend to the successor: `amount` in satoshis, or text as a request takes it ("0.001", "5000sat")."""
+    amount = amount if isinstance(amount, int) else parse_amount(amount)
     rotation.send_test(s, rotation.get(s, rotation_id), amount, requester=requester, fee_rate=fee_rate)
     return rotation_show(s, rotation_id)
 

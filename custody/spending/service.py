@@ -167,6 +167,27 @@ def spend_cpfp(s: Session, spend_id: int, *, client: NodeClient, fee_rate: float
     return spends.summary(s, spends.cpfp(s, spends.get_spend(s, spend_id), client, fee_rate, requester))
 
 
+def require_spend(s: Session, spend_id: int) -> None:
+    """NotFound (404 at the API) for a spend that does not exist."""
+    spends.get_spend(s, spend_id)
+
+
+def spend_progress(s: Session, spend_id: int) -> dict:
+    """How far a spend is: the signatures its policy needs, its confirmations, whether its PSBT exists."""
+    spend = spends.get_spend(s, spend_id)
+    tip = ledger.tip_height(s)
+    confirmations = 0
+    if spend.confirmed_height is not None and tip is not None:
+        confirmations = tip - spend.confirmed_height + 1
+    return {"threshold": s.get(Policy, spend.policy_id).threshold, "confirmations": confirmations,
+            "has_psbt": spend.psbt is not None}
+
+
+def spend_policy(s: Session, spend_id: int) -> str:
+    """The name of the policy a spend spends from."""
+    return s.get(Policy, spends.get_spend(s, spend_id).policy_id).name
+
+
 def spend_show(s: Session, spend_id: int) -> dict:
     return spends.summary(s, spends.get_spend(s, spend_id))
 
