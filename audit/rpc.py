@@ -109,16 +109,7 @@ class Node:
 
     # -- transport -----------------------------------------------------------------------------------------
     def _credentials(self) -> str | None:
-        if self._user is not None:
-            token = f"{self._user}:{self._password or ''}"
-        elif self._cookie_file is not None:
-            try:
-                token = self._cookie_file.read_text().strip()
-            except OSError:
-                return None
-        else:
-            return None
-        return "Basic " + base64.b64encode(token.encode()).decode()
+        return basic_auth(self._user, self._password, self._cookie_file)
 
     def _exchange(self, payload) -> object:
         body = json.dumps(payload).encode()
@@ -126,13 +117,7 @@ class Node:
         if status in (401, 403) and self._cookie_file is not None and self._user is None:
             self._auth = self._credentials()        # the node may have restarted with a new cookie
             status, data = self._post(body)
-        if status in (401, 403):
-            raise NodeAuthError(f"Bitcoin node at {self.url} rejected the RPC credentials (HTTP {status})")
-        try:
-            return json.loads(data, parse_float=Decimal)
-        except ValueError:
-            text = data[:200].decode(errors="replace").strip()
-            raise NodeError(f"Bitcoin node at {self.url} answered HTTP {status} without JSON: {text!r}") from None
+        return decode_reply(self.url, status, data)
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
         if self._auth is None:
@@ -172,6 +157,32 @@ class Node:
                 self.close()
                 raise NodeError(f"Bitcoin node at {self.url} sent a malformed HTTP reply: {e!r}") from None
         raise AssertionError("unreachable")
+
+
+def basic_auth(user: str | None, password: str | None, cookie_file: Path | None) -> str | None:
+    """The Authorization header for user:password, else for the cookie file's contents (read now: the node
+    writes a new cookie when it restarts); None when there is neither."""
+    if user is not None:
+        token = f"{user}:{password or ''}"
+    elif cookie_file is not None:
+        try:
+            token = cookie_file.read_text().strip()
+        except OSError:
+            return None
+    else:
+        return None
+    return "Basic " + base64.b64encode(token.encode()).decode()
+
+
+def decode_reply(url: str, status: int, data: bytes):
+    """The node's HTTP answer as JSON (numbers with a fraction as Decimal), or the refusal it stands for."""
+    if status in (401, 403):
+        raise NodeAuthError(f"Bitcoin node at {url} rejected the RPC credentials (HTTP {status})")
+    try:
+        return json.loads(data, parse_float=Decimal)
+    except ValueError:
+        text = data[:200].decode(errors="replace").strip()
+        raise NodeError(f"Bitcoin node at {url} answered HTTP {status} without JSON: {text!r}") from None
 
 
 def _result(reply):

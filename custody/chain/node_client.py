@@ -6,7 +6,6 @@ satoshis with `btc_to_sats`.
 """
 from __future__ import annotations
 
-import base64
 import http.client
 import itertools
 import json
@@ -17,8 +16,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlsplit
 
-# The node's errors are the auditor's client's (audit.rpc): one set of classes, whichever client raised them.
-from audit.rpc import NodeAuthError, NodeError, NodeUnreachable, RPCError  # noqa: F401  (re-exported)
+# The node's errors, its credentials and its replies' decoding are the auditor's client's (audit.rpc): one
+# set of classes, whichever client raised them, and one reading of the cookie file.
+from audit.rpc import basic_auth, decode_reply, NodeAuthError, NodeError, NodeUnreachable, RPCError  # noqa: F401
 
 COIN = 100_000_000
 _NETWORK_SUBDIR = {"main": "", "mainnet": "", "bitcoin": "", "test": "testnet3", "testnet": "testnet3",
@@ -95,16 +95,7 @@ class NodeClient:
 
     # -- auth ------------------------------------------------------------------------------
     def _make_auth(self) -> str | None:
-        if self._user is not None:
-            token = f"{self._user}:{self._password or ''}"
-        elif self._cookie_file is not None:
-            try:
-                token = self._cookie_file.read_text().strip()
-            except OSError:
-                return None
-        else:
-            return None
-        return "Basic " + base64.b64encode(token.encode()).decode()
+        return basic_auth(self._user, self._password, self._cookie_file)
 
     # -- transport ---------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
@@ -174,13 +165,7 @@ class NodeClient:
         if status in (401, 403) and self._cookie_file is not None and self._user is None:
             self._auth = self._make_auth()       # the node may have restarted with a new cookie
             status, data = self._post(body)
-        if status in (401, 403):
-            raise NodeAuthError(f"Bitcoin node at {self.url} rejected the RPC credentials (HTTP {status})")
-        try:
-            return json.loads(data, parse_float=Decimal)
-        except ValueError:
-            text = data[:200].decode(errors="replace").strip()
-            raise NodeError(f"Bitcoin node at {self.url} answered HTTP {status} without JSON: {text!r}") from None
+        return decode_reply(self.url, status, data)
 
     # -- calls -------------------------------------------------------------------------------
     def call(self, method: str, *params):

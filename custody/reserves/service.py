@@ -14,7 +14,6 @@ from custody.chain.node_client import NodeClient
 from custody.devices import inventory as devices
 from custody.errors import CustodyError, NotFound
 from custody.eventlog import log as eventlog
-from custody.ledger.registry import get_policy
 from custody.reserves import proofs as reserves
 from custody.reserves.models import ReserveRun, ReserveSchedule
 
@@ -133,7 +132,7 @@ def require_run(s: Session, run_id: int) -> None:
 def run_policies(s: Session, run_id: int) -> list[str]:
     """The names of the policies a run proves (what a reader must be allowed to see to download its PSBT
     or package)."""
-    return [get_policy(s, name).name for name in json.loads(s.get(ReserveRun, run_id).policies)]
+    return json.loads(s.get(ReserveRun, run_id).policies)
 
 
 def overdue(next_due: datetime | str, now: datetime | None = None) -> bool:
