@@ -117,3 +117,26 @@ def start_node(datadir: Path | str, **kwargs):
     except RuntimeError as e:
         logs = (Path(datadir) / "node.log", Path(datadir) / "regtest" / "debug.log")
         raise NotReady(f"{e}\n{process_output(None, logs)}") from None
+
+
+class served:
+    """The app under uvicorn on a loopback port, in a thread, for the block; its base URL names `host`
+    (a passkey's relying party is a host name: browse it as http://localhost)."""
+
+    def __init__(self, app, host: str = "127.0.0.1"):
+        import threading
+        import uvicorn
+        from regtest.launcher import free_port
+        self.port, self.host = free_port(), host
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        wait_until(lambda: self.server.started, what="uvicorn serving the app")
+        return f"http://{self.host}:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)

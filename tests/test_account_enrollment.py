@@ -15,33 +15,21 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
 from coordinator import accounts
-from coordinator.app import create_app, node_factory
 from coordinator.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from coordinator.cli.main import main
 from custody.errors import CustodyError
 from custody.eventlog.models import EventLogEntry
-from custody.people.models import Enrollment, User
+from custody.people.models import Enrollment
 from custody.store.db import open_database
 
+from .account_env import account_env, AccountEnv, PASSWORD
 from .concurrency import at_once
 
-PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "purple elephant juggles quietly"
+USERS = (("root", "admin"), ("ada", "admin"), ("olga", "officer"), ("vic", "viewer"))
 
 
-class Env:
-    def __init__(self, app, sessions, tokens, secrets_):
-        self.app, self.sessions, self.tokens, self.secrets = app, sessions, tokens, secrets_
-        self.client = TestClient(app)
-
-    def call(self, method: str, path: str, token: str | None = None, **kw):
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        return self.client.request(method, path, headers=headers, follow_redirects=False, **kw)
-
-    def user(self, name: str) -> User:
-        with self.sessions() as s:
-            return s.scalar(select(User).where(User.username == name))
-
+class Env(AccountEnv):
     def kinds(self, subject: str) -> list[str]:
         with self.sessions() as s:
             return list(s.scalars(select(EventLogEntry.kind).where(EventLogEntry.subject == subject)
@@ -62,15 +50,8 @@ class Env:
 
 @pytest.fixture
 def env(db_url):
-    sessions = open_database(db_url)
-    tokens, secrets_ = {}, {}
-    with sessions.begin() as s:
-        for name, role in (("root", "admin"), ("ada", "admin"), ("olga", "officer"), ("vic", "viewer")):
-            user, secrets_[name] = accounts.create_user(s, name, role, PASSWORD)
-            tokens[name], _ = accounts.create_token(s, user, "test")
-    app = create_app(sessions, node_factory("http://127.0.0.1:9"), sync_interval=0)
-    yield Env(app, sessions, tokens, secrets_)
-    sessions.kw["bind"].dispose()
+    with account_env(db_url, USERS, Env) as env:
+        yield env
 
 
 class Browser:

@@ -20,34 +20,21 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select, update
 
 from coordinator import accounts
-from coordinator.app import create_app, node_factory
 from coordinator.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from custody.errors import CustodyError
 from custody.eventlog.models import EventLogEntry
 from custody.people.models import LoginSession, User
 from custody.store.db import make_engine, MIGRATIONS, open_database
 
+from .account_env import account_env, AccountEnv, PASSWORD
 from .concurrency import at_once
 from .conftest import hd_keys
 
-PASSWORD = "correct horse battery staple"
 USERS = [("root", "admin"), ("olga", "officer"), ("omar", "officer"), ("sam", "signatory"), ("sina", "signatory"),
          ("vic", "viewer")]
 
 
-class Env:
-    def __init__(self, app, sessions, tokens, secrets_):
-        self.app, self.sessions, self.tokens, self.secrets = app, sessions, tokens, secrets_
-        self.client = TestClient(app)
-
-    def call(self, method: str, path: str, token: str | None = None, **kw):
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        return self.client.request(method, path, headers=headers, follow_redirects=False, **kw)
-
-    def user(self, name: str) -> User:
-        with self.sessions() as s:
-            return s.scalar(select(User).where(User.username == name))
-
+class Env(AccountEnv):
     def log(self, kind: str, subject: str | None = None) -> list[EventLogEntry]:
         with self.sessions() as s:
             query = select(EventLogEntry).where(EventLogEntry.kind == kind).order_by(EventLogEntry.seq)
@@ -63,15 +50,8 @@ class Env:
 @pytest.fixture
 def env(db_url):
     """The app on a fresh database (no node: nothing here asks one), a user and a token per role."""
-    sessions = open_database(db_url)
-    tokens, secrets_ = {}, {}
-    with sessions.begin() as s:
-        for name, role in USERS:
-            user, secrets_[name] = accounts.create_user(s, name, role, PASSWORD)
-            tokens[name], _ = accounts.create_token(s, user, "test")
-    app = create_app(sessions, node_factory("http://127.0.0.1:9"), sync_interval=0)
-    yield Env(app, sessions, tokens, secrets_)
-    sessions.kw["bind"].dispose()
+    with account_env(db_url, USERS, Env) as env:
+        yield env
 
 
 class Browser:

@@ -33,9 +33,8 @@ from coordinator.auth import ROUTE_ACCESS, SESSION_COOKIE
 from coordinator.body_limit import DEFAULT_LIMIT, LIMITS, Routes
 from custody.spending.models import Spend
 from custody.store.db import open_database
-from regtest.launcher import free_port
 
-from .support import wait_until
+from .support import served, wait_until
 from .test_api import _approve, _request, _signed_by, coins, service, vault  # noqa: F401 - coins, service, vault: fixtures
 from .test_custody_spends import device
 from .test_console_e2e import CHROMIUM, CHROMIUM_ARGS, REQUIRED
@@ -446,23 +445,3 @@ def test_docs_renders_in_a_browser_under_the_csp(gated):
             assert problems == []
         finally:
             browser.close()
-
-
-class served:
-    """The app under uvicorn on a loopback port, in a thread, for the block."""
-
-    def __init__(self, app):
-        import uvicorn
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                                    access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        wait_until(lambda: self.server.started, what="uvicorn serving the app")
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)

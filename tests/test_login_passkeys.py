@@ -10,8 +10,6 @@ import html
 import json
 import os
 import re
-import threading
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,25 +27,14 @@ from custody.people.models import User
 from custody.store.db import open_database
 from custody_signer import protocol
 
+from .account_env import account_env, AccountEnv, PASSWORD
 from .passkeys import SoftPasskey
+from .support import served
 
-PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "purple elephant juggles quietly"
 
 
-class Env:
-    def __init__(self, app, sessions, tokens, secrets_):
-        self.app, self.sessions, self.tokens, self.secrets = app, sessions, tokens, secrets_
-        self.client = TestClient(app)
-
-    def call(self, method: str, path: str, token: str | None = None, **kw):
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        return self.client.request(method, path, headers=headers, follow_redirects=False, **kw)
-
-    def user(self, name: str) -> User:
-        with self.sessions() as s:
-            return s.scalar(select(User).where(User.username == name))
-
+class Env(AccountEnv):
     def passkeys(self, name: str, purpose: str = "login", *, active: bool = True) -> list[ApproverCredential]:
         with self.sessions() as s:
             query = select(ApproverCredential).join(User).where(User.username == name,
@@ -74,15 +61,8 @@ class Env:
 
 @pytest.fixture
 def env(db_url):
-    sessions = open_database(db_url)
-    tokens, secrets_ = {}, {}
-    with sessions.begin() as s:
-        for name, role in (("root", "admin"), ("olga", "officer")):
-            user, secrets_[name] = accounts.create_user(s, name, role, PASSWORD)
-            tokens[name], _ = accounts.create_token(s, user, "test")
-    app = create_app(sessions, node_factory("http://127.0.0.1:9"), sync_interval=0)
-    yield Env(app, sessions, tokens, secrets_)
-    sessions.kw["bind"].dispose()
+    with account_env(db_url, (("root", "admin"), ("olga", "officer")), Env) as env:
+        yield env
 
 
 class Browser:
@@ -384,31 +364,6 @@ def test_an_admin_reset_clears_the_passkey(env):
 
 
 # -- in a real browser ---------------------------------------------------------------------------------
-class Served:
-    """The app under uvicorn on a loopback port, in a thread; browsed as http://localhost (a passkey's
-    relying party is a host name)."""
-
-    def __init__(self, app):
-        import uvicorn
-        from regtest.launcher import free_port
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                                    access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return f"http://localhost:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
 def test_in_chromium_a_person_enrolls_a_passkey_on_their_link_and_logs_in_with_it(tmp_path):
     from .test_console_e2e import CHROMIUM, CHROMIUM_ARGS, REQUIRED
     if not os.path.exists(CHROMIUM) and not REQUIRED:
@@ -420,7 +375,7 @@ def test_in_chromium_a_person_enrolls_a_passkey_on_their_link_and_logs_in_with_i
         accounts.create_user(s, "root", "admin", PASSWORD)
         _, token, _ = accounts.invite_user(s, "nina", "officer", actor="root")
     app = create_app(sessions, node_factory("http://127.0.0.1:9"), sync_interval=0)
-    with Served(app) as base, sync_playwright() as p:
+    with served(app, host="localhost") as base, sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             context = chromium.new_context(base_url=base)
